@@ -1,0 +1,64 @@
+//! Generates the protobuf messages and the grpcio service code from `proto/gossip.proto`.
+//!
+//! `protoc` comes from the `protoc-bin-vendored` crate (no system protoc needed). It writes a
+//! descriptor set, from which `protobuf-codegen` 2.x writes the messages and `grpcio-compiler`
+//! the service. The generated files are included by `src/proto.rs`.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use protobuf::Message;
+
+const PROTO: &str = "proto/gossip.proto";
+
+fn main() {
+    println!("cargo:rerun-if-changed={PROTO}");
+    println!("cargo:rerun-if-changed=build.rs");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+
+    let descriptor_path = out_dir.join("gossip.desc");
+    let protoc = protoc_bin_vendored::protoc_bin_path().expect("vendored protoc for this platform");
+    let status = Command::new(&protoc)
+        .arg("--proto_path=proto")
+        .arg(format!("--descriptor_set_out={}", descriptor_path.display()))
+        .arg("--include_imports")
+        .arg(PROTO)
+        .status()
+        .unwrap_or_else(|e| panic!("failed to run {}: {e}", protoc.display()));
+    assert!(status.success(), "protoc failed on {PROTO}");
+
+    let bytes = fs::read(&descriptor_path).expect("read descriptor set");
+    let set = protobuf::descriptor::FileDescriptorSet::parse_from_bytes(&bytes)
+        .expect("parse descriptor set");
+    let files = set.get_file();
+    let to_generate = vec!["gossip.proto".to_string()];
+
+    let customize = protobuf_codegen::Customize {
+        // Payloads are `bytes::Bytes`: cheap to share between retries and neighbours.
+        carllerche_bytes_for_bytes: Some(true),
+        ..Default::default()
+    };
+    for result in protobuf_codegen::gen(files, &to_generate, &customize) {
+        write_includable(&out_dir, &result.name, &result.content);
+    }
+    for result in grpcio_compiler::codegen::gen(files, &to_generate) {
+        write_includable(&out_dir, &result.name, &result.content);
+    }
+}
+
+/// Writes generated code so that `include!` accepts it: inner attributes and inner doc comments
+/// are only allowed at the top of a real module file, so they are dropped (`src/proto.rs` puts
+/// the needed `allow`s on the enclosing module).
+fn write_includable(out_dir: &Path, name: &str, content: &[u8]) {
+    let text = String::from_utf8(content.to_vec()).expect("generated code is UTF-8");
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            let l = line.trim_start();
+            !(l.starts_with("#![") || l.starts_with("//!"))
+        })
+        .collect();
+    fs::write(out_dir.join(name), kept.join("\n")).expect("write generated code");
+}

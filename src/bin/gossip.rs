@@ -1,0 +1,427 @@
+//! `gossip`: run the seed benchmark, or run one node as a process.
+
+use std::io::BufRead;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use crossbeam_channel::{select, unbounded, RecvTimeoutError};
+use grpc_gossip::bench::cluster::GossipCluster;
+use grpc_gossip::bench::tcp::TcpCluster;
+use grpc_gossip::bench::{peak_rss_bytes, reset_peak_rss, RoundReport, Summary, Workload};
+use grpc_gossip::{Message, NeighborInfo, Node, NodeConfig, StreamFactory, TransportConfig};
+use log::{info, warn};
+
+#[derive(Parser)]
+#[command(name = "gossip", version, about = "Large-message gossip over gRPC double streams")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the seed benchmark in-process on loopback: a full mesh of nodes, each sending
+    /// MESSAGES payloads to every other node per round; every message must be ACKed.
+    Bench(BenchArgs),
+    /// Run one node: connect to its peers, send what stdin says, print deliveries and
+    /// completions on stdout. Stops cleanly on Ctrl-C / SIGTERM.
+    Node(NodeArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Baseline {
+    /// The same workload over plain loopback TCP (length-prefixed frames, one ACK per message).
+    Tcp,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Nodes in the full mesh.
+    #[arg(long, default_value_t = 4)]
+    nodes: usize,
+    /// Messages each node sends to each other node per round.
+    #[arg(long, default_value_t = 30)]
+    messages: usize,
+    /// Payload size (e.g. 512KiB, 4MiB).
+    #[arg(long, default_value = "512KiB", value_parser = parse_size)]
+    payload: usize,
+    /// Measured rounds.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Unmeasured rounds run first (connection set-up, allocator warm-up).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Store slots per node.
+    #[arg(long, default_value_t = 200)]
+    slots: usize,
+    /// Store TTL per node (e.g. 120s).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Also run the workload over this baseline and print the ratio.
+    #[arg(long, value_enum)]
+    baseline: Option<Baseline>,
+    /// Print one JSON object with the results as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// This node's id.
+    #[arg(long)]
+    id: String,
+    /// Address to listen on (port 0 picks one; the bound address is logged).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// A neighbour as ID=HOST:PORT; repeat for each. Connection is retried until it is up.
+    #[arg(long = "peer", value_parser = parse_peer)]
+    peers: Vec<(String, String)>,
+    /// Store slots.
+    #[arg(long, default_value_t = 200)]
+    slots: usize,
+    /// Store TTL (e.g. 120s).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Largest payload sent or accepted (e.g. 64MiB).
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    max_payload: usize,
+    /// Exit once stdin is closed and every message sent has completed.
+    #[arg(long)]
+    exit_when_done: bool,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = s.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("{s:?} is too large"))
+}
+
+fn parse_peer(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((id, addr)) if !id.is_empty() && !addr.is_empty() => Ok((id.into(), addr.into())),
+        _ => Err(format!("{s:?}: expected ID=HOST:PORT")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Bench(_) => "warn",
+        Command::Node(_) => "info",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .init();
+    let result = match cli.command {
+        Command::Bench(args) => bench(args),
+        Command::Node(args) => node(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gossip: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn print_round(kind: &str, round: usize, r: &RoundReport, w: &Workload) {
+    println!(
+        "{kind:6} round {round:3}: {:8.4} s  {:9.1} MiB/s  acked {}/{}",
+        secs(r.elapsed),
+        r.mib_per_s(w),
+        r.acked,
+        r.expected
+    );
+    for p in &r.problems {
+        println!("    {p}");
+    }
+}
+
+fn print_summary(kind: &str, s: &Summary, w: &Workload) {
+    let mib = w.bytes_per_round() as f64 / (1024.0 * 1024.0);
+    println!(
+        "{kind:6} min {:.4} s  median {:.4} s  max {:.4} s  ({:.1} MiB/s at the median)",
+        secs(s.min),
+        secs(s.median),
+        secs(s.max),
+        mib / secs(s.median)
+    );
+}
+
+/// Runs warm-up and measured rounds; returns the measured reports.
+fn rounds(
+    kind: &str,
+    args: &BenchArgs,
+    w: &Workload,
+    mut run: impl FnMut(usize) -> RoundReport,
+) -> Vec<RoundReport> {
+    for i in 0..args.warmup {
+        let r = run(i);
+        if !args.json || !r.all_acked() {
+            print_round(kind, i, &r, w);
+        }
+    }
+    (0..args.rounds)
+        .map(|i| {
+            let r = run(args.warmup + i);
+            print_round(kind, i + 1, &r, w);
+            r
+        })
+        .collect()
+}
+
+fn bench(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
+    let w = Workload {
+        nodes: args.nodes,
+        messages_per_peer: args.messages,
+        payload_bytes: args.payload,
+        slots: args.slots,
+        ttl: args.ttl,
+    };
+    if args.rounds == 0 {
+        return Err(grpc_gossip::Error::Config {
+            field: "rounds",
+            reason: "must be > 0".into(),
+        });
+    }
+    println!(
+        "seed benchmark: {} nodes, {} x {} B per directed pair, {} messages ({:.1} MiB) per round",
+        w.nodes,
+        w.messages_per_peer,
+        w.payload_bytes,
+        w.messages_per_round(),
+        w.bytes_per_round() as f64 / (1024.0 * 1024.0)
+    );
+    reset_peak_rss();
+    let mut transport = TransportConfig::default();
+    transport.max_grpc_message_bytes = transport.max_grpc_message_bytes.max(w.payload_bytes + 4096);
+    let factory = StreamFactory::new(transport);
+    let cluster = GossipCluster::start(&w, factory)?;
+    let gossip = rounds("gossip", &args, &w, |i| cluster.run_round(i));
+    cluster.shutdown();
+    let peak = peak_rss_bytes();
+    let times: Vec<Duration> = gossip.iter().map(|r| r.elapsed).collect();
+    let summary = Summary::of(&times).ok_or(grpc_gossip::Error::Shutdown)?;
+    print_summary("gossip", &summary, &w);
+    if let Some(p) = peak {
+        println!("peak memory (RSS) of the gossip run: {:.1} MiB", p as f64 / (1024.0 * 1024.0));
+    }
+
+    let tcp = match args.baseline {
+        Some(Baseline::Tcp) => {
+            let cluster = TcpCluster::start(&w)?;
+            let reports = rounds("tcp", &args, &w, |i| cluster.run_round(i));
+            let times: Vec<Duration> = reports.iter().map(|r| r.elapsed).collect();
+            let s = Summary::of(&times).ok_or(grpc_gossip::Error::Shutdown)?;
+            print_summary("tcp", &s, &w);
+            println!("ratio gossip/tcp (medians): {:.2}", secs(summary.median) / secs(s.median));
+            Some(s)
+        }
+        None => None,
+    };
+
+    let acked: usize = gossip.iter().map(|r| r.acked).sum();
+    let expected: usize = gossip.iter().map(|r| r.expected).sum();
+    if args.json {
+        let mib = w.bytes_per_round() as f64 / (1024.0 * 1024.0);
+        let mut out = serde_json::json!({
+            "nodes": w.nodes,
+            "messages_per_peer": w.messages_per_peer,
+            "payload_bytes": w.payload_bytes,
+            "rounds": args.rounds,
+            "round_s": times.iter().map(|d| secs(*d)).collect::<Vec<_>>(),
+            "median_s": secs(summary.median),
+            "min_s": secs(summary.min),
+            "max_s": secs(summary.max),
+            "mib_per_s": mib / secs(summary.median),
+            "acked": acked,
+            "expected": expected,
+            "peak_rss_bytes": peak,
+        });
+        if let Some(s) = tcp {
+            out["tcp_median_s"] = secs(s.median).into();
+            out["tcp_min_s"] = secs(s.min).into();
+            out["tcp_max_s"] = secs(s.max).into();
+            out["ratio"] = (secs(summary.median) / secs(s.median)).into();
+        }
+        println!("{out}");
+    }
+    if acked == expected {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("gossip: ACK incomplete: received {acked} / {expected}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// One line of stdin, parsed.
+enum StdinCommand {
+    Send { target: String, payload: Bytes },
+    Broadcast(Bytes),
+}
+
+fn parse_line(line: &str) -> Result<Option<StdinCommand>, String> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.trim().is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let (target, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let payload = match rest.strip_prefix('@') {
+        Some(path) => Bytes::from(std::fs::read(path).map_err(|e| format!("{path}: {e}"))?),
+        None => Bytes::copy_from_slice(rest.as_bytes()),
+    };
+    Ok(Some(if target == "*" {
+        StdinCommand::Broadcast(payload)
+    } else {
+        StdinCommand::Send {
+            target: target.to_owned(),
+            payload,
+        }
+    }))
+}
+
+fn preview(payload: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&payload[..payload.len().min(64)]);
+    text.replace(['\n', '\r', '\t'], " ")
+}
+
+fn node(args: NodeArgs) -> Result<ExitCode, grpc_gossip::Error> {
+    let mut config = NodeConfig::new(args.id.clone(), args.listen.clone());
+    config.slots = args.slots;
+    config.ttl = args.ttl;
+    config.limits.max_payload_bytes = args.max_payload;
+    let mut transport = TransportConfig::default();
+    transport.max_grpc_message_bytes = config.limits.grpc_message_limit();
+    let node = Arc::new(
+        Node::builder(config)
+            .factory(StreamFactory::new(transport))
+            .start()?,
+    );
+    println!("listening id={} addr={}", node.id(), node.local_addr());
+
+    let (stop_tx, stop_rx) = unbounded::<()>();
+    let signal_tx = stop_tx.clone();
+    // Dropped on exit: wakes the connector threads.
+    let (quit_tx, quit_rx) = crossbeam_channel::bounded::<()>(0);
+    ctrlc::set_handler(move || {
+        let _ = signal_tx.send(());
+    })
+    .map_err(|e| grpc_gossip::Error::Io(std::io::Error::other(e)))?;
+
+    // Connect to every peer in the background, retrying with backoff until it is up.
+    let mut connectors = Vec::new();
+    for (id, addr) in args.peers.clone() {
+        let node = node.clone();
+        let quit = quit_rx.clone();
+        connectors.push(std::thread::spawn(move || {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match node.connect_to_neighbor(NeighborInfo::new(id.clone(), addr.clone())) {
+                    Ok(()) => return println!("connected peer={id} addr={addr}"),
+                    Err(grpc_gossip::Error::Shutdown) => return,
+                    Err(e) => warn!("connect to {id} at {addr}: {e}; retrying in {backoff:?}"),
+                }
+                if quit.recv_timeout(backoff) != Err(RecvTimeoutError::Timeout) {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }));
+    }
+
+    let (line_tx, line_rx) = unbounded::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            match line {
+                Ok(l) => {
+                    if line_tx.send(l).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+
+    let completions = node.completions();
+    let deliveries = node.deliveries();
+    let mut seq = 0u64;
+    let mut pending = 0usize;
+    let mut stdin_open = true;
+    let started = Instant::now();
+    loop {
+        if args.exit_when_done && !stdin_open && pending == 0 {
+            break;
+        }
+        select! {
+            recv(stop_rx) -> _ => break,
+            recv(line_rx) -> line => match line {
+                Err(_) => { stdin_open = false; }
+                Ok(line) => match parse_line(&line) {
+                    Ok(None) => {}
+                    Err(e) => println!("error {e}"),
+                    Ok(Some(cmd)) => {
+                        let send = |target: &str, payload: Bytes, seq: &mut u64| {
+                            *seq += 1;
+                            let hash = format!("{}-{}", node.id(), seq);
+                            node.send_message(target, Message::new(hash, payload))
+                        };
+                        match cmd {
+                            StdinCommand::Send { target, payload } => {
+                                match send(&target, payload, &mut seq) {
+                                    Ok(key) => { pending += 1; println!("sent hash={} peer={}", key.hash, key.peer); }
+                                    Err(e) => println!("error peer={target} {e}"),
+                                }
+                            }
+                            StdinCommand::Broadcast(payload) => {
+                                seq += 1;
+                                let hash = format!("{}-{}", node.id(), seq);
+                                for (peer, result) in node.broadcast(Message::new(hash, payload)) {
+                                    match result {
+                                        Ok(key) => { pending += 1; println!("sent hash={} peer={}", key.hash, key.peer); }
+                                        Err(e) => println!("error peer={peer} {e}"),
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+            recv(completions) -> c => if let Ok(c) = c {
+                pending = pending.saturating_sub(1);
+                println!(
+                    "completed hash={} peer={} outcome={:?} elapsed_ms={:.3}",
+                    c.key.hash, c.key.peer, c.outcome.to_string(), c.elapsed.as_secs_f64() * 1e3
+                );
+            },
+            recv(deliveries) -> d => if let Ok(d) = d {
+                println!(
+                    "delivered from={} hash={} bytes={} text={:?}",
+                    d.from, d.hash, d.payload.len(), preview(&d.payload)
+                );
+            },
+        }
+    }
+    info!("stopping after {:?}", started.elapsed());
+    drop(stop_tx);
+    drop(quit_tx);
+    node.shutdown();
+    for c in connectors {
+        let _ = c.join();
+    }
+    // Completions produced by the shutdown itself (messages still in flight).
+    for c in completions.try_iter() {
+        println!(
+            "completed hash={} peer={} outcome={:?} elapsed_ms={:.3}",
+            c.key.hash, c.key.peer, c.outcome.to_string(), c.elapsed.as_secs_f64() * 1e3
+        );
+    }
+    println!("stopped id={}", node.id());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,202 @@
+//! Configuration of a node, its limits and its gRPC transport.
+
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// Size limits applied to everything a node sends or accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest payload of one message, in bytes. Larger sends are refused before anything is
+    /// sent; larger frames from peers are refused by gRPC with `RESOURCE_EXHAUSTED`.
+    pub max_payload_bytes: usize,
+    /// Longest node id or message hash, in bytes.
+    pub max_id_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 64 * 1024 * 1024,
+            max_id_bytes: 256,
+        }
+    }
+}
+
+impl Limits {
+    /// The gRPC message-size limit that fits one frame of the largest allowed payload with the
+    /// largest allowed ids (plus protobuf tags and lengths).
+    pub fn grpc_message_limit(&self) -> usize {
+        self.max_payload_bytes
+            .saturating_add(4 * self.max_id_bytes)
+            .saturating_add(64)
+    }
+
+    /// Checks the limits against what gRPC can carry (an `i32` length).
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.max_payload_bytes == 0 {
+            return Err(Error::Config {
+                field: "max_payload_bytes",
+                reason: "must be > 0".into(),
+            });
+        }
+        if self.max_id_bytes == 0 {
+            return Err(Error::Config {
+                field: "max_id_bytes",
+                reason: "must be > 0".into(),
+            });
+        }
+        if self.grpc_message_limit() > i32::MAX as usize {
+            return Err(Error::Config {
+                field: "max_payload_bytes",
+                reason: format!("must leave room for a frame below {} bytes", i32::MAX),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a node does with the messages it receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deliveries {
+    /// Hand each message (once) to [`Node::deliveries`](crate::Node::deliveries), through a queue
+    /// of at most this many messages. While the queue is full the node stops reading from its
+    /// peers' MessageStreams and withholds ACKs, so senders slow down instead of memory growing.
+    Queue(usize),
+    /// ACK received messages without handing them to the application (they are counted in
+    /// [`Stats`](crate::Stats)). For nodes that only send, and for benchmarks.
+    Discard,
+}
+
+/// Configuration of one [`Node`](crate::Node).
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's id (`NodeHash`).
+    pub id: String,
+    /// Address the gRPC server listens on, e.g. `127.0.0.1:0` (port 0 picks a free port).
+    pub listen: String,
+    /// How many messages may be in flight (sent and not yet completed) at once.
+    pub slots: usize,
+    /// How long a message may wait for its ACK before it completes as `TimedOut`. Also how long
+    /// the seen-cache remembers a received hash.
+    pub ttl: Duration,
+    /// Size limits.
+    pub limits: Limits,
+    /// What to do with received messages.
+    pub deliveries: Deliveries,
+    /// Most (sender, hash) pairs the seen-cache remembers for de-duplication.
+    pub seen_capacity: usize,
+    /// How often the manager checks TTLs.
+    pub tick: Duration,
+    /// How long `connect_to_neighbor` waits for the neighbour's endpoint to accept.
+    pub connect_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// The seed's defaults (200 slots, 120 s TTL) for a node called `id` listening on `listen`.
+    pub fn new(id: impl Into<String>, listen: impl Into<String>) -> NodeConfig {
+        NodeConfig {
+            id: id.into(),
+            listen: listen.into(),
+            slots: 200,
+            ttl: Duration::from_secs(120),
+            limits: Limits::default(),
+            deliveries: Deliveries::Queue(1024),
+            seen_capacity: 1 << 16,
+            tick: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.limits.validate()?;
+        crate::id::validate_id(crate::id::IdKind::Node, &self.id, &self.limits).map_err(|e| {
+            Error::Config {
+                field: "id",
+                reason: e.to_string(),
+            }
+        })?;
+        let positive = |field: &'static str, ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::Config {
+                    field,
+                    reason: "must be > 0".into(),
+                })
+            }
+        };
+        positive("slots", self.slots > 0)?;
+        positive("ttl", !self.ttl.is_zero())?;
+        positive("seen_capacity", self.seen_capacity > 0)?;
+        positive("tick", !self.tick.is_zero())?;
+        positive("connect_timeout", !self.connect_timeout.is_zero())?;
+        if let Deliveries::Queue(n) = self.deliveries {
+            positive("deliveries", n > 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Settings of the gRPC channels a [`StreamFactory`](crate::StreamFactory) opens, and of the
+/// servers of the nodes that use it.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// Completion-queue threads of gRPC's C core shared by all nodes of the factory.
+    pub cq_threads: usize,
+    /// Largest gRPC message accepted or sent (see [`Limits::grpc_message_limit`]).
+    pub max_grpc_message_bytes: usize,
+    /// HTTP/2 BDP probing. Off by default: on loopback it inflates windows and memory without
+    /// making large transfers faster.
+    pub http2_bdp_probe: bool,
+    /// Initial HTTP/2 stream window in bytes (`None`: gRPC's default).
+    pub stream_window_bytes: Option<u32>,
+    /// Largest HTTP/2 frame in bytes (`None`: gRPC's default).
+    pub http2_max_frame_bytes: Option<u32>,
+    /// How long a channel with no open streams is kept before it is closed.
+    pub idle_channel_ttl: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            cq_threads: 2,
+            max_grpc_message_bytes: Limits::default().grpc_message_limit(),
+            http2_bdp_probe: false,
+            stream_window_bytes: None,
+            http2_max_frame_bytes: None,
+            idle_channel_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_seed_like() {
+        let c = NodeConfig::new("node-0", "127.0.0.1:0");
+        c.validate().unwrap();
+        assert_eq!(c.slots, 200);
+        assert_eq!(c.ttl, Duration::from_secs(120));
+        assert!(c.limits.max_payload_bytes >= 64 * 1024 * 1024);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut c = NodeConfig::new("node-0", "127.0.0.1:0");
+        c.slots = 0;
+        match c.validate() {
+            Err(Error::Config { field, .. }) => assert_eq!(field, "slots"),
+            other => panic!("{other:?}"),
+        }
+        let mut c = NodeConfig::new("", "127.0.0.1:0");
+        c.slots = 1;
+        assert!(matches!(c.validate(), Err(Error::Config { field: "id", .. })));
+        let mut c = NodeConfig::new("a", "x");
+        c.limits.max_payload_bytes = usize::MAX;
+        assert!(c.validate().is_err());
+    }
+}

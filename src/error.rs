@@ -1,0 +1,85 @@
+//! The crate's error type: one variant per thing a caller can act on.
+
+use std::time::Duration;
+
+use crate::id::IdKind;
+
+/// Errors returned by the public API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An id or hash is empty or longer than the configured limit.
+    #[error("invalid {kind}: {reason}")]
+    InvalidId {
+        /// What the id names.
+        kind: IdKind,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A payload is larger than [`Limits::max_payload_bytes`](crate::Limits::max_payload_bytes).
+    /// Nothing was sent.
+    #[error("message too large: {size} bytes, limit {limit}")]
+    TooLarge {
+        /// The payload's size in bytes.
+        size: usize,
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// All slots of the store are busy (only from the non-blocking send, or when a blocking
+    /// send's wait ran out).
+    #[error("all {slots} slots are busy")]
+    Full {
+        /// The number of slots of the store.
+        slots: usize,
+    },
+    /// A message with the same hash to the same neighbour is still in flight.
+    #[error("message {hash:?} to {peer} is already in flight")]
+    AlreadyInFlight {
+        /// The target neighbour.
+        peer: String,
+        /// The message hash.
+        hash: String,
+    },
+    /// The target is not a neighbour of this node.
+    #[error("unknown neighbour {0:?}")]
+    UnknownNeighbor(String),
+    /// The neighbour is known but its double stream is not up.
+    #[error("neighbour {0:?} is offline")]
+    NeighborOffline(String),
+    /// Connecting to a neighbour's endpoint failed.
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect {
+        /// The endpoint that was dialled.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The node could not listen on its address.
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind {
+        /// The requested listen address.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {field}: {reason}")]
+    Config {
+        /// The offending field.
+        field: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The node is shutting down or has shut down.
+    #[error("node is shut down")]
+    Shutdown,
+    /// A gRPC call failed.
+    #[error("gRPC: {0}")]
+    Grpc(#[from] grpcio::Error),
+    /// An I/O error (benchmarks, the TCP baseline, the CLI).
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// Waiting for something took longer than allowed.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}

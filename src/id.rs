@@ -1,0 +1,107 @@
+//! Node ids and message hashes: cheap to clone, validated at every boundary.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::config::Limits;
+use crate::error::Error;
+
+/// The unique id of a node (the seed's `NodeHash`).
+///
+/// Cloning is a reference-count increment: ids travel with every event and completion.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(Arc<str>);
+
+impl NodeId {
+    /// Makes an id after checking it against `limits` (non-empty, at most
+    /// [`Limits::max_id_bytes`] bytes).
+    pub fn new(id: &str, limits: &Limits) -> Result<NodeId, Error> {
+        validate_id(IdKind::Node, id, limits)?;
+        Ok(NodeId(Arc::from(id)))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl Borrow<str> for NodeId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for NodeId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What an id names, for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdKind {
+    /// A node id (`NodeHash`, `from_hash`).
+    Node,
+    /// A message hash.
+    Message,
+}
+
+impl fmt::Display for IdKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IdKind::Node => "node id",
+            IdKind::Message => "message hash",
+        })
+    }
+}
+
+/// Checks an id or hash: non-empty and at most `limits.max_id_bytes` bytes.
+pub fn validate_id(kind: IdKind, id: &str, limits: &Limits) -> Result<(), Error> {
+    if id.is_empty() {
+        return Err(Error::InvalidId {
+            kind,
+            reason: "empty".into(),
+        });
+    }
+    if id.len() > limits.max_id_bytes {
+        return Err(Error::InvalidId {
+            kind,
+            reason: format!("{} bytes, limit {}", id.len(), limits.max_id_bytes),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        let limits = Limits::default();
+        assert!(NodeId::new("node-1", &limits).is_ok());
+        assert!(matches!(
+            NodeId::new("", &limits),
+            Err(Error::InvalidId { kind: IdKind::Node, .. })
+        ));
+        let long = "x".repeat(limits.max_id_bytes + 1);
+        assert!(matches!(
+            validate_id(IdKind::Message, &long, &limits),
+            Err(Error::InvalidId { kind: IdKind::Message, .. })
+        ));
+    }
+}

@@ -1,0 +1,536 @@
+//! `MessageManager`: the state machine of every message, free of threads and of gRPC.
+//!
+//! It is fed [`Event`]s ("the application sends M to P", "a frame arrived on stream S", "stream
+//! S closed", "tick") with the current time, and answers with [`Action`]s ("write this frame on
+//! stream S", "deliver", "complete"). The node runs it on one thread and carries the actions out;
+//! tests drive it directly, deterministically.
+//!
+//! Invariants it keeps (and its tests check):
+//! - every message that enters with [`Event::Send`] gets exactly one [`Action::Complete`];
+//! - a (sender, hash) pair is delivered at most once within the TTL, and ACKed every time;
+//! - ACKs go to the sender over our own outbound AckStream to it when we have one, otherwise on
+//!   the response side of an AckStream it opened to us, otherwise (single-stream mode) back on
+//!   the stream the message came on; an ACK with no route yet waits (bounded) for one.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use log::{debug, warn};
+
+use crate::config::Limits;
+use crate::id::{validate_id, IdKind, NodeId};
+use crate::message::{Completion, Delivery, FailReason, MessageKey, Outcome};
+use crate::stats::{add, bump, Counters};
+use crate::store::{SlotStore, Tracked};
+
+/// Identifies one gRPC stream of this node (unique for the node's lifetime).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(pub u64);
+
+/// What a stream is, seen from this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// MessageStream we opened to a neighbour: our payloads go out on it.
+    OutboundMessages,
+    /// AckStream we opened to a neighbour: our ACKs to it go out, its ACKs may come back.
+    OutboundAcks,
+    /// MessageStream a peer opened to us: its payloads come in.
+    InboundMessages,
+    /// AckStream a peer opened to us: its ACKs come in; ACKs to it may go back.
+    InboundAcks,
+    /// Single-stream call a peer opened to us: its payloads in, their ACKs back out.
+    InboundSingle,
+}
+
+/// A payload frame as the manager sees it (the wire's `GossipMessage`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireMessage {
+    /// Message hash.
+    pub hash: String,
+    /// Sender id (`from_hash`); may be empty from minimal clients.
+    pub from: String,
+    /// Payload.
+    pub payload: Bytes,
+}
+
+/// What a receiver did with a message (the wire's `AckStatus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckStatus {
+    /// Received and delivered.
+    Received,
+    /// Received before; not delivered again.
+    Duplicate,
+    /// Refused; see the ACK's detail.
+    Rejected,
+}
+
+/// An acknowledgement as the manager sees it (the wire's `GossipACK`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireAck {
+    /// Hash of the acknowledged message.
+    pub hash: String,
+    /// Id of the acknowledging node.
+    pub from: String,
+    /// Outcome at the receiver.
+    pub status: AckStatus,
+    /// Reason, for `Rejected`.
+    pub detail: String,
+}
+
+/// Inputs of the state machine.
+#[derive(Debug)]
+pub enum Event {
+    /// The application sends a message; its slot is already reserved in the store.
+    Send {
+        /// Target and hash.
+        key: MessageKey,
+        /// Payload.
+        payload: Bytes,
+    },
+    /// A stream is up and its peer is known.
+    StreamOpened {
+        /// The stream.
+        stream: StreamId,
+        /// Who is at the other end.
+        peer: NodeId,
+        /// What the stream is.
+        kind: StreamKind,
+    },
+    /// A stream ended (error, peer closed it, or we closed it).
+    StreamClosed {
+        /// The stream.
+        stream: StreamId,
+        /// Why, for logs and completions.
+        reason: String,
+    },
+    /// A payload frame arrived.
+    MessageReceived {
+        /// The stream it came on.
+        stream: StreamId,
+        /// The frame.
+        message: WireMessage,
+    },
+    /// An ACK arrived.
+    AckReceived {
+        /// The stream it came on.
+        stream: StreamId,
+        /// The ACK.
+        ack: WireAck,
+    },
+    /// The application removed a neighbour.
+    Disconnect {
+        /// The neighbour.
+        peer: NodeId,
+    },
+    /// Time passed: check TTLs.
+    Tick,
+    /// The node stops: everything in flight fails.
+    Shutdown,
+}
+
+/// Outputs of the state machine, carried out by the node in order.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Write a payload frame on a stream.
+    Transmit {
+        /// The stream.
+        stream: StreamId,
+        /// The frame.
+        message: WireMessage,
+    },
+    /// Write an ACK on a stream.
+    SendAck {
+        /// The stream.
+        stream: StreamId,
+        /// The ACK.
+        ack: WireAck,
+    },
+    /// Hand a message to the application.
+    Deliver(Delivery),
+    /// A sent message is finished.
+    Complete(Completion),
+    /// Close a stream (its link is torn down).
+    CloseStream(StreamId),
+    /// The outbound double stream to a neighbour is gone.
+    LinkDown {
+        /// The neighbour.
+        peer: NodeId,
+        /// The link's MessageStream (so a newer link to the same peer is left alone).
+        stream: StreamId,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Default, Debug)]
+struct PeerStreams {
+    out_messages: Option<StreamId>,
+    out_acks: Option<StreamId>,
+    in_acks: Option<StreamId>,
+}
+
+/// ACKs waiting for a route to their target, per target at most this many.
+const UNROUTED_ACKS_PER_PEER: usize = 4096;
+
+/// The message state machine. See the module docs.
+pub struct MessageManager {
+    local: NodeId,
+    store: Arc<SlotStore>,
+    limits: Limits,
+    counters: Arc<Counters>,
+    streams: HashMap<StreamId, (NodeId, StreamKind)>,
+    peers: HashMap<NodeId, PeerStreams>,
+    unrouted: HashMap<NodeId, VecDeque<(Instant, WireAck)>>,
+}
+
+impl MessageManager {
+    /// A manager for node `local`, tracking messages in `store`.
+    pub fn new(
+        local: NodeId,
+        store: Arc<SlotStore>,
+        limits: Limits,
+        counters: Arc<Counters>,
+    ) -> MessageManager {
+        MessageManager {
+            local,
+            store,
+            limits,
+            counters,
+            streams: HashMap::new(),
+            peers: HashMap::new(),
+            unrouted: HashMap::new(),
+        }
+    }
+
+    /// The store this manager completes messages in.
+    pub fn store(&self) -> &Arc<SlotStore> {
+        &self.store
+    }
+
+    /// Whether we have an outbound MessageStream to `peer`.
+    pub fn is_linked(&self, peer: &NodeId) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| p.out_messages.is_some())
+    }
+
+    /// Feeds one event; appends the resulting actions to `out`.
+    pub fn handle(&mut self, event: Event, now: Instant, out: &mut Vec<Action>) {
+        match event {
+            Event::Send { key, payload } => self.on_send(key, payload, now, out),
+            Event::StreamOpened { stream, peer, kind } => {
+                self.on_stream_opened(stream, peer, kind, out)
+            }
+            Event::StreamClosed { stream, reason } => {
+                self.on_stream_closed(stream, reason, now, out)
+            }
+            Event::MessageReceived { stream, message } => {
+                self.on_message(stream, message, now, out)
+            }
+            Event::AckReceived { stream, ack } => self.on_ack(stream, ack, now, out),
+            Event::Disconnect { peer } => self.on_disconnect(peer, now, out),
+            Event::Tick => self.on_tick(now, out),
+            Event::Shutdown => {
+                for (key, t) in self.store.close() {
+                    self.complete(key, t, Outcome::Failed(FailReason::Shutdown), now, out);
+                }
+            }
+        }
+    }
+
+    fn complete(
+        &self,
+        key: MessageKey,
+        tracked: Tracked,
+        outcome: Outcome,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        match &outcome {
+            Outcome::Acked { .. } => bump(&self.counters.acked),
+            Outcome::TimedOut => bump(&self.counters.timed_out),
+            Outcome::Failed(_) => bump(&self.counters.failed),
+        }
+        out.push(Action::Complete(Completion {
+            key,
+            outcome,
+            elapsed: now.saturating_duration_since(tracked.sent_at),
+        }));
+    }
+
+    fn on_send(&mut self, key: MessageKey, payload: Bytes, now: Instant, out: &mut Vec<Action>) {
+        let stream = self.peers.get(&key.peer).and_then(|p| p.out_messages);
+        match stream {
+            Some(stream) => {
+                bump(&self.counters.sent);
+                add(&self.counters.bytes_sent, payload.len());
+                out.push(Action::Transmit {
+                    stream,
+                    message: WireMessage {
+                        hash: key.hash,
+                        from: self.local.to_string(),
+                        payload,
+                    },
+                });
+            }
+            None => {
+                if let Some(t) = self.store.complete(&key) {
+                    self.complete(key, t, Outcome::Failed(FailReason::NotConnected), now, out);
+                }
+            }
+        }
+    }
+
+    fn on_stream_opened(
+        &mut self,
+        stream: StreamId,
+        peer: NodeId,
+        kind: StreamKind,
+        out: &mut Vec<Action>,
+    ) {
+        debug!("{}: stream {:?} {:?} with {}", self.local, stream, kind, peer);
+        self.streams.insert(stream, (peer.clone(), kind));
+        let entry = self.peers.entry(peer.clone()).or_default();
+        let replaced = match kind {
+            StreamKind::OutboundMessages => entry.out_messages.replace(stream),
+            StreamKind::OutboundAcks => entry.out_acks.replace(stream),
+            StreamKind::InboundAcks => entry.in_acks.replace(stream),
+            StreamKind::InboundMessages | StreamKind::InboundSingle => None,
+        };
+        if let Some(old) = replaced.filter(|old| *old != stream) {
+            // A newer stream of the same kind supersedes the old one.
+            out.push(Action::CloseStream(old));
+        }
+        if matches!(kind, StreamKind::OutboundAcks | StreamKind::InboundAcks) {
+            if let Some(waiting) = self.unrouted.remove(&peer) {
+                for (_, ack) in waiting {
+                    out.push(Action::SendAck { stream, ack });
+                }
+            }
+        }
+    }
+
+    fn on_stream_closed(
+        &mut self,
+        stream: StreamId,
+        reason: String,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some((peer, kind)) = self.streams.remove(&stream) else {
+            return;
+        };
+        debug!("{}: stream {:?} {:?} with {} closed: {}", self.local, stream, kind, peer, reason);
+        let Some(entry) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let slot = match kind {
+            StreamKind::OutboundMessages => &mut entry.out_messages,
+            StreamKind::OutboundAcks => &mut entry.out_acks,
+            StreamKind::InboundAcks => &mut entry.in_acks,
+            StreamKind::InboundMessages | StreamKind::InboundSingle => return,
+        };
+        if *slot != Some(stream) {
+            return; // an old, superseded stream
+        }
+        *slot = None;
+        if matches!(kind, StreamKind::OutboundMessages | StreamKind::OutboundAcks) {
+            // The outbound double stream lives and dies as one link.
+            let sibling = if kind == StreamKind::OutboundMessages {
+                entry.out_acks.take()
+            } else {
+                entry.out_messages.take()
+            };
+            if let Some(s) = sibling {
+                self.streams.remove(&s);
+                out.push(Action::CloseStream(s));
+            }
+            let messages = if kind == StreamKind::OutboundMessages {
+                Some(stream)
+            } else {
+                sibling
+            };
+            if let Some(messages) = messages {
+                out.push(Action::LinkDown {
+                    peer: peer.clone(),
+                    stream: messages,
+                    reason: reason.clone(),
+                });
+            }
+            for (key, t) in self.store.remove_peer(&peer) {
+                let why = FailReason::LinkLost(reason.clone());
+                self.complete(key, t, Outcome::Failed(why), now, out);
+            }
+        }
+    }
+
+    fn on_disconnect(&mut self, peer: NodeId, now: Instant, out: &mut Vec<Action>) {
+        if let Some(entry) = self.peers.get_mut(&peer) {
+            for s in [entry.out_messages.take(), entry.out_acks.take()]
+                .into_iter()
+                .flatten()
+            {
+                self.streams.remove(&s);
+                out.push(Action::CloseStream(s));
+            }
+        }
+        for (key, t) in self.store.remove_peer(&peer) {
+            self.complete(key, t, Outcome::Failed(FailReason::Disconnected), now, out);
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        stream: StreamId,
+        message: WireMessage,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some((peer, kind)) = self.streams.get(&stream).cloned() else {
+            warn!("{}: frame on unregistered stream {:?} dropped", self.local, stream);
+            return;
+        };
+        bump(&self.counters.received);
+        add(&self.counters.bytes_received, message.payload.len());
+        if let Err(e) = validate_id(IdKind::Message, &message.hash, &self.limits) {
+            // Without a usable hash there is nothing to ACK; the sender's TTL will tell it.
+            bump(&self.counters.rejected);
+            warn!("{}: frame from {} dropped: {}", self.local, peer, e);
+            return;
+        }
+        let rejection = if !message.from.is_empty() && message.from != peer.as_str() {
+            Some(format!(
+                "from_hash {:?} does not match the stream's sender {:?}",
+                message.from,
+                peer.as_str()
+            ))
+        } else if message.payload.len() > self.limits.max_payload_bytes {
+            Some(format!(
+                "payload of {} bytes exceeds the limit of {}",
+                message.payload.len(),
+                self.limits.max_payload_bytes
+            ))
+        } else {
+            None
+        };
+        let (status, detail) = match rejection {
+            Some(why) => {
+                bump(&self.counters.rejected);
+                warn!("{}: message {:?} from {} rejected: {}", self.local, message.hash, peer, why);
+                (AckStatus::Rejected, why)
+            }
+            None if self.store.observe(&peer, &message.hash, now) => {
+                bump(&self.counters.delivered);
+                out.push(Action::Deliver(Delivery {
+                    from: peer.clone(),
+                    hash: message.hash.clone(),
+                    payload: message.payload,
+                }));
+                (AckStatus::Received, String::new())
+            }
+            None => {
+                bump(&self.counters.duplicates);
+                (AckStatus::Duplicate, String::new())
+            }
+        };
+        let ack = WireAck {
+            hash: message.hash,
+            from: self.local.to_string(),
+            status,
+            detail,
+        };
+        self.route_ack(&peer, kind, stream, ack, now, out);
+    }
+
+    fn route_ack(
+        &mut self,
+        peer: &NodeId,
+        kind: StreamKind,
+        came_on: StreamId,
+        ack: WireAck,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if kind == StreamKind::InboundSingle {
+            out.push(Action::SendAck {
+                stream: came_on,
+                ack,
+            });
+            return;
+        }
+        let route = self
+            .peers
+            .get(peer)
+            .and_then(|p| p.out_acks.or(p.in_acks));
+        match route {
+            Some(stream) => out.push(Action::SendAck { stream, ack }),
+            None => {
+                let queue = self.unrouted.entry(peer.clone()).or_default();
+                if queue.len() >= UNROUTED_ACKS_PER_PEER {
+                    queue.pop_front();
+                    bump(&self.counters.unrouted_acks_dropped);
+                    warn!("{}: too many ACKs waiting for a route to {}", self.local, peer);
+                }
+                queue.push_back((now, ack));
+            }
+        }
+    }
+
+    fn on_ack(&mut self, stream: StreamId, ack: WireAck, now: Instant, out: &mut Vec<Action>) {
+        let Some((peer, _)) = self.streams.get(&stream).cloned() else {
+            return;
+        };
+        if !ack.from.is_empty() && ack.from != peer.as_str() {
+            bump(&self.counters.unknown_acks);
+            warn!(
+                "{}: ACK for {:?} claims to be from {:?} on {}'s stream; ignored",
+                self.local, ack.hash, ack.from, peer
+            );
+            return;
+        }
+        let key = MessageKey {
+            peer: peer.clone(),
+            hash: ack.hash,
+        };
+        let Some(tracked) = self.store.complete(&key) else {
+            bump(&self.counters.unknown_acks);
+            debug!("{}: ACK for {} not in flight", self.local, key);
+            return;
+        };
+        let outcome = match ack.status {
+            AckStatus::Received => Outcome::Acked {
+                by: peer,
+                duplicate: false,
+            },
+            AckStatus::Duplicate => Outcome::Acked {
+                by: peer,
+                duplicate: true,
+            },
+            AckStatus::Rejected => Outcome::Failed(FailReason::Rejected(ack.detail)),
+        };
+        self.complete(key, tracked, outcome, now, out);
+    }
+
+    fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        for (key, t) in self.store.expire(now) {
+            self.complete(key, t, Outcome::TimedOut, now, out);
+        }
+        let ttl: Duration = self.store.ttl();
+        let counters = &self.counters;
+        self.unrouted.retain(|_, queue| {
+            while queue
+                .front()
+                .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= ttl)
+            {
+                queue.pop_front();
+                bump(&counters.unrouted_acks_dropped);
+            }
+            !queue.is_empty()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,449 @@
+//! Deterministic tests of the message state machine: no threads, no network.
+
+use super::*;
+use crate::message::Outcome;
+use std::collections::HashMap;
+
+const OUT_MSG: StreamId = StreamId(1);
+const OUT_ACK: StreamId = StreamId(2);
+const IN_MSG: StreamId = StreamId(3);
+const IN_ACK: StreamId = StreamId(4);
+const SINGLE: StreamId = StreamId(5);
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s, &Limits::default()).unwrap()
+}
+
+fn key(peer: &str, hash: &str) -> MessageKey {
+    MessageKey {
+        peer: id(peer),
+        hash: hash.into(),
+    }
+}
+
+struct Harness {
+    m: MessageManager,
+    now: Instant,
+}
+
+impl Harness {
+    fn new(slots: usize) -> Harness {
+        let store = Arc::new(SlotStore::new(slots, Duration::from_secs(10), 1024));
+        Harness {
+            m: MessageManager::new(id("a"), store, Limits::default(), Arc::default()),
+            now: Instant::now(),
+        }
+    }
+
+    fn run(&mut self, e: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.m.handle(e, self.now, &mut out);
+        out
+    }
+
+    fn open(&mut self, stream: StreamId, peer: &str, kind: StreamKind) -> Vec<Action> {
+        self.run(Event::StreamOpened {
+            stream,
+            peer: id(peer),
+            kind,
+        })
+    }
+
+    fn link(&mut self, peer: &str) {
+        self.open(OUT_MSG, peer, StreamKind::OutboundMessages);
+        self.open(OUT_ACK, peer, StreamKind::OutboundAcks);
+    }
+
+    fn send(&mut self, peer: &str, hash: &str) -> Vec<Action> {
+        let k = key(peer, hash);
+        self.m
+            .store()
+            .reserve(&k, self.now, crate::store::Wait::No)
+            .unwrap();
+        self.run(Event::Send {
+            key: k,
+            payload: Bytes::from_static(b"payload"),
+        })
+    }
+
+    fn ack(&mut self, stream: StreamId, from: &str, hash: &str, status: AckStatus) -> Vec<Action> {
+        self.run(Event::AckReceived {
+            stream,
+            ack: WireAck {
+                hash: hash.into(),
+                from: from.into(),
+                status,
+                detail: "because".into(),
+            },
+        })
+    }
+
+    fn receive(&mut self, stream: StreamId, from: &str, hash: &str) -> Vec<Action> {
+        self.run(Event::MessageReceived {
+            stream,
+            message: WireMessage {
+                hash: hash.into(),
+                from: from.into(),
+                payload: Bytes::from_static(b"hi"),
+            },
+        })
+    }
+}
+
+fn completions(actions: &[Action]) -> Vec<(String, Outcome)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Complete(c) => Some((c.key.hash.clone(), c.outcome.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ack_routes(actions: &[Action]) -> Vec<(StreamId, AckStatus)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendAck { stream, ack } => Some((*stream, ack.status)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn send_then_ack_completes_once() {
+    let mut h = Harness::new(4);
+    h.link("b");
+    let out = h.send("b", "m1");
+    assert!(matches!(&out[..], [Action::Transmit { stream: OUT_MSG, message }]
+        if message.hash == "m1" && message.from == "a"));
+    h.now += Duration::from_millis(5);
+    let out = h.ack(OUT_ACK, "b", "m1", AckStatus::Received);
+    match &out[..] {
+        [Action::Complete(c)] => {
+            assert_eq!(c.key, key("b", "m1"));
+            assert_eq!(
+                c.outcome,
+                Outcome::Acked {
+                    by: id("b"),
+                    duplicate: false
+                }
+            );
+            assert_eq!(c.elapsed, Duration::from_millis(5));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A second ACK (e.g. after a retransmission) completes nothing.
+    assert!(h.ack(IN_ACK, "b", "m1", AckStatus::Duplicate).is_empty());
+    assert_eq!(h.m.store().in_flight(), 0);
+}
+
+#[test]
+fn acks_are_accepted_from_either_direction() {
+    let mut h = Harness::new(4);
+    h.link("b");
+    h.open(IN_ACK, "b", StreamKind::InboundAcks);
+    h.send("b", "1");
+    h.send("b", "2");
+    // One ACK on the response side of our AckStream, one on the AckStream b opened to us.
+    assert_eq!(completions(&h.ack(OUT_ACK, "b", "1", AckStatus::Received)).len(), 1);
+    assert_eq!(completions(&h.ack(IN_ACK, "b", "2", AckStatus::Received)).len(), 1);
+}
+
+#[test]
+fn send_without_link_fails_at_once() {
+    let mut h = Harness::new(4);
+    let out = h.send("nobody", "m1");
+    assert_eq!(
+        completions(&out),
+        [("m1".into(), Outcome::Failed(FailReason::NotConnected))]
+    );
+    assert_eq!(h.m.store().in_flight(), 0);
+}
+
+#[test]
+fn duplicates_are_delivered_once_and_acked_every_time() {
+    let mut h = Harness::new(4);
+    h.link("b");
+    h.open(IN_MSG, "b", StreamKind::InboundMessages);
+    let first = h.receive(IN_MSG, "b", "x");
+    assert!(matches!(&first[0], Action::Deliver(d) if d.hash == "x" && d.from == id("b")));
+    assert_eq!(ack_routes(&first), [(OUT_ACK, AckStatus::Received)]);
+    let again = h.receive(IN_MSG, "b", "x");
+    assert!(!again.iter().any(|a| matches!(a, Action::Deliver(_))));
+    assert_eq!(ack_routes(&again), [(OUT_ACK, AckStatus::Duplicate)]);
+}
+
+#[test]
+fn ack_route_prefers_our_own_link_then_their_ack_stream() {
+    let mut h = Harness::new(4);
+    h.open(IN_MSG, "c", StreamKind::InboundMessages);
+    h.open(IN_ACK, "c", StreamKind::InboundAcks);
+    // No link of ours to c: answer on the response side of c's AckStream.
+    assert_eq!(
+        ack_routes(&h.receive(IN_MSG, "c", "1")),
+        [(IN_ACK, AckStatus::Received)]
+    );
+    // Once we have our own AckStream to c, use it (what the original Go nodes expect).
+    h.open(OUT_MSG, "c", StreamKind::OutboundMessages);
+    h.open(OUT_ACK, "c", StreamKind::OutboundAcks);
+    assert_eq!(
+        ack_routes(&h.receive(IN_MSG, "c", "2")),
+        [(OUT_ACK, AckStatus::Received)]
+    );
+}
+
+#[test]
+fn single_stream_acks_go_back_on_the_same_call() {
+    let mut h = Harness::new(4);
+    h.link("d");
+    h.open(SINGLE, "d", StreamKind::InboundSingle);
+    assert_eq!(
+        ack_routes(&h.receive(SINGLE, "d", "1")),
+        [(SINGLE, AckStatus::Received)]
+    );
+}
+
+#[test]
+fn ack_without_route_waits_for_one_then_expires() {
+    let mut h = Harness::new(4);
+    h.open(IN_MSG, "e", StreamKind::InboundMessages);
+    let out = h.receive(IN_MSG, "e", "1");
+    assert!(ack_routes(&out).is_empty(), "no route yet");
+    let opened = h.open(IN_ACK, "e", StreamKind::InboundAcks);
+    assert_eq!(ack_routes(&opened), [(IN_ACK, AckStatus::Received)]);
+
+    h.open(IN_MSG, "f", StreamKind::InboundMessages);
+    h.receive(IN_MSG, "f", "1");
+    h.now += Duration::from_secs(11);
+    h.run(Event::Tick);
+    assert!(ack_routes(&h.open(StreamId(9), "f", StreamKind::InboundAcks)).is_empty());
+}
+
+#[test]
+fn mismatched_sender_is_rejected_and_rejection_fails_the_send() {
+    let mut h = Harness::new(4);
+    h.link("b");
+    h.open(IN_MSG, "b", StreamKind::InboundMessages);
+    let out = h.receive(IN_MSG, "mallory", "1");
+    assert!(!out.iter().any(|a| matches!(a, Action::Deliver(_))));
+    assert_eq!(ack_routes(&out), [(OUT_ACK, AckStatus::Rejected)]);
+
+    h.send("b", "m");
+    let out = h.ack(OUT_ACK, "b", "m", AckStatus::Rejected);
+    assert_eq!(
+        completions(&out),
+        [(
+            "m".into(),
+            Outcome::Failed(FailReason::Rejected("because".into()))
+        )]
+    );
+}
+
+#[test]
+fn empty_hash_is_dropped_without_ack() {
+    let mut h = Harness::new(4);
+    h.link("b");
+    h.open(IN_MSG, "b", StreamKind::InboundMessages);
+    assert!(h.receive(IN_MSG, "b", "").is_empty());
+}
+
+#[test]
+fn ttl_expiry_times_out_and_late_ack_is_ignored() {
+    let mut h = Harness::new(4);
+    h.link("b");
+    h.send("b", "slow");
+    h.now += Duration::from_secs(9);
+    assert!(completions(&h.run(Event::Tick)).is_empty());
+    h.now += Duration::from_secs(1);
+    assert_eq!(
+        completions(&h.run(Event::Tick)),
+        [("slow".into(), Outcome::TimedOut)]
+    );
+    assert!(h.ack(OUT_ACK, "b", "slow", AckStatus::Received).is_empty());
+}
+
+#[test]
+fn link_loss_fails_in_flight_in_order_and_tears_the_link_down() {
+    let mut h = Harness::new(8);
+    h.link("b");
+    for m in ["1", "2", "3"] {
+        h.send("b", m);
+    }
+    let out = h.run(Event::StreamClosed {
+        stream: OUT_MSG,
+        reason: "reset".into(),
+    });
+    assert!(out.contains(&Action::CloseStream(OUT_ACK)));
+    assert!(out
+        .iter()
+        .any(|a| matches!(a, Action::LinkDown { peer, .. } if *peer == id("b"))));
+    let lost = Outcome::Failed(FailReason::LinkLost("reset".into()));
+    assert_eq!(
+        completions(&out),
+        [
+            ("1".into(), lost.clone()),
+            ("2".into(), lost.clone()),
+            ("3".into(), lost)
+        ]
+    );
+    assert!(!h.m.is_linked(&id("b")));
+    // Later sends fail fast.
+    assert_eq!(
+        completions(&h.send("b", "4")),
+        [("4".into(), Outcome::Failed(FailReason::NotConnected))]
+    );
+}
+
+#[test]
+fn superseded_stream_closing_does_not_break_the_new_one() {
+    let mut h = Harness::new(4);
+    h.link("b");
+    let out = h.open(StreamId(7), "b", StreamKind::OutboundMessages);
+    assert_eq!(out, [Action::CloseStream(OUT_MSG)]);
+    let out = h.run(Event::StreamClosed {
+        stream: OUT_MSG,
+        reason: "replaced".into(),
+    });
+    assert!(out.is_empty());
+    assert!(h.m.is_linked(&id("b")));
+}
+
+#[test]
+fn disconnect_and_shutdown_fail_what_is_in_flight() {
+    let mut h = Harness::new(8);
+    h.link("b");
+    h.open(StreamId(11), "c", StreamKind::OutboundMessages);
+    h.send("b", "1");
+    h.send("c", "2");
+    let out = h.run(Event::Disconnect { peer: id("b") });
+    assert_eq!(
+        completions(&out),
+        [("1".into(), Outcome::Failed(FailReason::Disconnected))]
+    );
+    assert!(out.contains(&Action::CloseStream(OUT_MSG)));
+    let out = h.run(Event::Shutdown);
+    assert_eq!(
+        completions(&out),
+        [("2".into(), Outcome::Failed(FailReason::Shutdown))]
+    );
+}
+
+#[test]
+fn ack_claiming_another_sender_is_ignored() {
+    let mut h = Harness::new(4);
+    h.link("b");
+    h.send("b", "1");
+    assert!(h.ack(OUT_ACK, "mallory", "1", AckStatus::Received).is_empty());
+    assert_eq!(h.m.store().in_flight(), 1);
+}
+
+mod property {
+    //! For any interleaving of sends, ACKs (right, duplicated, bogus), link losses,
+    //! reconnections, disconnects and ticks: exactly one completion per send, and the store
+    //! never holds more than its slots.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Send(u8),
+        AckLatest(u8, bool),
+        AckBogus(u8),
+        LinkUp(u8),
+        LinkLost(u8),
+        Disconnect(u8),
+        Advance(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..3).prop_map(Op::Send),
+            4 => ((0u8..3), any::<bool>()).prop_map(|(p, d)| Op::AckLatest(p, d)),
+            1 => (0u8..3).prop_map(Op::AckBogus),
+            2 => (0u8..3).prop_map(Op::LinkUp),
+            1 => (0u8..3).prop_map(Op::LinkLost),
+            1 => (0u8..3).prop_map(Op::Disconnect),
+            1 => (0u8..30).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn exactly_one_completion_per_send(ops in prop::collection::vec(op(), 1..200)) {
+            const SLOTS: usize = 5;
+            let mut h = Harness::new(SLOTS);
+            let peers = ["p0", "p1", "p2"];
+            let mut next_stream = 100u64;
+            let mut out_streams: HashMap<u8, (StreamId, StreamId)> = HashMap::new();
+            let mut sent: Vec<MessageKey> = Vec::new();
+            let mut completed: HashMap<MessageKey, usize> = HashMap::new();
+            let mut seq = 0u32;
+            for op in ops {
+                let actions = match op {
+                    Op::Send(p) => {
+                        seq += 1;
+                        let k = key(peers[p as usize], &format!("m{seq}"));
+                        match h.m.store().reserve(&k, h.now, crate::store::Wait::No) {
+                            Ok(_) => {
+                                sent.push(k.clone());
+                                h.run(Event::Send { key: k, payload: Bytes::new() })
+                            }
+                            Err(_) => Vec::new(),
+                        }
+                    }
+                    Op::AckLatest(p, dup) => {
+                        let peer = peers[p as usize];
+                        let last = sent.iter().rev().find(|k| k.peer.as_str() == peer).cloned();
+                        match (last, out_streams.get(&p)) {
+                            (Some(k), Some(&(_, ack_stream))) => {
+                                let st = if dup { AckStatus::Duplicate } else { AckStatus::Received };
+                                h.ack(ack_stream, peer, &k.hash, st)
+                            }
+                            _ => Vec::new(),
+                        }
+                    }
+                    Op::AckBogus(p) => match out_streams.get(&p) {
+                        Some(&(_, s)) => h.ack(s, peers[p as usize], "never-sent", AckStatus::Received),
+                        None => Vec::new(),
+                    },
+                    Op::LinkUp(p) => {
+                        let (m, a) = (StreamId(next_stream), StreamId(next_stream + 1));
+                        next_stream += 2;
+                        out_streams.insert(p, (m, a));
+                        let mut v = h.open(m, peers[p as usize], StreamKind::OutboundMessages);
+                        v.extend(h.open(a, peers[p as usize], StreamKind::OutboundAcks));
+                        v
+                    }
+                    Op::LinkLost(p) => match out_streams.remove(&p) {
+                        Some((m, _)) => h.run(Event::StreamClosed { stream: m, reason: "cut".into() }),
+                        None => Vec::new(),
+                    },
+                    Op::Disconnect(p) => {
+                        out_streams.remove(&p);
+                        h.run(Event::Disconnect { peer: id(peers[p as usize]) })
+                    }
+                    Op::Advance(s) => {
+                        h.now += Duration::from_millis(u64::from(s) * 200);
+                        h.run(Event::Tick)
+                    }
+                };
+                for a in actions {
+                    if let Action::Complete(c) = a {
+                        *completed.entry(c.key).or_default() += 1;
+                    }
+                }
+                prop_assert!(h.m.store().in_flight() <= SLOTS);
+            }
+            for a in h.run(Event::Shutdown) {
+                if let Action::Complete(c) = a {
+                    *completed.entry(c.key).or_default() += 1;
+                }
+            }
+            prop_assert_eq!(completed.len(), sent.len());
+            for k in &sent {
+                prop_assert_eq!(completed.get(k).copied(), Some(1), "{}", k);
+            }
+        }
+    }
+}

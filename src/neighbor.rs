@@ -1,0 +1,175 @@
+//! Who the neighbours are: `NeighborInfo`, the `NeighborStore` trait with its in-memory default,
+//! and the `NeighborManager` a node uses.
+
+use std::collections::HashMap;
+
+use parking_lot::RwLock;
+
+use crate::config::Limits;
+use crate::error::Error;
+use crate::id::NodeId;
+
+/// A neighbour record, as in the seed: its id, its gRPC endpoint and whether it is online.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NeighborInfo {
+    /// The neighbour's node id (`NodeHash`).
+    pub node_hash: String,
+    /// Its gRPC address, e.g. `127.0.0.1:51000`.
+    pub endpoint: String,
+    /// Whether our double stream to it is up. Set by the node; the value passed to
+    /// [`Node::connect_to_neighbor`](crate::Node::connect_to_neighbor) is ignored.
+    pub online: bool,
+}
+
+impl NeighborInfo {
+    /// A neighbour record (offline until connected).
+    pub fn new(node_hash: impl Into<String>, endpoint: impl Into<String>) -> NeighborInfo {
+        NeighborInfo {
+            node_hash: node_hash.into(),
+            endpoint: endpoint.into(),
+            online: false,
+        }
+    }
+}
+
+/// Where neighbour records live. Implement it to keep them elsewhere (a file, a registry).
+pub trait NeighborStore: Send + Sync {
+    /// Inserts or replaces the record of `info.node_hash`.
+    fn upsert(&self, info: NeighborInfo);
+    /// The record of `node_hash`.
+    fn get(&self, node_hash: &str) -> Option<NeighborInfo>;
+    /// Removes and returns the record of `node_hash`.
+    fn remove(&self, node_hash: &str) -> Option<NeighborInfo>;
+    /// Sets the online flag; false if there is no such neighbour.
+    fn set_online(&self, node_hash: &str, online: bool) -> bool;
+    /// All records, sorted by id.
+    fn list(&self) -> Vec<NeighborInfo>;
+}
+
+/// The default [`NeighborStore`]: a map behind a read-write lock.
+#[derive(Default)]
+pub struct MemoryNeighborStore {
+    map: RwLock<HashMap<String, NeighborInfo>>,
+}
+
+impl NeighborStore for MemoryNeighborStore {
+    fn upsert(&self, info: NeighborInfo) {
+        self.map.write().insert(info.node_hash.clone(), info);
+    }
+
+    fn get(&self, node_hash: &str) -> Option<NeighborInfo> {
+        self.map.read().get(node_hash).cloned()
+    }
+
+    fn remove(&self, node_hash: &str) -> Option<NeighborInfo> {
+        self.map.write().remove(node_hash)
+    }
+
+    fn set_online(&self, node_hash: &str, online: bool) -> bool {
+        match self.map.write().get_mut(node_hash) {
+            Some(info) => {
+                info.online = online;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn list(&self) -> Vec<NeighborInfo> {
+        let mut v: Vec<NeighborInfo> = self.map.read().values().cloned().collect();
+        v.sort_by(|a, b| a.node_hash.cmp(&b.node_hash));
+        v
+    }
+}
+
+/// A node's view of its neighbours: validated ids over a [`NeighborStore`].
+pub struct NeighborManager {
+    store: Box<dyn NeighborStore>,
+    ids: RwLock<HashMap<String, NodeId>>,
+    limits: Limits,
+}
+
+impl NeighborManager {
+    /// A manager over `store`, validating ids against `limits`.
+    pub fn new(store: Box<dyn NeighborStore>, limits: Limits) -> NeighborManager {
+        NeighborManager {
+            store,
+            ids: RwLock::new(HashMap::new()),
+            limits,
+        }
+    }
+
+    /// Adds or updates a neighbour; returns its id. The record starts offline.
+    pub fn add(&self, mut info: NeighborInfo) -> Result<NodeId, Error> {
+        let id = NodeId::new(&info.node_hash, &self.limits)?;
+        if info.endpoint.is_empty() {
+            return Err(Error::Connect {
+                endpoint: info.endpoint,
+                reason: "empty endpoint".into(),
+            });
+        }
+        info.online = false;
+        self.store.upsert(info);
+        self.ids.write().insert(id.as_str().to_owned(), id.clone());
+        Ok(id)
+    }
+
+    /// The id and record of a neighbour.
+    pub fn lookup(&self, node_hash: &str) -> Option<(NodeId, NeighborInfo)> {
+        let id = self.ids.read().get(node_hash).cloned()?;
+        Some((id, self.store.get(node_hash)?))
+    }
+
+    /// Removes a neighbour.
+    pub fn remove(&self, node_hash: &str) -> Option<NeighborInfo> {
+        self.ids.write().remove(node_hash);
+        self.store.remove(node_hash)
+    }
+
+    /// Marks a neighbour online or offline.
+    pub fn set_online(&self, node_hash: &str, online: bool) -> bool {
+        self.store.set_online(node_hash, online)
+    }
+
+    /// All neighbour records.
+    pub fn list(&self) -> Vec<NeighborInfo> {
+        self.store.list()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_store_round_trip() {
+        let m = NeighborManager::new(Box::<MemoryNeighborStore>::default(), Limits::default());
+        let mut info = NeighborInfo::new("b", "127.0.0.1:1");
+        info.online = true;
+        let id = m.add(info).unwrap();
+        assert_eq!(id.as_str(), "b");
+        let (_, rec) = m.lookup("b").unwrap();
+        assert!(!rec.online, "starts offline whatever the caller said");
+        assert!(m.set_online("b", true));
+        assert!(m.lookup("b").unwrap().1.online);
+        assert!(!m.set_online("zz", true));
+        m.add(NeighborInfo::new("a", "127.0.0.1:2")).unwrap();
+        let ids: Vec<String> = m.list().into_iter().map(|n| n.node_hash).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert!(m.remove("b").is_some());
+        assert!(m.lookup("b").is_none());
+    }
+
+    #[test]
+    fn bad_records_are_refused() {
+        let m = NeighborManager::new(Box::<MemoryNeighborStore>::default(), Limits::default());
+        assert!(matches!(
+            m.add(NeighborInfo::new("", "x:1")),
+            Err(Error::InvalidId { .. })
+        ));
+        assert!(matches!(
+            m.add(NeighborInfo::new("b", "")),
+            Err(Error::Connect { .. })
+        ));
+    }
+}

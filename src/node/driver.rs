@@ -1,0 +1,220 @@
+//! The message-manager thread: owns the [`MessageManager`], reads its inbox, and carries out the
+//! actions (frames to writer threads, deliveries, completions). It never blocks on anything but
+//! its inbox, so no reader, writer or application thread can wedge it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use log::{info, warn};
+use parking_lot::Mutex;
+
+use crate::id::NodeId;
+use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind, WireAck};
+use crate::message::{Completion, Delivery};
+use crate::neighbor::NeighborManager;
+use crate::transport::factory::ChannelLease;
+use crate::transport::threads::ReadGate;
+use crate::transport::Writer;
+
+/// What the manager thread's inbox carries.
+pub(crate) enum Input {
+    /// An event for the state machine.
+    Event(Event),
+    /// A stream is up: remember its writer, then tell the state machine.
+    Open {
+        stream: StreamId,
+        peer: NodeId,
+        kind: StreamKind,
+        writer: Option<Writer>,
+    },
+    /// Stop: fail what is in flight, close every writer, exit.
+    Shutdown,
+}
+
+/// An outbound double stream: the lease on its channel and the id of its MessageStream.
+pub(crate) struct Link {
+    pub(crate) _lease: ChannelLease,
+    pub(crate) messages: StreamId,
+}
+
+/// Deliveries and ACKs held back, in order, while the application's delivery queue is full.
+pub(crate) enum Held {
+    Deliver(Delivery),
+    Ack { stream: StreamId, ack: WireAck },
+}
+
+/// Everything the manager thread owns.
+pub(crate) struct Driver {
+    pub(crate) manager: MessageManager,
+    pub(crate) inbox: Receiver<Input>,
+    pub(crate) completions: Sender<Completion>,
+    /// `None`: deliveries are discarded (`Deliveries::Discard`).
+    pub(crate) deliveries: Option<Sender<Delivery>>,
+    pub(crate) gate: Arc<ReadGate>,
+    pub(crate) neighbors: Arc<NeighborManager>,
+    pub(crate) links: Arc<Mutex<HashMap<NodeId, Link>>>,
+    pub(crate) tick: Duration,
+    pub(crate) writers: HashMap<StreamId, Writer>,
+    pub(crate) held: VecDeque<Held>,
+    pub(crate) actions: Vec<Action>,
+}
+
+/// Inputs handled per wake-up before checking timers, so a flood cannot starve TTL checks.
+const BATCH: usize = 256;
+/// How often held deliveries are retried while the application's queue is full.
+const HELD_RETRY: Duration = Duration::from_millis(1);
+
+impl Driver {
+    pub(crate) fn run(mut self) {
+        let mut next_tick = Instant::now() + self.tick;
+        'run: loop {
+            let mut wait = next_tick.saturating_duration_since(Instant::now());
+            if !self.held.is_empty() {
+                wait = wait.min(HELD_RETRY);
+            }
+            match self.inbox.recv_timeout(wait) {
+                Ok(input) => {
+                    if !self.accept(input) {
+                        break 'run;
+                    }
+                    for _ in 1..BATCH {
+                        let Ok(input) = self.inbox.try_recv() else { break };
+                        if !self.accept(input) {
+                            break 'run;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break 'run,
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.step(Event::Tick);
+                next_tick = now + self.tick;
+            }
+            if !self.held.is_empty() {
+                self.release_held();
+            }
+        }
+        self.step(Event::Shutdown);
+        // Dropping the writers' channels ends every writer thread, which closes its call.
+        self.writers.clear();
+        self.gate.release();
+    }
+
+    /// Handles one input; false when the node must stop.
+    fn accept(&mut self, input: Input) -> bool {
+        match input {
+            Input::Event(event) => self.step(event),
+            Input::Open {
+                stream,
+                peer,
+                kind,
+                writer,
+            } => {
+                if let Some(w) = writer {
+                    self.writers.insert(stream, w);
+                }
+                self.step(Event::StreamOpened { stream, peer, kind });
+            }
+            Input::Shutdown => return false,
+        }
+        true
+    }
+
+    fn step(&mut self, event: Event) {
+        let mut actions = std::mem::take(&mut self.actions);
+        self.manager.handle(event, Instant::now(), &mut actions);
+        for action in actions.drain(..) {
+            self.execute(action);
+        }
+        self.actions = actions;
+    }
+
+    fn execute(&mut self, action: Action) {
+        match action {
+            Action::Transmit { stream, message } => {
+                // A missing or finished writer means its stream is closing; the manager fails
+                // the message when the close arrives.
+                if let Some(Writer::Messages(tx)) = self.writers.get(&stream) {
+                    let _ = tx.send(message.into());
+                }
+            }
+            Action::SendAck { stream, ack } => {
+                if self.held.is_empty() {
+                    self.send_ack(stream, ack);
+                } else {
+                    self.held.push_back(Held::Ack { stream, ack });
+                }
+            }
+            Action::Deliver(delivery) => {
+                if self.deliveries.is_some() {
+                    if self.held.is_empty() {
+                        self.deliver(delivery);
+                    } else {
+                        self.held.push_back(Held::Deliver(delivery));
+                    }
+                }
+            }
+            Action::Complete(completion) => {
+                // The node keeps a receiver, so this cannot fail while the node exists.
+                let _ = self.completions.send(completion);
+            }
+            Action::CloseStream(stream) => {
+                self.writers.remove(&stream);
+            }
+            Action::LinkDown {
+                peer,
+                stream,
+                reason,
+            } => {
+                let mut links = self.links.lock();
+                if links.get(&peer).is_some_and(|l| l.messages == stream) {
+                    links.remove(&peer);
+                    self.neighbors.set_online(peer.as_str(), false);
+                    info!("link to {peer} down: {reason}");
+                }
+            }
+        }
+    }
+
+    fn send_ack(&self, stream: StreamId, ack: WireAck) {
+        if let Some(Writer::Acks(tx)) = self.writers.get(&stream) {
+            let _ = tx.send(ack.into());
+        }
+    }
+
+    /// Hands a delivery to the application, or holds it (and closes the read gate) if the
+    /// application's queue is full.
+    fn deliver(&mut self, delivery: Delivery) {
+        let Some(tx) = &self.deliveries else { return };
+        match tx.try_send(delivery) {
+            Ok(()) => {}
+            Err(TrySendError::Full(d)) => {
+                self.held.push_back(Held::Deliver(d));
+                self.gate.set_open(false);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                warn!("delivery queue closed; message dropped");
+            }
+        }
+    }
+
+    fn release_held(&mut self) {
+        while let Some(held) = self.held.pop_front() {
+            match held {
+                Held::Ack { stream, ack } => self.send_ack(stream, ack),
+                Held::Deliver(d) => {
+                    let Some(tx) = &self.deliveries else { continue };
+                    if let Err(TrySendError::Full(d)) = tx.try_send(d) {
+                        self.held.push_front(Held::Deliver(d));
+                        return;
+                    }
+                }
+            }
+        }
+        self.gate.set_open(true);
+    }
+}

@@ -1,0 +1,385 @@
+//! `SlotStore`: the seed's TTL storage. It bounds how many messages are in flight, remembers
+//! when each must complete, and keeps a bounded seen-cache for de-duplication.
+//!
+//! Application threads reserve slots here directly (so a full store blocks the caller, not the
+//! manager); the manager thread completes and expires entries. Both sides take a
+//! `parking_lot` mutex for O(log n) work at most.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::Error;
+use crate::id::NodeId;
+use crate::message::MessageKey;
+
+/// How a reservation waits when every slot is busy.
+#[derive(Clone, Copy, Debug)]
+pub enum Wait {
+    /// Return [`Error::Full`] at once.
+    No,
+    /// Wait until a slot frees (or the store closes).
+    Forever,
+    /// Wait at most until this instant, then return [`Error::Full`].
+    Until(Instant),
+}
+
+/// What the store remembers of one in-flight message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    /// When the application handed it over.
+    pub sent_at: Instant,
+    /// When it times out.
+    pub deadline: Instant,
+    seq: u64,
+}
+
+struct Slots {
+    in_flight: HashMap<MessageKey, Tracked>,
+    /// Deadline order; `seq` keeps equal deadlines distinct.
+    expiry: BTreeMap<(Instant, u64), MessageKey>,
+    next_seq: u64,
+    closed: bool,
+}
+
+/// Bounded, TTL-expiring record of (sender, hash) pairs already received.
+struct SeenCache {
+    capacity: usize,
+    ttl: Duration,
+    entries: HashMap<(NodeId, String), Instant>,
+    order: VecDeque<(Instant, NodeId, String)>,
+}
+
+impl SeenCache {
+    fn evict(&mut self, now: Instant) {
+        while let Some((at, _, _)) = self.order.front() {
+            let expired = now.saturating_duration_since(*at) >= self.ttl;
+            if !(expired || self.order.len() > self.capacity) {
+                break;
+            }
+            if let Some((_, from, hash)) = self.order.pop_front() {
+                self.entries.remove(&(from, hash));
+            }
+        }
+    }
+}
+
+/// The mutex-guarded store of in-flight messages (at most `slots`, each for at most `ttl`) and
+/// of recently seen hashes.
+pub struct SlotStore {
+    slots: usize,
+    ttl: Duration,
+    state: Mutex<Slots>,
+    slot_freed: Condvar,
+    seen: Mutex<SeenCache>,
+}
+
+impl SlotStore {
+    /// A store with `slots` slots whose entries (and seen hashes) live at most `ttl`; the
+    /// seen-cache keeps at most `seen_capacity` entries.
+    pub fn new(slots: usize, ttl: Duration, seen_capacity: usize) -> SlotStore {
+        SlotStore {
+            slots,
+            ttl,
+            state: Mutex::new(Slots {
+                in_flight: HashMap::with_capacity(slots),
+                expiry: BTreeMap::new(),
+                next_seq: 0,
+                closed: false,
+            }),
+            slot_freed: Condvar::new(),
+            seen: Mutex::new(SeenCache {
+                capacity: seen_capacity,
+                ttl,
+                entries: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// Number of slots.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// The TTL of an entry.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Messages in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.state.lock().in_flight.len()
+    }
+
+    /// Takes a slot for `key`, waiting as `wait` says while all are busy.
+    ///
+    /// Errors: [`Error::Full`] (no slot in time), [`Error::AlreadyInFlight`] (same key not yet
+    /// completed), [`Error::Shutdown`] (store closed).
+    pub fn reserve(&self, key: &MessageKey, now: Instant, wait: Wait) -> Result<Tracked, Error> {
+        let mut state = self.state.lock();
+        loop {
+            if state.closed {
+                return Err(Error::Shutdown);
+            }
+            if state.in_flight.contains_key(key) {
+                return Err(Error::AlreadyInFlight {
+                    peer: key.peer.to_string(),
+                    hash: key.hash.clone(),
+                });
+            }
+            if state.in_flight.len() < self.slots {
+                break;
+            }
+            let full = Error::Full { slots: self.slots };
+            match wait {
+                Wait::No => return Err(full),
+                Wait::Forever => self.slot_freed.wait(&mut state),
+                Wait::Until(t) => {
+                    if self.slot_freed.wait_until(&mut state, t).timed_out() {
+                        return Err(full);
+                    }
+                }
+            }
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let tracked = Tracked {
+            sent_at: now,
+            deadline: now + self.ttl,
+            seq,
+        };
+        state.expiry.insert((tracked.deadline, seq), key.clone());
+        state.in_flight.insert(key.clone(), tracked.clone());
+        Ok(tracked)
+    }
+
+    /// Removes `key` (it completed) and frees its slot; `None` if it was not in flight.
+    pub fn complete(&self, key: &MessageKey) -> Option<Tracked> {
+        let mut state = self.state.lock();
+        let tracked = state.in_flight.remove(key)?;
+        state.expiry.remove(&(tracked.deadline, tracked.seq));
+        drop(state);
+        self.slot_freed.notify_one();
+        Some(tracked)
+    }
+
+    /// Removes and returns every entry whose deadline is at or before `now`.
+    pub fn expire(&self, now: Instant) -> Vec<(MessageKey, Tracked)> {
+        let mut state = self.state.lock();
+        let mut out = Vec::new();
+        while let Some(entry) = state.expiry.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = entry.remove();
+            if let Some(t) = state.in_flight.remove(&key) {
+                out.push((key, t));
+            }
+        }
+        drop(state);
+        if !out.is_empty() {
+            self.slot_freed.notify_all();
+        }
+        out
+    }
+
+    /// Messages in flight per target neighbour.
+    pub fn in_flight_by_peer(&self) -> HashMap<NodeId, usize> {
+        let state = self.state.lock();
+        let mut out: HashMap<NodeId, usize> = HashMap::new();
+        for key in state.in_flight.keys() {
+            *out.entry(key.peer.clone()).or_default() += 1;
+        }
+        out
+    }
+
+    /// Removes and returns every in-flight entry addressed to `peer`.
+    pub fn remove_peer(&self, peer: &NodeId) -> Vec<(MessageKey, Tracked)> {
+        self.remove_where(|k| &k.peer == peer)
+    }
+
+    /// Closes the store: pending and future reservations fail with [`Error::Shutdown`]; returns
+    /// what was in flight.
+    pub fn close(&self) -> Vec<(MessageKey, Tracked)> {
+        self.state.lock().closed = true;
+        let out = self.remove_where(|_| true);
+        self.slot_freed.notify_all();
+        out
+    }
+
+    fn remove_where(&self, pred: impl Fn(&MessageKey) -> bool) -> Vec<(MessageKey, Tracked)> {
+        let mut state = self.state.lock();
+        let keys: Vec<MessageKey> = state.in_flight.keys().filter(|k| pred(k)).cloned().collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(t) = state.in_flight.remove(&key) {
+                state.expiry.remove(&(t.deadline, t.seq));
+                out.push((key, t));
+            }
+        }
+        drop(state);
+        if !out.is_empty() {
+            self.slot_freed.notify_all();
+        }
+        // Sent order, so completions come out in the order the messages went in.
+        out.sort_by_key(|(_, t)| t.seq);
+        out
+    }
+
+    /// Records that `hash` arrived from `from`; true the first time (within the TTL and the
+    /// cache's capacity), false for a duplicate.
+    pub fn observe(&self, from: &NodeId, hash: &str, now: Instant) -> bool {
+        let mut seen = self.seen.lock();
+        seen.evict(now);
+        let key = (from.clone(), hash.to_owned());
+        if seen.entries.contains_key(&key) {
+            return false;
+        }
+        seen.entries.insert(key.clone(), now);
+        seen.order.push_back((now, key.0, key.1));
+        seen.evict(now);
+        true
+    }
+
+    /// Entries in the seen-cache now.
+    pub fn seen_len(&self) -> usize {
+        self.seen.lock().entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use std::sync::Arc;
+
+    fn key(peer: &str, hash: &str) -> MessageKey {
+        MessageKey {
+            peer: NodeId::new(peer, &Limits::default()).unwrap(),
+            hash: hash.into(),
+        }
+    }
+
+    #[test]
+    fn slots_bound_in_flight_and_free_on_complete() {
+        let store = SlotStore::new(2, Duration::from_secs(10), 16);
+        let now = Instant::now();
+        store.reserve(&key("b", "1"), now, Wait::No).unwrap();
+        store.reserve(&key("b", "2"), now, Wait::No).unwrap();
+        assert!(matches!(
+            store.reserve(&key("b", "3"), now, Wait::No),
+            Err(Error::Full { slots: 2 })
+        ));
+        assert!(store.complete(&key("b", "1")).is_some());
+        assert!(store.complete(&key("b", "1")).is_none(), "completes once");
+        store.reserve(&key("b", "3"), now, Wait::No).unwrap();
+        assert_eq!(store.in_flight(), 2);
+    }
+
+    #[test]
+    fn same_key_twice_is_refused() {
+        let store = SlotStore::new(4, Duration::from_secs(10), 16);
+        let now = Instant::now();
+        store.reserve(&key("b", "1"), now, Wait::No).unwrap();
+        assert!(matches!(
+            store.reserve(&key("b", "1"), now, Wait::No),
+            Err(Error::AlreadyInFlight { .. })
+        ));
+        // Same hash to another neighbour is a different message.
+        store.reserve(&key("c", "1"), now, Wait::No).unwrap();
+    }
+
+    #[test]
+    fn blocked_reserve_wakes_when_a_slot_frees() {
+        let store = Arc::new(SlotStore::new(1, Duration::from_secs(10), 16));
+        store.reserve(&key("b", "1"), Instant::now(), Wait::No).unwrap();
+        let s2 = store.clone();
+        let waiter =
+            std::thread::spawn(move || s2.reserve(&key("b", "2"), Instant::now(), Wait::Forever));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "must wait while full");
+        store.complete(&key("b", "1"));
+        assert!(waiter.join().unwrap().is_ok());
+    }
+
+    #[test]
+    fn bounded_wait_gives_full() {
+        let store = SlotStore::new(1, Duration::from_secs(10), 16);
+        store.reserve(&key("b", "1"), Instant::now(), Wait::No).unwrap();
+        let until = Instant::now() + Duration::from_millis(20);
+        assert!(matches!(
+            store.reserve(&key("b", "2"), Instant::now(), Wait::Until(until)),
+            Err(Error::Full { .. })
+        ));
+    }
+
+    #[test]
+    fn close_wakes_waiters_and_returns_everything() {
+        let store = Arc::new(SlotStore::new(1, Duration::from_secs(10), 16));
+        store.reserve(&key("b", "1"), Instant::now(), Wait::No).unwrap();
+        let s2 = store.clone();
+        let waiter =
+            std::thread::spawn(move || s2.reserve(&key("b", "2"), Instant::now(), Wait::Forever));
+        std::thread::sleep(Duration::from_millis(20));
+        let pending = store.close();
+        assert_eq!(pending.len(), 1);
+        assert!(matches!(waiter.join().unwrap(), Err(Error::Shutdown)));
+        assert!(matches!(
+            store.reserve(&key("b", "3"), Instant::now(), Wait::No),
+            Err(Error::Shutdown)
+        ));
+    }
+
+    #[test]
+    fn ttl_expiry_in_deadline_order() {
+        let store = SlotStore::new(8, Duration::from_secs(10), 16);
+        let t0 = Instant::now();
+        store.reserve(&key("b", "1"), t0, Wait::No).unwrap();
+        store
+            .reserve(&key("b", "2"), t0 + Duration::from_secs(1), Wait::No)
+            .unwrap();
+        assert!(store.expire(t0 + Duration::from_secs(9)).is_empty());
+        let first = store.expire(t0 + Duration::from_secs(10));
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].0.hash, "1");
+        store.complete(&key("b", "2"));
+        assert!(store.expire(t0 + Duration::from_secs(60)).is_empty());
+        assert_eq!(store.in_flight(), 0);
+    }
+
+    #[test]
+    fn remove_peer_keeps_send_order() {
+        let store = SlotStore::new(8, Duration::from_secs(10), 16);
+        let now = Instant::now();
+        for h in ["3", "1", "2"] {
+            store.reserve(&key("b", h), now, Wait::No).unwrap();
+        }
+        store.reserve(&key("c", "9"), now, Wait::No).unwrap();
+        let gone: Vec<String> = store
+            .remove_peer(&key("b", "").peer)
+            .into_iter()
+            .map(|(k, _)| k.hash)
+            .collect();
+        assert_eq!(gone, ["3", "1", "2"]);
+        assert_eq!(store.in_flight(), 1);
+    }
+
+    #[test]
+    fn seen_cache_dedups_and_is_bounded() {
+        let store = SlotStore::new(1, Duration::from_secs(10), 3);
+        let a = key("a", "").peer;
+        let b = key("b", "").peer;
+        let t0 = Instant::now();
+        assert!(store.observe(&a, "h1", t0));
+        assert!(!store.observe(&a, "h1", t0), "duplicate");
+        assert!(store.observe(&b, "h1", t0), "other sender, other message");
+        assert!(store.observe(&a, "h2", t0));
+        assert!(store.observe(&a, "h3", t0));
+        assert_eq!(store.seen_len(), 3, "capacity bounds the cache");
+        // After the TTL everything is forgotten.
+        assert!(store.observe(&a, "h3", t0 + Duration::from_secs(11)));
+        assert_eq!(store.seen_len(), 1);
+    }
+}

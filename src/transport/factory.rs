@@ -1,0 +1,229 @@
+//! `StreamFactory` (the seed's DoubleStreamFactory): shared by all nodes of a process, it owns
+//! gRPC's completion queues, keeps one channel per endpoint, opens double streams on them and
+//! closes channels nobody has used for a while.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use futures::executor::block_on;
+use grpcio::{
+    CallOption, Channel, ChannelBuilder, ClientDuplexReceiver, ClientDuplexSender, EnvBuilder,
+    Environment, MetadataBuilder,
+};
+use parking_lot::Mutex;
+
+use super::NODE_ID_HEADER;
+use crate::config::TransportConfig;
+use crate::error::Error;
+use crate::id::NodeId;
+use crate::proto::{GossipACK, GossipClient, GossipMessage};
+
+struct ChannelEntry {
+    channel: Channel,
+    users: usize,
+    idle_since: Option<Instant>,
+}
+
+/// Creates and reuses the gRPC connections of every node in the process.
+pub struct StreamFactory {
+    env: Arc<Environment>,
+    config: TransportConfig,
+    channels: Mutex<HashMap<String, ChannelEntry>>,
+    janitor: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
+}
+
+/// A double stream to one neighbour: the two client calls, and the lease that keeps their
+/// channel open.
+pub(crate) struct DoubleStream {
+    pub(crate) messages: (
+        ClientDuplexSender<GossipMessage>,
+        ClientDuplexReceiver<GossipMessage>,
+    ),
+    pub(crate) acks: (ClientDuplexSender<GossipACK>, ClientDuplexReceiver<GossipACK>),
+    pub(crate) lease: ChannelLease,
+}
+
+/// Keeps a channel in use; when the last lease of a channel drops, its idle time starts.
+pub(crate) struct ChannelLease {
+    factory: Arc<StreamFactory>,
+    endpoint: String,
+}
+
+impl Drop for ChannelLease {
+    fn drop(&mut self) {
+        let mut channels = self.factory.channels.lock();
+        if let Some(entry) = channels.get_mut(&self.endpoint) {
+            entry.users = entry.users.saturating_sub(1);
+            if entry.users == 0 {
+                entry.idle_since = Some(Instant::now());
+            }
+        }
+    }
+}
+
+impl StreamFactory {
+    /// A factory with its own gRPC environment.
+    pub fn new(config: TransportConfig) -> Arc<StreamFactory> {
+        let env = Arc::new(
+            EnvBuilder::new()
+                .cq_count(config.cq_threads.max(1))
+                .name_prefix("gossip-grpc")
+                .build(),
+        );
+        let factory = Arc::new(StreamFactory {
+            env,
+            config,
+            channels: Mutex::new(HashMap::new()),
+            janitor: Mutex::new(None),
+        });
+        factory.start_janitor();
+        factory
+    }
+
+    /// The process-wide factory with default settings, created on first use. Nodes started
+    /// with [`Node::start`](crate::Node::start) share it.
+    pub fn shared() -> Arc<StreamFactory> {
+        static SHARED: OnceLock<Arc<StreamFactory>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| StreamFactory::new(TransportConfig::default()))
+            .clone()
+    }
+
+    /// The transport settings.
+    pub fn config(&self) -> &TransportConfig {
+        &self.config
+    }
+
+    /// The gRPC environment (completion queues) of this factory.
+    pub fn env(&self) -> &Arc<Environment> {
+        &self.env
+    }
+
+    /// Channels open now (in use or idle).
+    pub fn open_channels(&self) -> usize {
+        self.channels.lock().len()
+    }
+
+    /// Closes channels that have had no stream for longer than the idle TTL; returns how many.
+    /// A background thread calls this periodically.
+    pub fn close_idle(&self) -> usize {
+        let ttl = self.config.idle_channel_ttl;
+        let now = Instant::now();
+        let mut channels = self.channels.lock();
+        let before = channels.len();
+        channels.retain(|_, e| e.idle_since.is_none_or(|t| now.duration_since(t) < ttl));
+        before - channels.len()
+    }
+
+    /// Applies the transport settings to a channel or server builder.
+    pub(crate) fn tune(&self, mut b: ChannelBuilder) -> ChannelBuilder {
+        let max = i32::try_from(self.config.max_grpc_message_bytes).unwrap_or(i32::MAX);
+        b = b
+            .max_receive_message_len(max)
+            .max_send_message_len(max)
+            .http2_bdp_probe(self.config.http2_bdp_probe);
+        if let Some(w) = self.config.stream_window_bytes {
+            b = b.stream_initial_window_size(i32::try_from(w).unwrap_or(i32::MAX));
+        }
+        if let Some(f) = self.config.http2_max_frame_bytes {
+            b = b.http2_max_frame_size(i32::try_from(f).unwrap_or(i32::MAX));
+        }
+        b
+    }
+
+    fn lease(self: &Arc<Self>, endpoint: &str) -> (Channel, ChannelLease) {
+        let mut channels = self.channels.lock();
+        let entry = channels.entry(endpoint.to_owned()).or_insert_with(|| {
+            let builder = ChannelBuilder::new(self.env.clone())
+                .initial_reconnect_backoff(Duration::from_millis(100))
+                .max_reconnect_backoff(Duration::from_secs(2));
+            ChannelEntry {
+                channel: self.tune(builder).connect(endpoint),
+                users: 0,
+                idle_since: None,
+            }
+        });
+        entry.users += 1;
+        entry.idle_since = None;
+        let channel = entry.channel.clone();
+        drop(channels);
+        (
+            channel,
+            ChannelLease {
+                factory: self.clone(),
+                endpoint: endpoint.to_owned(),
+            },
+        )
+    }
+
+    /// Opens a MessageStream and an AckStream to `endpoint`, announcing `local` in the
+    /// `gossip-node-id` header. Waits up to `timeout` for the endpoint to accept.
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        endpoint: &str,
+        local: &NodeId,
+        timeout: Duration,
+    ) -> Result<DoubleStream, Error> {
+        let (channel, lease) = self.lease(endpoint);
+        if !block_on(channel.wait_for_connected(timeout)) {
+            return Err(Error::Connect {
+                endpoint: endpoint.to_owned(),
+                reason: format!("not reachable within {timeout:?}"),
+            });
+        }
+        let client = GossipClient::new(channel);
+        let options = || -> Result<CallOption, Error> {
+            let mut headers = MetadataBuilder::new();
+            headers.add_str(NODE_ID_HEADER, local.as_str())?;
+            Ok(CallOption::default().headers(headers.build()))
+        };
+        let mut messages = client.message_stream_opt(options()?)?;
+        let mut acks = client.ack_stream_opt(options()?)?;
+        messages.0.enhance_batch(true);
+        acks.0.enhance_batch(true);
+        Ok(DoubleStream {
+            messages,
+            acks,
+            lease,
+        })
+    }
+
+    fn start_janitor(self: &Arc<Self>) {
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let weak: Weak<StreamFactory> = Arc::downgrade(self);
+        let period = (self.config.idle_channel_ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let spawned = std::thread::Builder::new()
+            .name("gossip-factory".into())
+            .spawn(move || loop {
+                match stop_rx.recv_timeout(period) {
+                    Err(RecvTimeoutError::Timeout) => match weak.upgrade() {
+                        Some(factory) => {
+                            factory.close_idle();
+                        }
+                        None => return,
+                    },
+                    _ => return,
+                }
+            });
+        match spawned {
+            Ok(handle) => *self.janitor.lock() = Some((stop_tx, handle)),
+            // Without the janitor, idle channels are still closed by `close_idle` callers.
+            Err(e) => log::warn!("cannot start the channel janitor thread: {e}"),
+        }
+    }
+}
+
+impl Drop for StreamFactory {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.janitor.lock().take() {
+            drop(stop);
+            // The janitor itself may hold the last reference for a moment; it exits on its own.
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
+}

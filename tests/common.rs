@@ -1,0 +1,73 @@
+//! Helpers shared by the integration tests (included with `mod common;`).
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use grpc_gossip::{
+    Completion, Deliveries, NeighborInfo, Node, NodeConfig, StreamFactory, TransportConfig,
+};
+
+/// Generous: tests check behaviour, not speed.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn factory() -> Arc<StreamFactory> {
+    StreamFactory::new(TransportConfig::default())
+}
+
+pub fn config(id: &str) -> NodeConfig {
+    let mut c = NodeConfig::new(id, "127.0.0.1:0");
+    c.deliveries = Deliveries::Queue(1 << 16);
+    c
+}
+
+pub fn start(id: &str, factory: &Arc<StreamFactory>) -> Node {
+    start_with(config(id), factory)
+}
+
+pub fn start_with(config: NodeConfig, factory: &Arc<StreamFactory>) -> Node {
+    Node::builder(config)
+        .factory(factory.clone())
+        .start()
+        .expect("node starts")
+}
+
+pub fn connect(a: &Node, b: &Node) {
+    a.connect_to_neighbor(NeighborInfo::new(b.id().as_str(), b.local_addr().to_string()))
+        .expect("connect");
+}
+
+pub fn mesh(nodes: &[Node]) {
+    for a in nodes {
+        for b in nodes {
+            if a.id() != b.id() {
+                connect(a, b);
+            }
+        }
+    }
+}
+
+/// Receives exactly `n` completions (panics if they do not come within `PATIENCE`).
+pub fn collect(rx: &Receiver<Completion>, n: usize) -> Vec<Completion> {
+    (0..n)
+        .map(|i| {
+            rx.recv_timeout(PATIENCE)
+                .unwrap_or_else(|_| panic!("completion {i} of {n} did not arrive"))
+        })
+        .collect()
+}
+
+/// Asserts that nothing more arrives for a short while (exactly-once checks).
+pub fn assert_quiet<T: std::fmt::Debug>(rx: &Receiver<T>) {
+    if let Ok(extra) = rx.recv_timeout(Duration::from_millis(300)) {
+        panic!("unexpected extra item: {extra:?}");
+    }
+}
+
+/// Threads of this process, from /proc.
+pub fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}

@@ -1,0 +1,364 @@
+//! Messaging between real nodes over loopback gRPC: the seed's tests and the semantics users
+//! rely on (exactly one completion, order, dedup, ACK routing, limits).
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use grpc_gossip::{Error, FailReason, Message, Outcome};
+
+/// The seed's `TwoNodesBasicCommunication`: 15,000 small messages, all ACKed, each delivered once.
+#[test]
+fn two_nodes_basic_communication() {
+    let f = factory();
+    let a = start("a", &f);
+    let b = start("b", &f);
+    connect(&a, &b);
+    connect(&b, &a);
+    const N: usize = 15_000;
+    let sender = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            for i in 0..N {
+                a.send_message("b", Message::new(format!("m{i}"), format!("payload {i}")))
+                    .unwrap();
+            }
+        });
+        let done = collect(&a.completions(), N);
+        h.join().unwrap();
+        done
+    });
+    assert!(sender.iter().all(|c| c.is_acked()), "every message ACKed");
+    let deliveries = b.deliveries();
+    let mut seen = HashSet::new();
+    for _ in 0..N {
+        let d = deliveries.recv_timeout(PATIENCE).unwrap();
+        assert_eq!(d.from.as_str(), "a");
+        // Sends to one neighbour keep their order.
+        assert_eq!(d.hash, format!("m{}", seen.len()));
+        assert!(seen.insert(d.hash));
+    }
+    assert_quiet(&deliveries);
+    assert_eq!(a.stats().acked, N as u64);
+    assert_eq!(b.stats().delivered, N as u64);
+}
+
+#[test]
+fn bidirectional_sends() {
+    let f = factory();
+    let a = start("a", &f);
+    let b = start("b", &f);
+    connect(&a, &b);
+    connect(&b, &a);
+    std::thread::scope(|s| {
+        for (from, to) in [(&a, "b"), (&b, "a")] {
+            s.spawn(move || {
+                for i in 0..500 {
+                    from.send_message(to, Message::new(format!("{i}"), vec![7u8; 1024]))
+                        .unwrap();
+                }
+            });
+        }
+    });
+    for n in [&a, &b] {
+        assert!(collect(&n.completions(), 500).iter().all(|c| c.is_acked()));
+        assert_eq!(n.stats().delivered, 500);
+    }
+}
+
+/// One full seed round: 4 nodes, full mesh, 30 x 512 KiB per directed pair, all 360 ACKed.
+#[test]
+fn seed_round_four_nodes() {
+    use grpc_gossip::bench::{cluster::GossipCluster, Workload};
+    let w = Workload::default();
+    let cluster = GossipCluster::start(&w, factory()).unwrap();
+    let report = cluster.run_round(0);
+    assert_eq!(report.expected, 360);
+    assert!(report.all_acked(), "problems: {:?}", report.problems);
+    for node in cluster.nodes() {
+        assert_eq!(node.stats().delivered, 90);
+        assert_eq!(node.stats().in_flight, 0);
+    }
+    cluster.shutdown();
+}
+
+#[test]
+fn duplicate_hash_is_delivered_once_and_acked_again() {
+    let f = factory();
+    let a = start("a", &f);
+    let b = start("b", &f);
+    connect(&a, &b);
+    connect(&b, &a);
+    let done = a.completions();
+    a.send_message("b", Message::new("same", "x")).unwrap();
+    let first = collect(&done, 1).remove(0);
+    assert_eq!(
+        first.outcome,
+        Outcome::Acked {
+            by: b.id().clone(),
+            duplicate: false
+        }
+    );
+    // A retransmission of the same hash: ACKed again, as a duplicate, not delivered again.
+    a.send_message("b", Message::new("same", "x")).unwrap();
+    let second = collect(&done, 1).remove(0);
+    assert_eq!(
+        second.outcome,
+        Outcome::Acked {
+            by: b.id().clone(),
+            duplicate: true
+        }
+    );
+    let deliveries = b.deliveries();
+    assert_eq!(deliveries.recv_timeout(PATIENCE).unwrap().hash, "same");
+    assert_quiet(&deliveries);
+}
+
+/// b has no link to a: its ACKs go back on the response side of the AckStream a opened.
+#[test]
+fn one_way_link_gets_acks_on_the_response_side() {
+    let f = factory();
+    let a = start("a", &f);
+    let b = start("b", &f);
+    connect(&a, &b);
+    for i in 0..100 {
+        a.send_message("b", Message::new(format!("{i}"), "hi")).unwrap();
+    }
+    assert!(collect(&a.completions(), 100).iter().all(|c| c.is_acked()));
+}
+
+#[test]
+fn oversized_message_is_refused_and_nothing_else_is_harmed() {
+    let f = factory();
+    let mut ca = config("a");
+    ca.limits.max_payload_bytes = 1024 * 1024;
+    let a = start_with(ca, &f);
+    let b = start("b", &f);
+    connect(&a, &b);
+    let too_big = Message::new("big", vec![0u8; 1024 * 1024 + 1]);
+    match a.send_message("b", too_big) {
+        Err(Error::TooLarge { size, limit }) => {
+            assert_eq!((size, limit), (1024 * 1024 + 1, 1024 * 1024));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        a.send_message("b", Message::new("", "x")),
+        Err(Error::InvalidId { .. })
+    ));
+    assert!(matches!(
+        a.send_message("b", Message::new("h".repeat(10_000), "x")),
+        Err(Error::InvalidId { .. })
+    ));
+    assert!(matches!(
+        a.send_message("nobody", Message::new("x", "x")),
+        Err(Error::UnknownNeighbor(_))
+    ));
+    // The limit itself is fine, and the link still works.
+    a.send_message("b", Message::new("ok", vec![1u8; 1024 * 1024])).unwrap();
+    assert!(collect(&a.completions(), 1)[0].is_acked());
+    assert_eq!(a.stats().sent, 1, "nothing was half-sent");
+}
+
+#[test]
+fn try_send_reports_full_and_send_waits() {
+    let f = factory();
+    let mut ca = config("a");
+    ca.slots = 2;
+    let a = start_with(ca, &f);
+    let b = start("b", &f);
+    connect(&a, &b);
+    let payload = Bytes::from(vec![0u8; 16]);
+    // A tight loop outruns the ACKs' round trip, so two slots fill up.
+    let mut full = false;
+    for i in 0..10_000 {
+        match a.try_send_message("b", Message::new(format!("{i}"), payload.clone())) {
+            Ok(_) => {}
+            Err(Error::Full { slots: 2 }) => {
+                full = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(full, "a 2-slot store must fill up under a tight loop");
+    // A bounded wait ends with Full or succeeds once a slot frees; either way it returns.
+    let r = a.send_message_timeout("b", Message::new("late", payload), Duration::from_secs(30));
+    assert!(r.is_ok() || matches!(r, Err(Error::Full { .. })));
+}
+
+#[test]
+fn single_stream_mode_and_plain_client() {
+    use futures::executor::block_on;
+    use futures::{SinkExt, StreamExt};
+    use grpc_gossip::proto::{GossipACK, GossipClient, GossipMessage};
+    use grpcio::{CallOption, ChannelBuilder, MetadataBuilder, WriteFlags};
+
+    let f = factory();
+    let b = start("b", &f);
+    let channel = ChannelBuilder::new(f.env().clone()).connect(&b.local_addr().to_string());
+    let client = GossipClient::new(channel);
+
+    // Single-stream mode: messages in, ACKs out on the same call; identity from from_hash.
+    let (mut tx, mut rx) = client.stream().unwrap();
+    for i in 0..3 {
+        let mut m = GossipMessage::new();
+        m.hash = format!("s{i}");
+        m.from_hash = "script".into();
+        m.payload = Bytes::from_static(b"hello");
+        block_on(tx.send((m, WriteFlags::default()))).unwrap();
+    }
+    for i in 0..3 {
+        let ack: GossipACK = block_on(rx.next()).unwrap().unwrap();
+        assert_eq!(ack.hash, format!("s{i}"));
+        assert_eq!(ack.from_hash, "b");
+    }
+    block_on(tx.close()).unwrap();
+
+    // A plain client with no server of its own: header identity, messages on a MessageStream,
+    // ACKs on the response side of its AckStream.
+    let opt = || {
+        let mut md = MetadataBuilder::new();
+        md.add_str("gossip-node-id", "tool").unwrap();
+        CallOption::default().headers(md.build())
+    };
+    let (mut acks_tx, mut acks_rx) = client.ack_stream_opt(opt()).unwrap();
+    let (mut msgs_tx, _msgs_rx) = client.message_stream_opt(opt()).unwrap();
+    for i in 0..5 {
+        let mut m = GossipMessage::new();
+        m.hash = format!("t{i}");
+        m.payload = Bytes::from_static(b"x");
+        block_on(msgs_tx.send((m, WriteFlags::default()))).unwrap();
+    }
+    let mut got: Vec<String> = (0..5)
+        .map(|_| block_on(acks_rx.next()).unwrap().unwrap().hash)
+        .collect();
+    got.sort();
+    assert_eq!(got, ["t0", "t1", "t2", "t3", "t4"]);
+    let froms: Vec<String> = (0..8)
+        .map(|_| b.deliveries().recv_timeout(PATIENCE).unwrap().from.to_string())
+        .collect();
+    assert_eq!(froms.iter().filter(|f| *f == "script").count(), 3);
+    assert_eq!(froms.iter().filter(|f| *f == "tool").count(), 5);
+    block_on(msgs_tx.close()).unwrap();
+    block_on(acks_tx.close()).unwrap();
+}
+
+#[test]
+fn peer_over_the_grpc_limit_gets_resource_exhausted() {
+    use futures::executor::block_on;
+    use futures::{SinkExt, StreamExt};
+    use grpc_gossip::proto::{GossipClient, GossipMessage};
+    use grpcio::{ChannelBuilder, RpcStatusCode, WriteFlags};
+
+    let f = grpc_gossip::StreamFactory::new(grpc_gossip::TransportConfig {
+        max_grpc_message_bytes: 256 * 1024,
+        ..Default::default()
+    });
+    let mut cb = config("b");
+    cb.limits.max_payload_bytes = 128 * 1024;
+    let b = start_with(cb, &f);
+    let a = start("a", &f);
+    connect(&a, &b);
+    // A raw client that allows itself to send far more than b accepts.
+    let channel = ChannelBuilder::new(f.env().clone())
+        .max_send_message_len(64 * 1024 * 1024)
+        .connect(&b.local_addr().to_string());
+    let client = GossipClient::new(channel);
+    let (mut tx, mut rx) = client.stream().unwrap();
+    let mut m = GossipMessage::new();
+    m.hash = "huge".into();
+    m.from_hash = "raw".into();
+    m.payload = Bytes::from(vec![0u8; 1024 * 1024]);
+    let _ = block_on(tx.send((m, WriteFlags::default())));
+    match block_on(rx.next()) {
+        Some(Err(grpcio::Error::RpcFailure(status))) => {
+            assert_eq!(status.code(), RpcStatusCode::RESOURCE_EXHAUSTED)
+        }
+        other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+    }
+    // b keeps serving everyone else.
+    a.send_message("b", Message::new("fine", vec![0u8; 1000])).unwrap();
+    assert!(collect(&a.completions(), 1)[0].is_acked());
+    assert_eq!(b.deliveries().recv_timeout(PATIENCE).unwrap().hash, "fine");
+}
+
+#[test]
+fn disconnect_with_messages_in_flight_completes_every_one() {
+    let f = factory();
+    let a = start("a", &f);
+    let b = start("b", &f);
+    connect(&a, &b);
+    let payload = Bytes::from(vec![0u8; 256 * 1024]);
+    let mut sent = 0;
+    for i in 0..50 {
+        if a.send_message("b", Message::new(format!("{i}"), payload.clone())).is_ok() {
+            sent += 1;
+        }
+    }
+    a.disconnect_neighbor("b").unwrap();
+    let done = collect(&a.completions(), sent);
+    for c in &done {
+        assert!(
+            c.is_acked() || c.outcome == Outcome::Failed(FailReason::Disconnected),
+            "{c:?}"
+        );
+    }
+    assert_quiet(&a.completions());
+    assert!(matches!(
+        a.send_message("b", Message::new("after", "x")),
+        Err(Error::UnknownNeighbor(_))
+    ));
+}
+
+#[test]
+fn peer_shutdown_fails_in_flight_as_link_lost() {
+    let f = factory();
+    let a = start("a", &f);
+    let b = start("b", &f);
+    connect(&a, &b);
+    let payload = Bytes::from(vec![0u8; 256 * 1024]);
+    let mut sent = 0;
+    for i in 0..40 {
+        if a.send_message("b", Message::new(format!("{i}"), payload.clone())).is_ok() {
+            sent += 1;
+        }
+    }
+    b.shutdown();
+    let done = collect(&a.completions(), sent);
+    for c in &done {
+        assert!(
+            c.is_acked() || matches!(c.outcome, Outcome::Failed(FailReason::LinkLost(_))),
+            "{c:?}"
+        );
+    }
+    // The neighbour is marked offline and sends fail fast.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while a.neighbors()[0].online && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!a.neighbors()[0].online);
+    assert!(matches!(
+        a.send_message("b", Message::new("after", "x")),
+        Err(Error::NeighborOffline(_))
+    ));
+}
+
+#[test]
+fn connect_to_nothing_is_a_clear_error() {
+    let f = factory();
+    let mut c = config("a");
+    c.connect_timeout = Duration::from_millis(500);
+    let a = start_with(c, &f);
+    // A port that was free a moment ago.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = a.connect_to_neighbor(grpc_gossip::NeighborInfo::new("ghost", format!("127.0.0.1:{port}")));
+    assert!(matches!(r, Err(Error::Connect { .. })), "{r:?}");
+    assert!(a.neighbors().is_empty(), "a failed connect leaves no record");
+}
