@@ -22,7 +22,10 @@ fn main() {
     let protoc = protoc_bin_vendored::protoc_bin_path().expect("vendored protoc for this platform");
     let status = Command::new(&protoc)
         .arg("--proto_path=proto")
-        .arg(format!("--descriptor_set_out={}", descriptor_path.display()))
+        .arg(format!(
+            "--descriptor_set_out={}",
+            descriptor_path.display()
+        ))
         .arg("--include_imports")
         .arg(PROTO)
         .status()

@@ -194,7 +194,10 @@ mod tests {
         }
         let mut c = NodeConfig::new("", "127.0.0.1:0");
         c.slots = 1;
-        assert!(matches!(c.validate(), Err(Error::Config { field: "id", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(Error::Config { field: "id", .. })
+        ));
         let mut c = NodeConfig::new("a", "x");
         c.limits.max_payload_bytes = usize::MAX;
         assert!(c.validate().is_err());

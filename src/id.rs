@@ -96,12 +96,18 @@ mod tests {
         assert!(NodeId::new("node-1", &limits).is_ok());
         assert!(matches!(
             NodeId::new("", &limits),
-            Err(Error::InvalidId { kind: IdKind::Node, .. })
+            Err(Error::InvalidId {
+                kind: IdKind::Node,
+                ..
+            })
         ));
         let long = "x".repeat(limits.max_id_bytes + 1);
         assert!(matches!(
             validate_id(IdKind::Message, &long, &limits),
-            Err(Error::InvalidId { kind: IdKind::Message, .. })
+            Err(Error::InvalidId {
+                kind: IdKind::Message,
+                ..
+            })
         ));
     }
 }

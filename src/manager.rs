@@ -290,7 +290,10 @@ impl MessageManager {
         kind: StreamKind,
         out: &mut Vec<Action>,
     ) {
-        debug!("{}: stream {:?} {:?} with {}", self.local, stream, kind, peer);
+        debug!(
+            "{}: stream {:?} {:?} with {}",
+            self.local, stream, kind, peer
+        );
         self.streams.insert(stream, (peer.clone(), kind));
         let entry = self.peers.entry(peer.clone()).or_default();
         let replaced = match kind {
@@ -322,7 +325,10 @@ impl MessageManager {
         let Some((peer, kind)) = self.streams.remove(&stream) else {
             return;
         };
-        debug!("{}: stream {:?} {:?} with {} closed: {}", self.local, stream, kind, peer, reason);
+        debug!(
+            "{}: stream {:?} {:?} with {} closed: {}",
+            self.local, stream, kind, peer, reason
+        );
         let Some(entry) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -336,7 +342,10 @@ impl MessageManager {
             return; // an old, superseded stream
         }
         *slot = None;
-        if matches!(kind, StreamKind::OutboundMessages | StreamKind::OutboundAcks) {
+        if matches!(
+            kind,
+            StreamKind::OutboundMessages | StreamKind::OutboundAcks
+        ) {
             // The outbound double stream lives and dies as one link.
             let sibling = if kind == StreamKind::OutboundMessages {
                 entry.out_acks.take()
@@ -389,7 +398,10 @@ impl MessageManager {
         out: &mut Vec<Action>,
     ) {
         let Some((peer, kind)) = self.streams.get(&stream).cloned() else {
-            warn!("{}: frame on unregistered stream {:?} dropped", self.local, stream);
+            warn!(
+                "{}: frame on unregistered stream {:?} dropped",
+                self.local, stream
+            );
             return;
         };
         bump(&self.counters.received);
@@ -418,7 +430,10 @@ impl MessageManager {
         let (status, detail) = match rejection {
             Some(why) => {
                 bump(&self.counters.rejected);
-                warn!("{}: message {:?} from {} rejected: {}", self.local, message.hash, peer, why);
+                warn!(
+                    "{}: message {:?} from {} rejected: {}",
+                    self.local, message.hash, peer, why
+                );
                 (AckStatus::Rejected, why)
             }
             None if self.store.observe(&peer, &message.hash, now) => {
@@ -460,10 +475,7 @@ impl MessageManager {
             });
             return;
         }
-        let route = self
-            .peers
-            .get(peer)
-            .and_then(|p| p.out_acks.or(p.in_acks));
+        let route = self.peers.get(peer).and_then(|p| p.out_acks.or(p.in_acks));
         match route {
             Some(stream) => out.push(Action::SendAck { stream, ack }),
             None => {
@@ -471,7 +483,10 @@ impl MessageManager {
                 if queue.len() >= UNROUTED_ACKS_PER_PEER {
                     queue.pop_front();
                     bump(&self.counters.unrouted_acks_dropped);
-                    warn!("{}: too many ACKs waiting for a route to {}", self.local, peer);
+                    warn!(
+                        "{}: too many ACKs waiting for a route to {}",
+                        self.local, peer
+                    );
                 }
                 queue.push_back((now, ack));
             }

@@ -75,9 +75,17 @@ mod tests {
 
     #[test]
     fn skips_those_that_have_it_and_prefers_cheap() {
-        let cands = [c("d", 5, false), c("b", 1, true), c("c", 2, false), c("a", 2, false)];
+        let cands = [
+            c("d", 5, false),
+            c("b", 1, true),
+            c("c", 2, false),
+            c("a", 2, false),
+        ];
         assert_eq!(names(FanoutRouter::new(2).route(&cands)), ["a", "c"]);
-        assert_eq!(names(FanoutRouter::default().route(&cands)), ["a", "c", "d"]);
+        assert_eq!(
+            names(FanoutRouter::default().route(&cands)),
+            ["a", "c", "d"]
+        );
         assert!(FanoutRouter::new(0).route(&cands).is_empty());
         assert!(FanoutRouter::new(3).route(&[]).is_empty());
     }

@@ -211,7 +211,12 @@ impl SlotStore {
 
     fn remove_where(&self, pred: impl Fn(&MessageKey) -> bool) -> Vec<(MessageKey, Tracked)> {
         let mut state = self.state.lock();
-        let keys: Vec<MessageKey> = state.in_flight.keys().filter(|k| pred(k)).cloned().collect();
+        let keys: Vec<MessageKey> = state
+            .in_flight
+            .keys()
+            .filter(|k| pred(k))
+            .cloned()
+            .collect();
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             if let Some(t) = state.in_flight.remove(&key) {
@@ -294,7 +299,9 @@ mod tests {
     #[test]
     fn blocked_reserve_wakes_when_a_slot_frees() {
         let store = Arc::new(SlotStore::new(1, Duration::from_secs(10), 16));
-        store.reserve(&key("b", "1"), Instant::now(), Wait::No).unwrap();
+        store
+            .reserve(&key("b", "1"), Instant::now(), Wait::No)
+            .unwrap();
         let s2 = store.clone();
         let waiter =
             std::thread::spawn(move || s2.reserve(&key("b", "2"), Instant::now(), Wait::Forever));
@@ -307,7 +314,9 @@ mod tests {
     #[test]
     fn bounded_wait_gives_full() {
         let store = SlotStore::new(1, Duration::from_secs(10), 16);
-        store.reserve(&key("b", "1"), Instant::now(), Wait::No).unwrap();
+        store
+            .reserve(&key("b", "1"), Instant::now(), Wait::No)
+            .unwrap();
         let until = Instant::now() + Duration::from_millis(20);
         assert!(matches!(
             store.reserve(&key("b", "2"), Instant::now(), Wait::Until(until)),
@@ -318,7 +327,9 @@ mod tests {
     #[test]
     fn close_wakes_waiters_and_returns_everything() {
         let store = Arc::new(SlotStore::new(1, Duration::from_secs(10), 16));
-        store.reserve(&key("b", "1"), Instant::now(), Wait::No).unwrap();
+        store
+            .reserve(&key("b", "1"), Instant::now(), Wait::No)
+            .unwrap();
         let s2 = store.clone();
         let waiter =
             std::thread::spawn(move || s2.reserve(&key("b", "2"), Instant::now(), Wait::Forever));

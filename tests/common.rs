@@ -34,8 +34,11 @@ pub fn start_with(config: NodeConfig, factory: &Arc<StreamFactory>) -> Node {
 }
 
 pub fn connect(a: &Node, b: &Node) {
-    a.connect_to_neighbor(NeighborInfo::new(b.id().as_str(), b.local_addr().to_string()))
-        .expect("connect");
+    a.connect_to_neighbor(NeighborInfo::new(
+        b.id().as_str(),
+        b.local_addr().to_string(),
+    ))
+    .expect("connect");
 }
 
 pub fn mesh(nodes: &[Node]) {

@@ -124,7 +124,8 @@ fn one_way_link_gets_acks_on_the_response_side() {
     let b = start("b", &f);
     connect(&a, &b);
     for i in 0..100 {
-        a.send_message("b", Message::new(format!("{i}"), "hi")).unwrap();
+        a.send_message("b", Message::new(format!("{i}"), "hi"))
+            .unwrap();
     }
     assert!(collect(&a.completions(), 100).iter().all(|c| c.is_acked()));
 }
@@ -157,7 +158,8 @@ fn oversized_message_is_refused_and_nothing_else_is_harmed() {
         Err(Error::UnknownNeighbor(_))
     ));
     // The limit itself is fine, and the link still works.
-    a.send_message("b", Message::new("ok", vec![1u8; 1024 * 1024])).unwrap();
+    a.send_message("b", Message::new("ok", vec![1u8; 1024 * 1024]))
+        .unwrap();
     assert!(collect(&a.completions(), 1)[0].is_acked());
     assert_eq!(a.stats().sent, 1, "nothing was half-sent");
 }
@@ -238,7 +240,13 @@ fn single_stream_mode_and_plain_client() {
     got.sort();
     assert_eq!(got, ["t0", "t1", "t2", "t3", "t4"]);
     let froms: Vec<String> = (0..8)
-        .map(|_| b.deliveries().recv_timeout(PATIENCE).unwrap().from.to_string())
+        .map(|_| {
+            b.deliveries()
+                .recv_timeout(PATIENCE)
+                .unwrap()
+                .from
+                .to_string()
+        })
         .collect();
     assert_eq!(froms.iter().filter(|f| *f == "script").count(), 3);
     assert_eq!(froms.iter().filter(|f| *f == "tool").count(), 5);
@@ -280,7 +288,8 @@ fn peer_over_the_grpc_limit_gets_resource_exhausted() {
         other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
     }
     // b keeps serving everyone else.
-    a.send_message("b", Message::new("fine", vec![0u8; 1000])).unwrap();
+    a.send_message("b", Message::new("fine", vec![0u8; 1000]))
+        .unwrap();
     assert!(collect(&a.completions(), 1)[0].is_acked());
     assert_eq!(b.deliveries().recv_timeout(PATIENCE).unwrap().hash, "fine");
 }
@@ -294,7 +303,9 @@ fn disconnect_with_messages_in_flight_completes_every_one() {
     let payload = Bytes::from(vec![0u8; 256 * 1024]);
     let mut sent = 0;
     for i in 0..50 {
-        if a.send_message("b", Message::new(format!("{i}"), payload.clone())).is_ok() {
+        if a.send_message("b", Message::new(format!("{i}"), payload.clone()))
+            .is_ok()
+        {
             sent += 1;
         }
     }
@@ -322,7 +333,9 @@ fn peer_shutdown_fails_in_flight_as_link_lost() {
     let payload = Bytes::from(vec![0u8; 256 * 1024]);
     let mut sent = 0;
     for i in 0..40 {
-        if a.send_message("b", Message::new(format!("{i}"), payload.clone())).is_ok() {
+        if a.send_message("b", Message::new(format!("{i}"), payload.clone()))
+            .is_ok()
+        {
             sent += 1;
         }
     }
@@ -358,7 +371,13 @@ fn connect_to_nothing_is_a_clear_error() {
         .local_addr()
         .unwrap()
         .port();
-    let r = a.connect_to_neighbor(grpc_gossip::NeighborInfo::new("ghost", format!("127.0.0.1:{port}")));
+    let r = a.connect_to_neighbor(grpc_gossip::NeighborInfo::new(
+        "ghost",
+        format!("127.0.0.1:{port}"),
+    ));
     assert!(matches!(r, Err(Error::Connect { .. })), "{r:?}");
-    assert!(a.neighbors().is_empty(), "a failed connect leaves no record");
+    assert!(
+        a.neighbors().is_empty(),
+        "a failed connect leaves no record"
+    );
 }

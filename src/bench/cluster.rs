@@ -40,7 +40,8 @@ impl GossipCluster {
             config.slots = workload.slots;
             config.ttl = workload.ttl;
             config.deliveries = Deliveries::Discard;
-            config.limits.max_payload_bytes = config.limits.max_payload_bytes.max(workload.payload_bytes);
+            config.limits.max_payload_bytes =
+                config.limits.max_payload_bytes.max(workload.payload_bytes);
             nodes.push(Node::builder(config).factory(factory.clone()).start()?);
         }
         for a in &nodes {
@@ -85,7 +86,8 @@ impl GossipCluster {
                             let mut ok = 0;
                             let mut errors = Vec::new();
                             for k in 0..w.messages_per_peer {
-                                let msg = Message::new(format!("r{round}-{i}-{j}-{k}"), payload.clone());
+                                let msg =
+                                    Message::new(format!("r{round}-{i}-{j}-{k}"), payload.clone());
                                 match node.send_message(peer.id().as_str(), msg) {
                                     Ok(_) => ok += 1,
                                     Err(e) => errors.push(format!("send {i}->{j} #{k}: {e}")),

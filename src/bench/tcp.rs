@@ -68,26 +68,28 @@ impl TcpCluster {
             addrs.push(listener.local_addr()?);
             let stop = stop.clone();
             let accepted = accepted.clone();
-            threads.push(std::thread::Builder::new().name("tcp-accept".into()).spawn(
-                move || {
-                    let mut servers = Vec::new();
-                    for conn in listener.incoming() {
-                        if stop.load(Ordering::Acquire) {
-                            break;
+            threads.push(
+                std::thread::Builder::new()
+                    .name("tcp-accept".into())
+                    .spawn(move || {
+                        let mut servers = Vec::new();
+                        for conn in listener.incoming() {
+                            if stop.load(Ordering::Acquire) {
+                                break;
+                            }
+                            let Ok(conn) = conn else { continue };
+                            if let Ok(c) = conn.try_clone() {
+                                accepted.lock().push(c);
+                            }
+                            servers.push(std::thread::spawn(move || {
+                                let _ = serve(conn);
+                            }));
                         }
-                        let Ok(conn) = conn else { continue };
-                        if let Ok(c) = conn.try_clone() {
-                            accepted.lock().push(c);
+                        for s in servers {
+                            let _ = s.join();
                         }
-                        servers.push(std::thread::spawn(move || {
-                            let _ = serve(conn);
-                        }));
-                    }
-                    for s in servers {
-                        let _ = s.join();
-                    }
-                },
-            )?);
+                    })?,
+            );
         }
         let mut links = Vec::new();
         for (i, _) in addrs.iter().enumerate() {
@@ -151,7 +153,10 @@ impl TcpCluster {
             }
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("panicked"))))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("panicked")))
+                })
                 .collect()
         });
         let mut acked = 0;

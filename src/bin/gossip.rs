@@ -15,7 +15,11 @@ use grpc_gossip::{Message, NeighborInfo, Node, NodeConfig, StreamFactory, Transp
 use log::{info, warn};
 
 #[derive(Parser)]
-#[command(name = "gossip", version, about = "Large-message gossip over gRPC double streams")]
+#[command(
+    name = "gossip",
+    version,
+    about = "Large-message gossip over gRPC double streams"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -76,7 +80,8 @@ struct NodeArgs {
     /// Address to listen on (port 0 picks one; the bound address is logged).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
-    /// A neighbour as ID=HOST:PORT; repeat for each. Connection is retried until it is up.
+    /// A neighbour as ID=HOST:PORT; repeat for each. Connection is retried until it is up;
+    /// stdin is read once every peer is connected.
     #[arg(long = "peer", value_parser = parse_peer)]
     peers: Vec<(String, String)>,
     /// Store slots.
@@ -199,8 +204,12 @@ fn bench(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
         w.bytes_per_round() as f64 / (1024.0 * 1024.0)
     );
     reset_peak_rss();
-    let mut transport = TransportConfig::default();
-    transport.max_grpc_message_bytes = transport.max_grpc_message_bytes.max(w.payload_bytes + 4096);
+    let mut limits = grpc_gossip::Limits::default();
+    limits.max_payload_bytes = limits.max_payload_bytes.max(w.payload_bytes);
+    let transport = TransportConfig {
+        max_grpc_message_bytes: limits.grpc_message_limit(),
+        ..Default::default()
+    };
     let factory = StreamFactory::new(transport);
     let cluster = GossipCluster::start(&w, factory)?;
     let gossip = rounds("gossip", &args, &w, |i| cluster.run_round(i));
@@ -210,7 +219,10 @@ fn bench(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
     let summary = Summary::of(&times).ok_or(grpc_gossip::Error::Shutdown)?;
     print_summary("gossip", &summary, &w);
     if let Some(p) = peak {
-        println!("peak memory (RSS) of the gossip run: {:.1} MiB", p as f64 / (1024.0 * 1024.0));
+        println!(
+            "peak memory (RSS) of the gossip run: {:.1} MiB",
+            p as f64 / (1024.0 * 1024.0)
+        );
     }
 
     let tcp = match args.baseline {
@@ -220,7 +232,10 @@ fn bench(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
             let times: Vec<Duration> = reports.iter().map(|r| r.elapsed).collect();
             let s = Summary::of(&times).ok_or(grpc_gossip::Error::Shutdown)?;
             print_summary("tcp", &s, &w);
-            println!("ratio gossip/tcp (medians): {:.2}", secs(summary.median) / secs(s.median));
+            println!(
+                "ratio gossip/tcp (medians): {:.2}",
+                secs(summary.median) / secs(s.median)
+            );
             Some(s)
         }
         None => None,
@@ -296,8 +311,10 @@ fn node(args: NodeArgs) -> Result<ExitCode, grpc_gossip::Error> {
     config.slots = args.slots;
     config.ttl = args.ttl;
     config.limits.max_payload_bytes = args.max_payload;
-    let mut transport = TransportConfig::default();
-    transport.max_grpc_message_bytes = config.limits.grpc_message_limit();
+    let transport = TransportConfig {
+        max_grpc_message_bytes: config.limits.grpc_message_limit(),
+        ..Default::default()
+    };
     let node = Arc::new(
         Node::builder(config)
             .factory(StreamFactory::new(transport))
@@ -315,15 +332,21 @@ fn node(args: NodeArgs) -> Result<ExitCode, grpc_gossip::Error> {
     .map_err(|e| grpc_gossip::Error::Io(std::io::Error::other(e)))?;
 
     // Connect to every peer in the background, retrying with backoff until it is up.
+    let (connected_tx, connected_rx) = unbounded::<()>();
     let mut connectors = Vec::new();
     for (id, addr) in args.peers.clone() {
         let node = node.clone();
         let quit = quit_rx.clone();
+        let connected = connected_tx.clone();
         connectors.push(std::thread::spawn(move || {
             let mut backoff = Duration::from_millis(200);
             loop {
                 match node.connect_to_neighbor(NeighborInfo::new(id.clone(), addr.clone())) {
-                    Ok(()) => return println!("connected peer={id} addr={addr}"),
+                    Ok(()) => {
+                        println!("connected peer={id} addr={addr}");
+                        let _ = connected.send(());
+                        return;
+                    }
                     Err(grpc_gossip::Error::Shutdown) => return,
                     Err(e) => warn!("connect to {id} at {addr}: {e}; retrying in {backoff:?}"),
                 }
@@ -355,13 +378,18 @@ fn node(args: NodeArgs) -> Result<ExitCode, grpc_gossip::Error> {
     let mut pending = 0usize;
     let mut stdin_open = true;
     let started = Instant::now();
+    // Commands are read once every peer is connected, so the first lines do not fail.
+    let mut unconnected = args.peers.len();
+    let never = crossbeam_channel::never::<String>();
     loop {
+        let lines = if unconnected == 0 { &line_rx } else { &never };
         if args.exit_when_done && !stdin_open && pending == 0 {
             break;
         }
         select! {
             recv(stop_rx) -> _ => break,
-            recv(line_rx) -> line => match line {
+            recv(connected_rx) -> _ => unconnected = unconnected.saturating_sub(1),
+            recv(lines) -> line => match line {
                 Err(_) => { stdin_open = false; }
                 Ok(line) => match parse_line(&line) {
                     Ok(None) => {}
@@ -382,7 +410,11 @@ fn node(args: NodeArgs) -> Result<ExitCode, grpc_gossip::Error> {
                             StdinCommand::Broadcast(payload) => {
                                 seq += 1;
                                 let hash = format!("{}-{}", node.id(), seq);
-                                for (peer, result) in node.broadcast(Message::new(hash, payload)) {
+                                let sent = node.broadcast(Message::new(hash, payload));
+                                if sent.is_empty() {
+                                    println!("error broadcast: no neighbour online");
+                                }
+                                for (peer, result) in sent {
                                     match result {
                                         Ok(key) => { pending += 1; println!("sent hash={} peer={}", key.hash, key.peer); }
                                         Err(e) => println!("error peer={peer} {e}"),
@@ -419,7 +451,10 @@ fn node(args: NodeArgs) -> Result<ExitCode, grpc_gossip::Error> {
     for c in completions.try_iter() {
         println!(
             "completed hash={} peer={} outcome={:?} elapsed_ms={:.3}",
-            c.key.hash, c.key.peer, c.outcome.to_string(), c.elapsed.as_secs_f64() * 1e3
+            c.key.hash,
+            c.key.peer,
+            c.outcome.to_string(),
+            c.elapsed.as_secs_f64() * 1e3
         );
     }
     println!("stopped id={}", node.id());

@@ -115,8 +115,10 @@ fn send_then_ack_completes_once() {
     let mut h = Harness::new(4);
     h.link("b");
     let out = h.send("b", "m1");
-    assert!(matches!(&out[..], [Action::Transmit { stream: OUT_MSG, message }]
-        if message.hash == "m1" && message.from == "a"));
+    assert!(
+        matches!(&out[..], [Action::Transmit { stream: OUT_MSG, message }]
+        if message.hash == "m1" && message.from == "a")
+    );
     h.now += Duration::from_millis(5);
     let out = h.ack(OUT_ACK, "b", "m1", AckStatus::Received);
     match &out[..] {
@@ -146,8 +148,14 @@ fn acks_are_accepted_from_either_direction() {
     h.send("b", "1");
     h.send("b", "2");
     // One ACK on the response side of our AckStream, one on the AckStream b opened to us.
-    assert_eq!(completions(&h.ack(OUT_ACK, "b", "1", AckStatus::Received)).len(), 1);
-    assert_eq!(completions(&h.ack(IN_ACK, "b", "2", AckStatus::Received)).len(), 1);
+    assert_eq!(
+        completions(&h.ack(OUT_ACK, "b", "1", AckStatus::Received)).len(),
+        1
+    );
+    assert_eq!(
+        completions(&h.ack(IN_ACK, "b", "2", AckStatus::Received)).len(),
+        1
+    );
 }
 
 #[test]
@@ -334,7 +342,9 @@ fn ack_claiming_another_sender_is_ignored() {
     let mut h = Harness::new(4);
     h.link("b");
     h.send("b", "1");
-    assert!(h.ack(OUT_ACK, "mallory", "1", AckStatus::Received).is_empty());
+    assert!(h
+        .ack(OUT_ACK, "mallory", "1", AckStatus::Received)
+        .is_empty());
     assert_eq!(h.m.store().in_flight(), 1);
 }
 

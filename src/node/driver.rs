@@ -80,7 +80,9 @@ impl Driver {
                         break 'run;
                     }
                     for _ in 1..BATCH {
-                        let Ok(input) = self.inbox.try_recv() else { break };
+                        let Ok(input) = self.inbox.try_recv() else {
+                            break;
+                        };
                         if !self.accept(input) {
                             break 'run;
                         }

@@ -118,8 +118,23 @@ impl Node {
         } = parts;
         config.validate()?;
         let factory = factory.unwrap_or_else(StreamFactory::shared);
+        let needed = config.limits.grpc_message_limit();
+        if needed > factory.config().max_grpc_message_bytes {
+            return Err(Error::Config {
+                field: "limits.max_payload_bytes",
+                reason: format!(
+                    "frames of up to {needed} bytes exceed the factory's gRPC limit of {} bytes; \
+                     use a StreamFactory with TransportConfig::max_grpc_message_bytes >= {needed}",
+                    factory.config().max_grpc_message_bytes
+                ),
+            });
+        }
         let id = NodeId::new(&config.id, &config.limits)?;
-        let store = Arc::new(SlotStore::new(config.slots, config.ttl, config.seen_capacity));
+        let store = Arc::new(SlotStore::new(
+            config.slots,
+            config.ttl,
+            config.seen_capacity,
+        ));
         let counters = Arc::new(Counters::default());
         let neighbors = Arc::new(NeighborManager::new(
             neighbor_store.unwrap_or_else(|| Box::<MemoryNeighborStore>::default()),
@@ -296,7 +311,11 @@ impl Node {
         let (msg_tx, msg_rx) = unbounded();
         let (ack_tx, ack_rx) = unbounded();
         let opens = [
-            (msg_id, StreamKind::OutboundMessages, Writer::Messages(msg_tx)),
+            (
+                msg_id,
+                StreamKind::OutboundMessages,
+                Writer::Messages(msg_tx),
+            ),
             (ack_id, StreamKind::OutboundAcks, Writer::Acks(ack_tx)),
         ];
         for (stream, kind, writer) in opens {

@@ -42,7 +42,10 @@ pub(crate) struct DoubleStream {
         ClientDuplexSender<GossipMessage>,
         ClientDuplexReceiver<GossipMessage>,
     ),
-    pub(crate) acks: (ClientDuplexSender<GossipACK>, ClientDuplexReceiver<GossipACK>),
+    pub(crate) acks: (
+        ClientDuplexSender<GossipACK>,
+        ClientDuplexReceiver<GossipACK>,
+    ),
     pub(crate) lease: ChannelLease,
 }
 
@@ -194,7 +197,8 @@ impl StreamFactory {
     fn start_janitor(self: &Arc<Self>) {
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let weak: Weak<StreamFactory> = Arc::downgrade(self);
-        let period = (self.config.idle_channel_ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let period = (self.config.idle_channel_ttl / 2)
+            .clamp(Duration::from_millis(100), Duration::from_secs(30));
         let spawned = std::thread::Builder::new()
             .name("gossip-factory".into())
             .spawn(move || loop {

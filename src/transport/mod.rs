@@ -131,7 +131,9 @@ where
 }
 
 /// A grpcio sink we write frames to, and how to end it.
-pub(crate) trait FrameSink<T>: Sink<(T, WriteFlags), Error = grpcio::Error> + Unpin + Send {
+pub(crate) trait FrameSink<T>:
+    Sink<(T, WriteFlags), Error = grpcio::Error> + Unpin + Send
+{
     /// Ends the call from our side.
     fn finish(self);
 }
@@ -153,8 +155,12 @@ impl<T: Send> FrameSink<T> for DuplexSink<T> {
 /// Writes every frame from `frames` to `sink`, batching what is queued and flushing when the
 /// queue is empty. Ends when `frames` is closed (the node dropped the writer) or a write fails
 /// (reported to the manager as the stream closing).
-pub(crate) fn write_loop<T, K>(mut sink: K, frames: Receiver<T>, id: StreamId, inbox: &Sender<Input>)
-where
+pub(crate) fn write_loop<T, K>(
+    mut sink: K,
+    frames: Receiver<T>,
+    id: StreamId,
+    inbox: &Sender<Input>,
+) where
     K: FrameSink<T>,
 {
     let failure = loop {

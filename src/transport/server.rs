@@ -151,9 +151,11 @@ fn serve<In, Out>(
             sink.enhance_batch(true);
             let (tx, rx) = unbounded();
             let inbox = ctx.inbox.clone();
-            let spawned = ctx.threads.spawn(format!("gossip-out-{}", ctx.local), move || {
-                write_loop(sink, rx, stream, &inbox)
-            });
+            let spawned = ctx
+                .threads
+                .spawn(format!("gossip-out-{}", ctx.local), move || {
+                    write_loop(sink, rx, stream, &inbox)
+                });
             if let Err(e) = spawned {
                 return warn!("{}: cannot start a writer thread: {e}", ctx.local);
             }
@@ -171,12 +173,19 @@ fn serve<In, Out>(
         return;
     }
     if let Some(frame) = first {
-        if ctx.inbox.send(Input::Event(frame.into_event(stream))).is_err() {
+        if ctx
+            .inbox
+            .send(Input::Event(frame.into_event(stream)))
+            .is_err()
+        {
             return;
         }
     }
-    let gate = matches!(kind, StreamKind::InboundMessages | StreamKind::InboundSingle)
-        .then_some(&*ctx.gate);
+    let gate = matches!(
+        kind,
+        StreamKind::InboundMessages | StreamKind::InboundSingle
+    )
+    .then_some(&*ctx.gate);
     let reason = read_loop(requests, stream, &ctx.inbox, gate);
     let _ = ctx
         .inbox
@@ -202,7 +211,13 @@ impl Gossip for GossipService {
         stream: RequestStream<GossipACK>,
         sink: DuplexSink<GossipACK>,
     ) {
-        self.accept(&ctx, StreamKind::InboundAcks, stream, sink, Some(Writer::Acks));
+        self.accept(
+            &ctx,
+            StreamKind::InboundAcks,
+            stream,
+            sink,
+            Some(Writer::Acks),
+        );
     }
 
     fn stream(
@@ -211,6 +226,12 @@ impl Gossip for GossipService {
         stream: RequestStream<GossipMessage>,
         sink: DuplexSink<GossipACK>,
     ) {
-        self.accept(&ctx, StreamKind::InboundSingle, stream, sink, Some(Writer::Acks));
+        self.accept(
+            &ctx,
+            StreamKind::InboundSingle,
+            stream,
+            sink,
+            Some(Writer::Acks),
+        );
     }
 }
