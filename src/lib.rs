@@ -7,7 +7,7 @@
 //! it fails for a stated reason. Exactly one [`Completion`] per message; nothing is lost
 //! silently.
 //!
-//! ```no_run
+//! ```
 //! use grpc_gossip::{Message, NeighborInfo, Node, NodeConfig};
 //!
 //! # fn main() -> Result<(), grpc_gossip::Error> {

@@ -268,7 +268,9 @@ fn peer_over_the_grpc_limit_gets_resource_exhausted() {
     let mut cb = config("b");
     cb.limits.max_payload_bytes = 128 * 1024;
     let b = start_with(cb, &f);
-    let a = start("a", &f);
+    let mut ca = config("a");
+    ca.limits.max_payload_bytes = 128 * 1024;
+    let a = start_with(ca, &f);
     connect(&a, &b);
     // A raw client that allows itself to send far more than b accepts.
     let channel = ChannelBuilder::new(f.env().clone())

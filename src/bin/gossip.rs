@@ -70,6 +70,15 @@ struct BenchArgs {
     /// Print one JSON object with the results as the last line.
     #[arg(long)]
     json: bool,
+    /// HTTP/2 initial stream window (e.g. 1MiB); default: gRPC's.
+    #[arg(long, value_parser = parse_size)]
+    stream_window: Option<usize>,
+    /// Largest HTTP/2 frame (e.g. 64KiB, at most 16MiB - 1); default: gRPC's.
+    #[arg(long, value_parser = parse_size)]
+    max_frame: Option<usize>,
+    /// Turn HTTP/2 BDP probing on (off by default).
+    #[arg(long)]
+    bdp_probe: bool,
 }
 
 #[derive(clap::Args)]
@@ -206,8 +215,20 @@ fn bench(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
     reset_peak_rss();
     let mut limits = grpc_gossip::Limits::default();
     limits.max_payload_bytes = limits.max_payload_bytes.max(w.payload_bytes);
+    let as_u32 = |field: &'static str, v: usize| {
+        u32::try_from(v).map_err(|_| grpc_gossip::Error::Config {
+            field,
+            reason: format!("{v} is too large"),
+        })
+    };
     let transport = TransportConfig {
         max_grpc_message_bytes: limits.grpc_message_limit(),
+        http2_bdp_probe: args.bdp_probe,
+        stream_window_bytes: args
+            .stream_window
+            .map(|v| as_u32("stream-window", v))
+            .transpose()?,
+        http2_max_frame_bytes: args.max_frame.map(|v| as_u32("max-frame", v)).transpose()?,
         ..Default::default()
     };
     let factory = StreamFactory::new(transport);

@@ -56,8 +56,11 @@ pub(crate) fn start(
         .next()
         .ok_or_else(|| bind_err("address resolves to nothing".into()))?
         .ip();
+    // gRPC sets SO_REUSEPORT by default: two nodes could then share a port and split its
+    // connections between them. A taken port must be an error instead.
     let args = factory
         .tune(ChannelBuilder::new(factory.env().clone()))
+        .reuse_port(false)
         .build_args();
     let mut server = ServerBuilder::new(factory.env().clone())
         .channel_args(args)
