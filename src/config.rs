@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::error::Error;
 
 /// Size limits applied to everything a node sends or accepts.
@@ -88,8 +89,19 @@ pub struct NodeConfig {
     pub seen_capacity: usize,
     /// How often the manager checks TTLs.
     pub tick: Duration,
-    /// How long `connect_to_neighbor` waits for the neighbour's endpoint to accept.
+    /// How long `connect_to_neighbor` (and each reconnection attempt) waits for the
+    /// neighbour's endpoint to accept.
     pub connect_timeout: Duration,
+    /// A neighbour with messages outstanding that sends no ACK for this long is treated as a
+    /// broken link: reconnected, and its messages sent again. Must exceed the time the largest
+    /// message takes to cross the slowest link.
+    pub ack_timeout: Duration,
+    /// Delays between reconnection attempts after a link breaks.
+    pub reconnect: Backoff,
+    /// Most messages in flight to one neighbour (at most `slots`).
+    pub peer_max_messages: usize,
+    /// Most payload bytes in flight to one neighbour.
+    pub peer_max_bytes: usize,
 }
 
 impl NodeConfig {
@@ -105,6 +117,10 @@ impl NodeConfig {
             seen_capacity: 1 << 16,
             tick: Duration::from_millis(50),
             connect_timeout: Duration::from_secs(5),
+            ack_timeout: Duration::from_secs(5),
+            reconnect: Backoff::default(),
+            peer_max_messages: 200,
+            peer_max_bytes: 256 * 1024 * 1024,
         }
     }
 
@@ -132,6 +148,10 @@ impl NodeConfig {
         positive("seen_capacity", self.seen_capacity > 0)?;
         positive("tick", !self.tick.is_zero())?;
         positive("connect_timeout", !self.connect_timeout.is_zero())?;
+        positive("ack_timeout", !self.ack_timeout.is_zero())?;
+        positive("peer_max_messages", self.peer_max_messages > 0)?;
+        positive("peer_max_bytes", self.peer_max_bytes > 0)?;
+        positive("reconnect.max", !self.reconnect.max.is_zero())?;
         if let Deliveries::Queue(n) = self.deliveries {
             positive("deliveries", n > 0)?;
         }
@@ -157,6 +177,11 @@ pub struct TransportConfig {
     pub http2_max_frame_bytes: Option<u32>,
     /// How long a channel with no open streams is kept before it is closed.
     pub idle_channel_ttl: Duration,
+    /// HTTP/2 keepalive: ping a connection after this long without traffic...
+    pub keepalive_time: Duration,
+    /// ...and declare it dead if the ping is not answered within this long. A dead TCP
+    /// connection is so noticed within about `keepalive_time + keepalive_timeout`.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for TransportConfig {
@@ -168,6 +193,8 @@ impl Default for TransportConfig {
             stream_window_bytes: None,
             http2_max_frame_bytes: Some(1024 * 1024),
             idle_channel_ttl: Duration::from_secs(60),
+            keepalive_time: Duration::from_secs(2),
+            keepalive_timeout: Duration::from_secs(2),
         }
     }
 }

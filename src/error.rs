@@ -32,6 +32,17 @@ pub enum Error {
         /// The number of slots of the store.
         slots: usize,
     },
+    /// The neighbour's share of the store (messages or bytes in flight to it) is used up: it
+    /// is slow or unreachable. Sends to other neighbours are not affected.
+    #[error("neighbour {peer:?} has {messages} messages ({bytes} bytes) in flight, its limit")]
+    PeerFull {
+        /// The neighbour.
+        peer: String,
+        /// Messages in flight to it.
+        messages: usize,
+        /// Payload bytes in flight to it.
+        bytes: usize,
+    },
     /// A message with the same hash to the same neighbour is still in flight.
     #[error("message {hash:?} to {peer} is already in flight")]
     AlreadyInFlight {
@@ -43,9 +54,6 @@ pub enum Error {
     /// The target is not a neighbour of this node.
     #[error("unknown neighbour {0:?}")]
     UnknownNeighbor(String),
-    /// The neighbour is known but its double stream is not up.
-    #[error("neighbour {0:?} is offline")]
-    NeighborOffline(String),
     /// Connecting to a neighbour's endpoint failed.
     #[error("cannot connect to {endpoint}: {reason}")]
     Connect {

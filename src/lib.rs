@@ -48,6 +48,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod bench;
 pub mod config;
 pub mod error;
@@ -62,12 +63,15 @@ pub mod stats;
 pub mod store;
 pub mod transport;
 
+pub use backoff::Backoff;
 pub use config::{Deliveries, Limits, NodeConfig, TransportConfig};
 pub use error::Error;
 pub use id::NodeId;
 pub use manager::MessageManager;
 pub use message::{Completion, Delivery, FailReason, Message, MessageKey, Outcome};
-pub use neighbor::{MemoryNeighborStore, NeighborInfo, NeighborManager, NeighborStore};
+pub use neighbor::{
+    MemoryNeighborStore, NeighborEvent, NeighborInfo, NeighborManager, NeighborStore,
+};
 pub use node::{Node, NodeBuilder};
 pub use router::{FanoutRouter, Router};
 pub use stats::Stats;

@@ -7,6 +7,9 @@
 //!
 //! Invariants it keeps (and its tests check):
 //! - every message that enters with [`Event::Send`] gets exactly one [`Action::Complete`];
+//! - a message whose link breaks before its ACK stays outstanding, in send order, and is sent
+//!   again when the link is back; it fails only when its TTL runs out, the neighbour is removed
+//!   or the node shuts down;
 //! - a (sender, hash) pair is delivered at most once within the TTL, and ACKed every time;
 //! - ACKs go to the sender over our own outbound AckStream to it when we have one, otherwise on
 //!   the response side of an AckStream it opened to us, otherwise (single-stream mode) back on
@@ -169,6 +172,20 @@ struct PeerStreams {
     out_messages: Option<StreamId>,
     out_acks: Option<StreamId>,
     in_acks: Option<StreamId>,
+    /// The application removed this neighbour: sends to it fail until it is connected again.
+    removed: bool,
+    /// Last sign of life while messages are outstanding: an ACK, the link coming up, or the
+    /// first message after a quiet spell. The stall check measures from here.
+    last_progress: Option<Instant>,
+}
+
+/// A message sent to a peer and not yet completed, kept for retransmission.
+#[derive(Debug)]
+struct Outstanding {
+    hash: String,
+    payload: Bytes,
+    /// Transmissions so far (0 while it waits for the link).
+    attempts: u32,
 }
 
 /// ACKs waiting for a route to their target, per target at most this many.
@@ -180,28 +197,40 @@ pub struct MessageManager {
     store: Arc<SlotStore>,
     limits: Limits,
     counters: Arc<Counters>,
+    ack_timeout: Duration,
     streams: HashMap<StreamId, (NodeId, StreamKind)>,
     peers: HashMap<NodeId, PeerStreams>,
+    outstanding: HashMap<NodeId, VecDeque<Outstanding>>,
     unrouted: HashMap<NodeId, VecDeque<(Instant, WireAck)>>,
 }
 
 impl MessageManager {
-    /// A manager for node `local`, tracking messages in `store`.
+    /// A manager for node `local`, tracking messages in `store`. A linked peer with messages
+    /// outstanding that shows no progress (no ACK) for `ack_timeout` is treated as a broken
+    /// link: torn down, reconnected, and its messages sent again.
     pub fn new(
         local: NodeId,
         store: Arc<SlotStore>,
         limits: Limits,
         counters: Arc<Counters>,
+        ack_timeout: Duration,
     ) -> MessageManager {
         MessageManager {
             local,
             store,
             limits,
             counters,
+            ack_timeout,
             streams: HashMap::new(),
             peers: HashMap::new(),
+            outstanding: HashMap::new(),
             unrouted: HashMap::new(),
         }
+    }
+
+    /// Messages outstanding (sent or waiting for the link, not completed) to `peer`.
+    pub fn outstanding_to(&self, peer: &NodeId) -> usize {
+        self.outstanding.get(peer).map_or(0, VecDeque::len)
     }
 
     /// The store this manager completes messages in.
@@ -221,11 +250,9 @@ impl MessageManager {
         match event {
             Event::Send { key, payload } => self.on_send(key, payload, now, out),
             Event::StreamOpened { stream, peer, kind } => {
-                self.on_stream_opened(stream, peer, kind, out)
+                self.on_stream_opened(stream, peer, kind, now, out)
             }
-            Event::StreamClosed { stream, reason } => {
-                self.on_stream_closed(stream, reason, now, out)
-            }
+            Event::StreamClosed { stream, reason } => self.on_stream_closed(stream, reason, out),
             Event::MessageReceived { stream, message } => {
                 self.on_message(stream, message, now, out)
             }
@@ -240,14 +267,30 @@ impl MessageManager {
         }
     }
 
+    /// Forgets the outstanding copy of `key`; returns how many times it was transmitted.
+    fn take_outstanding(&mut self, key: &MessageKey) -> u32 {
+        let Some(queue) = self.outstanding.get_mut(&key.peer) else {
+            return 0;
+        };
+        let Some(pos) = queue.iter().position(|o| o.hash == key.hash) else {
+            return 0;
+        };
+        let attempts = queue.remove(pos).map_or(0, |o| o.attempts);
+        if queue.is_empty() {
+            self.outstanding.remove(&key.peer);
+        }
+        attempts
+    }
+
     fn complete(
-        &self,
+        &mut self,
         key: MessageKey,
         tracked: Tracked,
         outcome: Outcome,
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        let attempts = self.take_outstanding(&key);
         match &outcome {
             Outcome::Acked { .. } => bump(&self.counters.acked),
             Outcome::TimedOut => bump(&self.counters.timed_out),
@@ -257,30 +300,41 @@ impl MessageManager {
             key,
             outcome,
             elapsed: now.saturating_duration_since(tracked.sent_at),
+            attempts,
         }));
     }
 
     fn on_send(&mut self, key: MessageKey, payload: Bytes, now: Instant, out: &mut Vec<Action>) {
-        let stream = self.peers.get(&key.peer).and_then(|p| p.out_messages);
-        match stream {
-            Some(stream) => {
-                bump(&self.counters.sent);
-                add(&self.counters.bytes_sent, payload.len());
-                out.push(Action::Transmit {
-                    stream,
-                    message: WireMessage {
-                        hash: key.hash,
-                        from: self.local.to_string(),
-                        payload,
-                    },
-                });
+        let Some(entry) = self.peers.get_mut(&key.peer).filter(|p| !p.removed) else {
+            if let Some(t) = self.store.complete(&key) {
+                self.complete(key, t, Outcome::Failed(FailReason::NotConnected), now, out);
             }
-            None => {
-                if let Some(t) = self.store.complete(&key) {
-                    self.complete(key, t, Outcome::Failed(FailReason::NotConnected), now, out);
-                }
-            }
+            return;
+        };
+        let queue = self.outstanding.entry(key.peer.clone()).or_default();
+        if queue.is_empty() {
+            entry.last_progress = Some(now);
         }
+        let mut attempts = 0;
+        if let Some(stream) = entry.out_messages {
+            // Otherwise the link is down: the message waits and goes out when it is back.
+            attempts = 1;
+            bump(&self.counters.sent);
+            add(&self.counters.bytes_sent, payload.len());
+            out.push(Action::Transmit {
+                stream,
+                message: WireMessage {
+                    hash: key.hash.clone(),
+                    from: self.local.to_string(),
+                    payload: payload.clone(),
+                },
+            });
+        }
+        queue.push_back(Outstanding {
+            hash: key.hash,
+            payload,
+            attempts,
+        });
     }
 
     fn on_stream_opened(
@@ -288,6 +342,7 @@ impl MessageManager {
         stream: StreamId,
         peer: NodeId,
         kind: StreamKind,
+        now: Instant,
         out: &mut Vec<Action>,
     ) {
         debug!(
@@ -306,6 +361,27 @@ impl MessageManager {
             // A newer stream of the same kind supersedes the old one.
             out.push(Action::CloseStream(old));
         }
+        if kind == StreamKind::OutboundMessages {
+            entry.removed = false;
+            entry.last_progress = Some(now);
+            // Everything not yet acknowledged goes (again) on the new link, in send order.
+            for o in self.outstanding.get_mut(&peer).into_iter().flatten() {
+                if o.attempts > 0 {
+                    bump(&self.counters.retransmitted);
+                }
+                o.attempts += 1;
+                bump(&self.counters.sent);
+                add(&self.counters.bytes_sent, o.payload.len());
+                out.push(Action::Transmit {
+                    stream,
+                    message: WireMessage {
+                        hash: o.hash.clone(),
+                        from: self.local.to_string(),
+                        payload: o.payload.clone(),
+                    },
+                });
+            }
+        }
         if matches!(kind, StreamKind::OutboundAcks | StreamKind::InboundAcks) {
             if let Some(waiting) = self.unrouted.remove(&peer) {
                 for (_, ack) in waiting {
@@ -315,13 +391,7 @@ impl MessageManager {
         }
     }
 
-    fn on_stream_closed(
-        &mut self,
-        stream: StreamId,
-        reason: String,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) {
+    fn on_stream_closed(&mut self, stream: StreamId, reason: String, out: &mut Vec<Action>) {
         let Some((peer, kind)) = self.streams.remove(&stream) else {
             return;
         };
@@ -341,42 +411,38 @@ impl MessageManager {
         if *slot != Some(stream) {
             return; // an old, superseded stream
         }
-        *slot = None;
-        if matches!(
-            kind,
-            StreamKind::OutboundMessages | StreamKind::OutboundAcks
-        ) {
-            // The outbound double stream lives and dies as one link.
-            let sibling = if kind == StreamKind::OutboundMessages {
-                entry.out_acks.take()
-            } else {
-                entry.out_messages.take()
-            };
-            if let Some(s) = sibling {
-                self.streams.remove(&s);
+        if kind == StreamKind::InboundAcks {
+            *slot = None;
+            return;
+        }
+        // The outbound double stream lives and dies as one link.
+        self.tear_down_link(&peer, reason, out);
+    }
+
+    /// Closes both outbound streams to `peer` and reports the link down. Outstanding messages
+    /// stay, to be sent again on the next link.
+    fn tear_down_link(&mut self, peer: &NodeId, reason: String, out: &mut Vec<Action>) {
+        let Some(entry) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let messages = entry.out_messages.take();
+        for s in [messages, entry.out_acks.take()].into_iter().flatten() {
+            if self.streams.remove(&s).is_some() {
                 out.push(Action::CloseStream(s));
             }
-            let messages = if kind == StreamKind::OutboundMessages {
-                Some(stream)
-            } else {
-                sibling
-            };
-            if let Some(messages) = messages {
-                out.push(Action::LinkDown {
-                    peer: peer.clone(),
-                    stream: messages,
-                    reason: reason.clone(),
-                });
-            }
-            for (key, t) in self.store.remove_peer(&peer) {
-                let why = FailReason::LinkLost(reason.clone());
-                self.complete(key, t, Outcome::Failed(why), now, out);
-            }
+        }
+        if let Some(stream) = messages {
+            out.push(Action::LinkDown {
+                peer: peer.clone(),
+                stream,
+                reason,
+            });
         }
     }
 
     fn on_disconnect(&mut self, peer: NodeId, now: Instant, out: &mut Vec<Action>) {
         if let Some(entry) = self.peers.get_mut(&peer) {
+            entry.removed = true;
             for s in [entry.out_messages.take(), entry.out_acks.take()]
                 .into_iter()
                 .flatten()
@@ -514,6 +580,9 @@ impl MessageManager {
             debug!("{}: ACK for {} not in flight", self.local, key);
             return;
         };
+        if let Some(entry) = self.peers.get_mut(&peer) {
+            entry.last_progress = Some(now);
+        }
         let outcome = match ack.status {
             AckStatus::Received => Outcome::Acked {
                 by: peer,
@@ -531,6 +600,26 @@ impl MessageManager {
     fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         for (key, t) in self.store.expire(now) {
             self.complete(key, t, Outcome::TimedOut, now, out);
+        }
+        let stalled: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(peer, p)| {
+                p.out_messages.is_some()
+                    && self.outstanding.contains_key(*peer)
+                    && p.last_progress
+                        .is_some_and(|t| now.saturating_duration_since(t) >= self.ack_timeout)
+            })
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        for peer in stalled {
+            bump(&self.counters.stalls);
+            warn!(
+                "{}: no ACK from {} for {:?}; reconnecting",
+                self.local, peer, self.ack_timeout
+            );
+            let reason = format!("no ACK for {:?}", self.ack_timeout);
+            self.tear_down_link(&peer, reason, out);
         }
         let ttl: Duration = self.store.ttl();
         let counters = &self.counters;

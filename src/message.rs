@@ -63,6 +63,9 @@ pub struct Completion {
     pub outcome: Outcome,
     /// Time from the send call to the completion.
     pub elapsed: Duration,
+    /// How many times the message was transmitted (more than 1 after retransmissions; 0 if
+    /// it never got onto a link).
+    pub attempts: u32,
 }
 
 impl Completion {
@@ -94,8 +97,6 @@ pub enum Outcome {
 pub enum FailReason {
     /// The target is not (or no longer) a neighbour with an open double stream.
     NotConnected,
-    /// The double stream to the target broke before the message was acknowledged.
-    LinkLost(String),
     /// The application disconnected the neighbour while the message was in flight.
     Disconnected,
     /// The receiver refused the message; its reason.
@@ -125,7 +126,6 @@ impl fmt::Display for FailReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FailReason::NotConnected => f.write_str("neighbour not connected"),
-            FailReason::LinkLost(why) => write!(f, "link lost: {why}"),
             FailReason::Disconnected => f.write_str("neighbour disconnected"),
             FailReason::Rejected(why) => write!(f, "rejected by receiver: {why}"),
             FailReason::Shutdown => f.write_str("node shut down"),

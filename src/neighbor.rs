@@ -2,6 +2,7 @@
 //! and the `NeighborManager` a node uses.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use parking_lot::RwLock;
 
@@ -30,6 +31,40 @@ impl NeighborInfo {
             online: false,
         }
     }
+}
+
+/// A change in a neighbour's state, from [`Node::events`](crate::Node::events).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NeighborEvent {
+    /// The double stream to the neighbour is up (first connection or reconnection).
+    Up {
+        /// The neighbour.
+        peer: NodeId,
+    },
+    /// The double stream broke (stream error, dead connection, or no ACK progress). The node
+    /// reconnects on its own; messages outstanding to the neighbour are sent again then.
+    Down {
+        /// The neighbour.
+        peer: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// A reconnection attempt failed; the next one follows after `retry_in`.
+    Reconnecting {
+        /// The neighbour.
+        peer: NodeId,
+        /// Attempts failed so far.
+        attempt: u32,
+        /// Delay before the next attempt.
+        retry_in: Duration,
+        /// Why the attempt failed.
+        error: String,
+    },
+    /// The application removed the neighbour.
+    Removed {
+        /// The neighbour.
+        peer: NodeId,
+    },
 }
 
 /// Where neighbour records live. Implement it to keep them elsewhere (a file, a registry).

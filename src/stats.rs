@@ -17,6 +17,8 @@ pub struct Counters {
     pub(crate) rejected: AtomicU64,
     pub(crate) unknown_acks: AtomicU64,
     pub(crate) unrouted_acks_dropped: AtomicU64,
+    pub(crate) retransmitted: AtomicU64,
+    pub(crate) stalls: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -54,6 +56,10 @@ pub struct Stats {
     pub unknown_acks: u64,
     /// ACKs dropped because no stream back to their target appeared within the TTL.
     pub unrouted_acks_dropped: u64,
+    /// Transmissions that repeated an earlier one (after a link came back).
+    pub retransmitted: u64,
+    /// Links torn down because their peer stopped acknowledging.
+    pub stalls: u64,
     /// Messages in flight now (slots in use).
     pub in_flight: u64,
     /// Slots of the store.
@@ -79,6 +85,8 @@ impl Counters {
             rejected: g(&self.rejected),
             unknown_acks: g(&self.unknown_acks),
             unrouted_acks_dropped: g(&self.unrouted_acks_dropped),
+            retransmitted: g(&self.retransmitted),
+            stalls: g(&self.stalls),
             ..Stats::default()
         }
     }

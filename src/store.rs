@@ -32,15 +32,47 @@ pub struct Tracked {
     pub sent_at: Instant,
     /// When it times out.
     pub deadline: Instant,
+    /// Payload bytes it holds.
+    pub bytes: usize,
     seq: u64,
+}
+
+/// How much one neighbour may hold of the store, so that a slow or stuck neighbour cannot take
+/// every slot (or unbounded memory) from the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerLimit {
+    /// Messages in flight to one neighbour.
+    pub messages: usize,
+    /// Payload bytes in flight to one neighbour (a single larger message is still let through
+    /// when nothing else is in flight to it).
+    pub bytes: usize,
+}
+
+#[derive(Default, Clone, Copy)]
+struct PeerLoad {
+    messages: usize,
+    bytes: usize,
 }
 
 struct Slots {
     in_flight: HashMap<MessageKey, Tracked>,
+    per_peer: HashMap<NodeId, PeerLoad>,
     /// Deadline order; `seq` keeps equal deadlines distinct.
     expiry: BTreeMap<(Instant, u64), MessageKey>,
     next_seq: u64,
     closed: bool,
+}
+
+impl Slots {
+    fn release(&mut self, peer: &NodeId, bytes: usize) {
+        if let Some(load) = self.per_peer.get_mut(peer) {
+            load.messages = load.messages.saturating_sub(1);
+            load.bytes = load.bytes.saturating_sub(bytes);
+            if load.messages == 0 {
+                self.per_peer.remove(peer);
+            }
+        }
+    }
 }
 
 /// Bounded, TTL-expiring record of (sender, hash) pairs already received.
@@ -69,6 +101,7 @@ impl SeenCache {
 /// of recently seen hashes.
 pub struct SlotStore {
     slots: usize,
+    peer_limit: PeerLimit,
     ttl: Duration,
     state: Mutex<Slots>,
     slot_freed: Condvar,
@@ -77,12 +110,28 @@ pub struct SlotStore {
 
 impl SlotStore {
     /// A store with `slots` slots whose entries (and seen hashes) live at most `ttl`; the
-    /// seen-cache keeps at most `seen_capacity` entries.
+    /// seen-cache keeps at most `seen_capacity` entries. No per-neighbour limit beyond `slots`.
     pub fn new(slots: usize, ttl: Duration, seen_capacity: usize) -> SlotStore {
+        let unlimited = PeerLimit {
+            messages: slots,
+            bytes: usize::MAX,
+        };
+        SlotStore::with_peer_limit(slots, unlimited, ttl, seen_capacity)
+    }
+
+    /// Like [`new`](SlotStore::new), with a limit per neighbour.
+    pub fn with_peer_limit(
+        slots: usize,
+        peer_limit: PeerLimit,
+        ttl: Duration,
+        seen_capacity: usize,
+    ) -> SlotStore {
         SlotStore {
             slots,
+            peer_limit,
             ttl,
             state: Mutex::new(Slots {
+                per_peer: HashMap::new(),
                 in_flight: HashMap::with_capacity(slots),
                 expiry: BTreeMap::new(),
                 next_seq: 0,
@@ -113,11 +162,19 @@ impl SlotStore {
         self.state.lock().in_flight.len()
     }
 
-    /// Takes a slot for `key`, waiting as `wait` says while all are busy.
+    /// Takes a slot for `key` (a message of `bytes` payload bytes), waiting as `wait` says
+    /// while all slots, or the neighbour's share, are busy.
     ///
-    /// Errors: [`Error::Full`] (no slot in time), [`Error::AlreadyInFlight`] (same key not yet
-    /// completed), [`Error::Shutdown`] (store closed).
-    pub fn reserve(&self, key: &MessageKey, now: Instant, wait: Wait) -> Result<Tracked, Error> {
+    /// Errors: [`Error::Full`] (no slot in time), [`Error::PeerFull`] (the neighbour's share is
+    /// used up), [`Error::AlreadyInFlight`] (same key not yet completed), [`Error::Shutdown`]
+    /// (store closed).
+    pub fn reserve(
+        &self,
+        key: &MessageKey,
+        bytes: usize,
+        now: Instant,
+        wait: Wait,
+    ) -> Result<Tracked, Error> {
         let mut state = self.state.lock();
         loop {
             if state.closed {
@@ -129,10 +186,21 @@ impl SlotStore {
                     hash: key.hash.clone(),
                 });
             }
-            if state.in_flight.len() < self.slots {
+            let load = state.per_peer.get(&key.peer).copied().unwrap_or_default();
+            let peer_ok = load.messages < self.peer_limit.messages
+                && (load.messages == 0
+                    || load.bytes.saturating_add(bytes) <= self.peer_limit.bytes);
+            let full = if state.in_flight.len() >= self.slots {
+                Error::Full { slots: self.slots }
+            } else if !peer_ok {
+                Error::PeerFull {
+                    peer: key.peer.to_string(),
+                    messages: load.messages,
+                    bytes: load.bytes,
+                }
+            } else {
                 break;
-            }
-            let full = Error::Full { slots: self.slots };
+            };
             match wait {
                 Wait::No => return Err(full),
                 Wait::Forever => self.slot_freed.wait(&mut state),
@@ -148,10 +216,14 @@ impl SlotStore {
         let tracked = Tracked {
             sent_at: now,
             deadline: now + self.ttl,
+            bytes,
             seq,
         };
         state.expiry.insert((tracked.deadline, seq), key.clone());
         state.in_flight.insert(key.clone(), tracked.clone());
+        let load = state.per_peer.entry(key.peer.clone()).or_default();
+        load.messages += 1;
+        load.bytes += bytes;
         Ok(tracked)
     }
 
@@ -160,8 +232,10 @@ impl SlotStore {
         let mut state = self.state.lock();
         let tracked = state.in_flight.remove(key)?;
         state.expiry.remove(&(tracked.deadline, tracked.seq));
+        state.release(&key.peer, tracked.bytes);
         drop(state);
-        self.slot_freed.notify_one();
+        // Waiters wait for different things (any slot, or a given neighbour's share).
+        self.slot_freed.notify_all();
         Some(tracked)
     }
 
@@ -175,6 +249,7 @@ impl SlotStore {
             }
             let key = entry.remove();
             if let Some(t) = state.in_flight.remove(&key) {
+                state.release(&key.peer, t.bytes);
                 out.push((key, t));
             }
         }
@@ -188,11 +263,11 @@ impl SlotStore {
     /// Messages in flight per target neighbour.
     pub fn in_flight_by_peer(&self) -> HashMap<NodeId, usize> {
         let state = self.state.lock();
-        let mut out: HashMap<NodeId, usize> = HashMap::new();
-        for key in state.in_flight.keys() {
-            *out.entry(key.peer.clone()).or_default() += 1;
-        }
-        out
+        state
+            .per_peer
+            .iter()
+            .map(|(peer, load)| (peer.clone(), load.messages))
+            .collect()
     }
 
     /// Removes and returns every in-flight entry addressed to `peer`.
@@ -221,6 +296,7 @@ impl SlotStore {
         for key in keys {
             if let Some(t) = state.in_flight.remove(&key) {
                 state.expiry.remove(&(t.deadline, t.seq));
+                state.release(&key.peer, t.bytes);
                 out.push((key, t));
             }
         }
@@ -260,6 +336,16 @@ mod tests {
     use crate::config::Limits;
     use std::sync::Arc;
 
+    trait ReserveT {
+        fn reserve_t(&self, key: &MessageKey, now: Instant, wait: Wait) -> Result<Tracked, Error>;
+    }
+
+    impl ReserveT for SlotStore {
+        fn reserve_t(&self, key: &MessageKey, now: Instant, wait: Wait) -> Result<Tracked, Error> {
+            self.reserve(key, 1, now, wait)
+        }
+    }
+
     fn key(peer: &str, hash: &str) -> MessageKey {
         MessageKey {
             peer: NodeId::new(peer, &Limits::default()).unwrap(),
@@ -271,15 +357,15 @@ mod tests {
     fn slots_bound_in_flight_and_free_on_complete() {
         let store = SlotStore::new(2, Duration::from_secs(10), 16);
         let now = Instant::now();
-        store.reserve(&key("b", "1"), now, Wait::No).unwrap();
-        store.reserve(&key("b", "2"), now, Wait::No).unwrap();
+        store.reserve_t(&key("b", "1"), now, Wait::No).unwrap();
+        store.reserve_t(&key("b", "2"), now, Wait::No).unwrap();
         assert!(matches!(
-            store.reserve(&key("b", "3"), now, Wait::No),
+            store.reserve_t(&key("b", "3"), now, Wait::No),
             Err(Error::Full { slots: 2 })
         ));
         assert!(store.complete(&key("b", "1")).is_some());
         assert!(store.complete(&key("b", "1")).is_none(), "completes once");
-        store.reserve(&key("b", "3"), now, Wait::No).unwrap();
+        store.reserve_t(&key("b", "3"), now, Wait::No).unwrap();
         assert_eq!(store.in_flight(), 2);
     }
 
@@ -287,24 +373,24 @@ mod tests {
     fn same_key_twice_is_refused() {
         let store = SlotStore::new(4, Duration::from_secs(10), 16);
         let now = Instant::now();
-        store.reserve(&key("b", "1"), now, Wait::No).unwrap();
+        store.reserve_t(&key("b", "1"), now, Wait::No).unwrap();
         assert!(matches!(
-            store.reserve(&key("b", "1"), now, Wait::No),
+            store.reserve_t(&key("b", "1"), now, Wait::No),
             Err(Error::AlreadyInFlight { .. })
         ));
         // Same hash to another neighbour is a different message.
-        store.reserve(&key("c", "1"), now, Wait::No).unwrap();
+        store.reserve_t(&key("c", "1"), now, Wait::No).unwrap();
     }
 
     #[test]
     fn blocked_reserve_wakes_when_a_slot_frees() {
         let store = Arc::new(SlotStore::new(1, Duration::from_secs(10), 16));
         store
-            .reserve(&key("b", "1"), Instant::now(), Wait::No)
+            .reserve_t(&key("b", "1"), Instant::now(), Wait::No)
             .unwrap();
         let s2 = store.clone();
         let waiter =
-            std::thread::spawn(move || s2.reserve(&key("b", "2"), Instant::now(), Wait::Forever));
+            std::thread::spawn(move || s2.reserve_t(&key("b", "2"), Instant::now(), Wait::Forever));
         std::thread::sleep(Duration::from_millis(50));
         assert!(!waiter.is_finished(), "must wait while full");
         store.complete(&key("b", "1"));
@@ -315,11 +401,11 @@ mod tests {
     fn bounded_wait_gives_full() {
         let store = SlotStore::new(1, Duration::from_secs(10), 16);
         store
-            .reserve(&key("b", "1"), Instant::now(), Wait::No)
+            .reserve_t(&key("b", "1"), Instant::now(), Wait::No)
             .unwrap();
         let until = Instant::now() + Duration::from_millis(20);
         assert!(matches!(
-            store.reserve(&key("b", "2"), Instant::now(), Wait::Until(until)),
+            store.reserve_t(&key("b", "2"), Instant::now(), Wait::Until(until)),
             Err(Error::Full { .. })
         ));
     }
@@ -328,17 +414,17 @@ mod tests {
     fn close_wakes_waiters_and_returns_everything() {
         let store = Arc::new(SlotStore::new(1, Duration::from_secs(10), 16));
         store
-            .reserve(&key("b", "1"), Instant::now(), Wait::No)
+            .reserve_t(&key("b", "1"), Instant::now(), Wait::No)
             .unwrap();
         let s2 = store.clone();
         let waiter =
-            std::thread::spawn(move || s2.reserve(&key("b", "2"), Instant::now(), Wait::Forever));
+            std::thread::spawn(move || s2.reserve_t(&key("b", "2"), Instant::now(), Wait::Forever));
         std::thread::sleep(Duration::from_millis(20));
         let pending = store.close();
         assert_eq!(pending.len(), 1);
         assert!(matches!(waiter.join().unwrap(), Err(Error::Shutdown)));
         assert!(matches!(
-            store.reserve(&key("b", "3"), Instant::now(), Wait::No),
+            store.reserve_t(&key("b", "3"), Instant::now(), Wait::No),
             Err(Error::Shutdown)
         ));
     }
@@ -347,9 +433,9 @@ mod tests {
     fn ttl_expiry_in_deadline_order() {
         let store = SlotStore::new(8, Duration::from_secs(10), 16);
         let t0 = Instant::now();
-        store.reserve(&key("b", "1"), t0, Wait::No).unwrap();
+        store.reserve_t(&key("b", "1"), t0, Wait::No).unwrap();
         store
-            .reserve(&key("b", "2"), t0 + Duration::from_secs(1), Wait::No)
+            .reserve_t(&key("b", "2"), t0 + Duration::from_secs(1), Wait::No)
             .unwrap();
         assert!(store.expire(t0 + Duration::from_secs(9)).is_empty());
         let first = store.expire(t0 + Duration::from_secs(10));
@@ -365,9 +451,9 @@ mod tests {
         let store = SlotStore::new(8, Duration::from_secs(10), 16);
         let now = Instant::now();
         for h in ["3", "1", "2"] {
-            store.reserve(&key("b", h), now, Wait::No).unwrap();
+            store.reserve_t(&key("b", h), now, Wait::No).unwrap();
         }
-        store.reserve(&key("c", "9"), now, Wait::No).unwrap();
+        store.reserve_t(&key("c", "9"), now, Wait::No).unwrap();
         let gone: Vec<String> = store
             .remove_peer(&key("b", "").peer)
             .into_iter()
@@ -375,6 +461,38 @@ mod tests {
             .collect();
         assert_eq!(gone, ["3", "1", "2"]);
         assert_eq!(store.in_flight(), 1);
+    }
+
+    #[test]
+    fn one_neighbour_cannot_take_every_slot_or_unbounded_bytes() {
+        let limit = PeerLimit {
+            messages: 2,
+            bytes: 100,
+        };
+        let store = SlotStore::with_peer_limit(4, limit, Duration::from_secs(10), 16);
+        let now = Instant::now();
+        store.reserve(&key("slow", "1"), 10, now, Wait::No).unwrap();
+        store.reserve(&key("slow", "2"), 10, now, Wait::No).unwrap();
+        assert!(matches!(
+            store.reserve(&key("slow", "3"), 10, now, Wait::No),
+            Err(Error::PeerFull { messages: 2, .. })
+        ));
+        // Others still get slots.
+        store.reserve(&key("fast", "1"), 60, now, Wait::No).unwrap();
+        assert!(matches!(
+            store.reserve(&key("fast", "2"), 60, now, Wait::No),
+            Err(Error::PeerFull { bytes: 60, .. })
+        ));
+        // A single message larger than the byte share passes when nothing else is in flight.
+        store
+            .reserve(&key("big", "1"), 1000, now, Wait::No)
+            .unwrap();
+        store.complete(&key("slow", "1"));
+        store.reserve(&key("slow", "3"), 10, now, Wait::No).unwrap();
+        assert_eq!(
+            store.in_flight_by_peer().get(&key("slow", "").peer),
+            Some(&2)
+        );
     }
 
     #[test]

@@ -324,41 +324,44 @@ fn disconnect_with_messages_in_flight_completes_every_one() {
         a.send_message("b", Message::new("after", "x")),
         Err(Error::UnknownNeighbor(_))
     ));
+    // Removed for good: no reconnection brings it back.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(a.neighbors().is_empty());
 }
 
 #[test]
-fn peer_shutdown_fails_in_flight_as_link_lost() {
+fn peer_gone_for_good_times_out_its_messages_with_attempts() {
     let f = factory();
-    let a = start("a", &f);
+    let mut ca = config("a");
+    ca.ttl = Duration::from_secs(2);
+    let a = start_with(ca, &f);
     let b = start("b", &f);
     connect(&a, &b);
-    let payload = Bytes::from(vec![0u8; 256 * 1024]);
-    let mut sent = 0;
-    for i in 0..40 {
-        if a.send_message("b", Message::new(format!("{i}"), payload.clone()))
-            .is_ok()
-        {
-            sent += 1;
-        }
-    }
+    let events = a.events();
+    assert!(matches!(
+        events.recv_timeout(PATIENCE).unwrap(),
+        grpc_gossip::NeighborEvent::Up { .. }
+    ));
     b.shutdown();
-    let done = collect(&a.completions(), sent);
-    for c in &done {
-        assert!(
-            c.is_acked() || matches!(c.outcome, Outcome::Failed(FailReason::LinkLost(_))),
-            "{c:?}"
-        );
-    }
-    // The neighbour is marked offline and sends fail fast.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while a.neighbors()[0].online && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
+    // The link loss is noticed and reported; the node starts reconnecting on its own.
+    match events.recv_timeout(PATIENCE).unwrap() {
+        grpc_gossip::NeighborEvent::Down { peer, .. } => assert_eq!(peer.as_str(), "b"),
+        other => panic!("{other:?}"),
     }
     assert!(!a.neighbors()[0].online);
     assert!(matches!(
-        a.send_message("b", Message::new("after", "x")),
-        Err(Error::NeighborOffline(_))
+        events.recv_timeout(PATIENCE).unwrap(),
+        grpc_gossip::NeighborEvent::Reconnecting { attempt: 1, .. }
     ));
+    // Sends are still accepted: they wait for the link, within their TTL.
+    for i in 0..3 {
+        a.send_message("b", Message::new(format!("{i}"), "x"))
+            .unwrap();
+    }
+    for c in collect(&a.completions(), 3) {
+        assert_eq!(c.outcome, Outcome::TimedOut, "{c:?}");
+        assert_eq!(c.attempts, 0, "never got onto a link");
+    }
 }
 
 #[test]

@@ -30,7 +30,13 @@ impl Harness {
     fn new(slots: usize) -> Harness {
         let store = Arc::new(SlotStore::new(slots, Duration::from_secs(10), 1024));
         Harness {
-            m: MessageManager::new(id("a"), store, Limits::default(), Arc::default()),
+            m: MessageManager::new(
+                id("a"),
+                store,
+                Limits::default(),
+                Arc::default(),
+                Duration::from_secs(5),
+            ),
             now: Instant::now(),
         }
     }
@@ -58,7 +64,7 @@ impl Harness {
         let k = key(peer, hash);
         self.m
             .store()
-            .reserve(&k, self.now, crate::store::Wait::No)
+            .reserve(&k, 7, self.now, crate::store::Wait::No)
             .unwrap();
         self.run(Event::Send {
             key: k,
@@ -271,13 +277,24 @@ fn ttl_expiry_times_out_and_late_ack_is_ignored() {
     assert!(h.ack(OUT_ACK, "b", "slow", AckStatus::Received).is_empty());
 }
 
+fn transmitted(actions: &[Action]) -> Vec<(StreamId, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Transmit { stream, message } => Some((*stream, message.hash.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
-fn link_loss_fails_in_flight_in_order_and_tears_the_link_down() {
+fn link_loss_keeps_messages_and_the_next_link_sends_them_again_in_order() {
     let mut h = Harness::new(8);
     h.link("b");
     for m in ["1", "2", "3"] {
         h.send("b", m);
     }
+    h.ack(OUT_ACK, "b", "2", AckStatus::Received);
     let out = h.run(Event::StreamClosed {
         stream: OUT_MSG,
         reason: "reset".into(),
@@ -285,22 +302,81 @@ fn link_loss_fails_in_flight_in_order_and_tears_the_link_down() {
     assert!(out.contains(&Action::CloseStream(OUT_ACK)));
     assert!(out
         .iter()
-        .any(|a| matches!(a, Action::LinkDown { peer, .. } if *peer == id("b"))));
-    let lost = Outcome::Failed(FailReason::LinkLost("reset".into()));
-    assert_eq!(
-        completions(&out),
-        [
-            ("1".into(), lost.clone()),
-            ("2".into(), lost.clone()),
-            ("3".into(), lost)
-        ]
-    );
+        .any(|a| matches!(a, Action::LinkDown { peer, stream: OUT_MSG, .. } if *peer == id("b"))));
+    assert!(completions(&out).is_empty(), "nothing fails on a link loss");
     assert!(!h.m.is_linked(&id("b")));
-    // Later sends fail fast.
-    assert_eq!(
-        completions(&h.send("b", "4")),
-        [("4".into(), Outcome::Failed(FailReason::NotConnected))]
-    );
+
+    // Sent while the link is down: waits.
+    assert!(h.send("b", "4").is_empty());
+    assert_eq!(h.m.outstanding_to(&id("b")), 3);
+
+    // The next link gets everything unacknowledged, in send order.
+    let out = h.open(StreamId(20), "b", StreamKind::OutboundMessages);
+    let again: Vec<String> = transmitted(&out).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(again, ["1", "3", "4"]);
+    h.open(StreamId(21), "b", StreamKind::OutboundAcks);
+    let done = h.ack(StreamId(21), "b", "1", AckStatus::Duplicate);
+    match &done[..] {
+        [Action::Complete(c)] => {
+            assert_eq!(c.attempts, 2, "sent, lost, sent again");
+            assert!(matches!(
+                c.outcome,
+                Outcome::Acked {
+                    duplicate: true,
+                    ..
+                }
+            ));
+        }
+        other => panic!("{other:?}"),
+    }
+    match &h.ack(StreamId(21), "b", "4", AckStatus::Received)[..] {
+        [Action::Complete(c)] => assert_eq!(c.attempts, 1, "first sent on the new link"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn ttl_runs_out_while_the_link_is_down() {
+    let mut h = Harness::new(8);
+    h.link("b");
+    h.send("b", "1");
+    h.run(Event::StreamClosed {
+        stream: OUT_MSG,
+        reason: "reset".into(),
+    });
+    h.now += Duration::from_secs(10);
+    match &h.run(Event::Tick)[..] {
+        [Action::Complete(c)] => {
+            assert_eq!(c.outcome, Outcome::TimedOut);
+            assert_eq!(c.attempts, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.m.outstanding_to(&id("b")), 0);
+}
+
+#[test]
+fn a_peer_that_stops_acking_is_torn_down() {
+    let mut h = Harness::new(8);
+    h.link("b");
+    h.send("b", "1");
+    h.now += Duration::from_secs(4);
+    assert!(h.run(Event::Tick).is_empty());
+    h.send("b", "2");
+    h.ack(OUT_ACK, "b", "1", AckStatus::Received); // progress resets the clock
+    h.now += Duration::from_secs(4);
+    assert!(h.run(Event::Tick).is_empty());
+    h.now += Duration::from_secs(1);
+    let out = h.run(Event::Tick);
+    assert!(out.contains(&Action::CloseStream(OUT_MSG)));
+    assert!(out.contains(&Action::CloseStream(OUT_ACK)));
+    assert!(out.iter().any(|a| matches!(a, Action::LinkDown { .. })));
+    assert!(completions(&out).is_empty());
+    // An idle link (nothing outstanding) is never "stalled".
+    let mut idle = Harness::new(8);
+    idle.link("b");
+    idle.now += Duration::from_secs(60);
+    assert!(idle.run(Event::Tick).is_empty());
 }
 
 #[test]
@@ -334,6 +410,14 @@ fn disconnect_and_shutdown_fail_what_is_in_flight() {
     assert_eq!(
         completions(&out),
         [("2".into(), Outcome::Failed(FailReason::Shutdown))]
+    );
+    // After a disconnect, sends to b fail until it is connected again.
+    let mut h = Harness::new(8);
+    h.link("b");
+    h.run(Event::Disconnect { peer: id("b") });
+    assert_eq!(
+        completions(&h.send("b", "x")),
+        [("x".into(), Outcome::Failed(FailReason::NotConnected))]
     );
 }
 
@@ -394,7 +478,7 @@ mod property {
                     Op::Send(p) => {
                         seq += 1;
                         let k = key(peers[p as usize], &format!("m{seq}"));
-                        match h.m.store().reserve(&k, h.now, crate::store::Wait::No) {
+                        match h.m.store().reserve(&k, 7, h.now, crate::store::Wait::No) {
                             Ok(_) => {
                                 sent.push(k.clone());
                                 h.run(Event::Send { key: k, payload: Bytes::new() })

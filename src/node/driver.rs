@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use log::{info, warn};
-use parking_lot::Mutex;
+use log::warn;
 
+use super::link::Links;
+use super::supervisor::Notice;
 use crate::id::NodeId;
 use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind, WireAck};
 use crate::message::{Completion, Delivery};
-use crate::neighbor::NeighborManager;
-use crate::transport::factory::ChannelLease;
 use crate::transport::threads::ReadGate;
 use crate::transport::Writer;
 
@@ -33,12 +32,6 @@ pub(crate) enum Input {
     Shutdown,
 }
 
-/// An outbound double stream: the lease on its channel and the id of its MessageStream.
-pub(crate) struct Link {
-    pub(crate) _lease: ChannelLease,
-    pub(crate) messages: StreamId,
-}
-
 /// Deliveries and ACKs held back, in order, while the application's delivery queue is full.
 pub(crate) enum Held {
     Deliver(Delivery),
@@ -53,8 +46,8 @@ pub(crate) struct Driver {
     /// `None`: deliveries are discarded (`Deliveries::Discard`).
     pub(crate) deliveries: Option<Sender<Delivery>>,
     pub(crate) gate: Arc<ReadGate>,
-    pub(crate) neighbors: Arc<NeighborManager>,
-    pub(crate) links: Arc<Mutex<HashMap<NodeId, Link>>>,
+    pub(crate) links: Arc<Links>,
+    pub(crate) supervisor: Sender<Notice>,
     pub(crate) tick: Duration,
     pub(crate) writers: HashMap<StreamId, Writer>,
     pub(crate) held: VecDeque<Held>,
@@ -172,11 +165,8 @@ impl Driver {
                 stream,
                 reason,
             } => {
-                let mut links = self.links.lock();
-                if links.get(&peer).is_some_and(|l| l.messages == stream) {
-                    links.remove(&peer);
-                    self.neighbors.set_online(peer.as_str(), false);
-                    info!("link to {peer} down: {reason}");
+                if self.links.link_down(&peer, stream, &reason) {
+                    let _ = self.supervisor.send(Notice::LinkDown(peer));
                 }
             }
         }

@@ -1,10 +1,12 @@
 //! `Node` (the seed's DoubleStreamNode): the public handle that ties the parts together.
 
 pub(crate) mod driver;
+mod link;
+mod supervisor;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,20 +20,25 @@ use parking_lot::Mutex;
 use crate::config::{Deliveries, NodeConfig};
 use crate::error::Error;
 use crate::id::{validate_id, IdKind, NodeId};
-use crate::manager::{Event, MessageManager, StreamId, StreamKind};
+use crate::manager::{Event, MessageManager};
 use crate::message::{Completion, Delivery, Message, MessageKey};
-use crate::neighbor::{MemoryNeighborStore, NeighborInfo, NeighborManager, NeighborStore};
+use crate::neighbor::{
+    MemoryNeighborStore, NeighborEvent, NeighborInfo, NeighborManager, NeighborStore,
+};
 use crate::router::{Candidate, FanoutRouter, Router};
 use crate::stats::{Counters, Stats};
-use crate::store::{SlotStore, Wait};
-use crate::transport::factory::{DoubleStream, StreamFactory};
+use crate::store::{PeerLimit, SlotStore, Wait};
+use crate::transport::factory::StreamFactory;
 use crate::transport::server::{self, Context};
 use crate::transport::threads::{ReadGate, ThreadSet};
-use crate::transport::{read_loop, write_loop, Writer};
-use driver::{Driver, Input, Link};
+use driver::{Driver, Input};
+use link::Links;
+use supervisor::{Notice, Supervisor};
 
 /// How many inputs may wait for the manager thread before readers and senders block.
 const INBOX_CAPACITY: usize = 256;
+/// Neighbour events kept for the application before new ones are dropped.
+const EVENTS_CAPACITY: usize = 1024;
 
 /// Builds a [`Node`] with parts other than the defaults.
 pub struct NodeBuilder {
@@ -60,13 +67,22 @@ impl NodeBuilder {
         self
     }
 
-    /// Validates the configuration, starts the server and the manager thread.
+    /// Validates the configuration, starts the server, the manager and the supervisor.
     pub fn start(self) -> Result<Node, Error> {
         Node::start_parts(self)
     }
 }
 
-/// A running node: a gRPC server, a manager thread, and a double stream per neighbour.
+/// The threads a running node owns directly.
+struct Running {
+    server: Server,
+    manager: JoinHandle<()>,
+    supervisor: JoinHandle<()>,
+    supervisor_tx: Sender<Notice>,
+}
+
+/// A running node: a gRPC server, a manager thread, a reconnect supervisor, and a double stream
+/// per neighbour.
 ///
 /// `Node` is `Send + Sync`: share it (`&Node` in scoped threads, or an `Arc`) to send from many
 /// threads. Dropping it shuts it down.
@@ -74,23 +90,17 @@ pub struct Node {
     id: NodeId,
     config: NodeConfig,
     local_addr: SocketAddr,
-    factory: Arc<StreamFactory>,
     store: Arc<SlotStore>,
     counters: Arc<Counters>,
-    neighbors: Arc<NeighborManager>,
+    links: Arc<Links>,
     router: Box<dyn Router>,
-    links: Arc<Mutex<HashMap<NodeId, Link>>>,
-    connecting: Mutex<()>,
-    inbox: Sender<Input>,
-    threads: Arc<ThreadSet>,
-    stream_ids: Arc<AtomicU64>,
     gate: Arc<ReadGate>,
     completions: Receiver<Completion>,
     deliveries: Receiver<Delivery>,
+    events: Receiver<NeighborEvent>,
     /// Keeps the delivery channel connected when deliveries are discarded.
     _delivery_tx: Option<Sender<Delivery>>,
-    closed: AtomicBool,
-    running: Mutex<Option<(Server, JoinHandle<()>)>>,
+    running: Mutex<Option<Running>>,
 }
 
 impl Node {
@@ -130,8 +140,13 @@ impl Node {
             });
         }
         let id = NodeId::new(&config.id, &config.limits)?;
-        let store = Arc::new(SlotStore::new(
+        let peer_limit = PeerLimit {
+            messages: config.peer_max_messages,
+            bytes: config.peer_max_bytes,
+        };
+        let store = Arc::new(SlotStore::with_peer_limit(
             config.slots,
+            peer_limit,
             config.ttl,
             config.seen_capacity,
         ));
@@ -143,20 +158,29 @@ impl Node {
         let threads = Arc::new(ThreadSet::default());
         let gate = Arc::new(ReadGate::default());
         let stream_ids = Arc::new(AtomicU64::new(1));
-        let links = Arc::new(Mutex::new(HashMap::new()));
         let (inbox, inbox_rx) = bounded(INBOX_CAPACITY);
         let (completion_tx, completions) = unbounded();
+        let (events_tx, events) = bounded(EVENTS_CAPACITY);
         let (delivery_tx, deliveries) = match config.deliveries {
             Deliveries::Queue(n) => bounded(n),
             Deliveries::Discard => bounded(0),
         };
+        let links = Arc::new(Links::new(
+            id.clone(),
+            factory.clone(),
+            inbox.clone(),
+            threads.clone(),
+            stream_ids.clone(),
+            neighbors,
+            events_tx,
+        ));
 
         let ctx = Arc::new(Context {
             local: id.clone(),
             limits: config.limits.clone(),
             inbox: inbox.clone(),
-            stream_ids: stream_ids.clone(),
-            threads: threads.clone(),
+            stream_ids,
+            threads,
             gate: gate.clone(),
         });
         let (server, local_addr) = server::start(&config.listen, &factory, ctx)?;
@@ -165,48 +189,61 @@ impl Node {
             Deliveries::Queue(_) => (Some(delivery_tx), None),
             Deliveries::Discard => (None, Some(delivery_tx)),
         };
+        let (supervisor_tx, supervisor_rx) = unbounded();
         let driver = Driver {
             manager: MessageManager::new(
                 id.clone(),
                 store.clone(),
                 config.limits.clone(),
                 counters.clone(),
+                config.ack_timeout,
             ),
             inbox: inbox_rx,
             completions: completion_tx,
             deliveries: driver_deliveries,
             gate: gate.clone(),
-            neighbors: neighbors.clone(),
             links: links.clone(),
+            supervisor: supervisor_tx.clone(),
             tick: config.tick,
             writers: HashMap::new(),
             held: Default::default(),
             actions: Vec::new(),
         };
+        let supervisor = Supervisor {
+            links: links.clone(),
+            notices: supervisor_rx,
+            reply: supervisor_tx.clone(),
+            backoff: config.reconnect.clone(),
+            connect_timeout: config.connect_timeout,
+            // Seeded per node and per start, so nodes do not share a jitter sequence.
+            rng: fastrand::Rng::with_seed(seed_for(&id)),
+        };
         let manager = std::thread::Builder::new()
             .name(format!("gossip-mgr-{id}"))
             .spawn(move || driver.run())?;
+        let supervisor = std::thread::Builder::new()
+            .name(format!("gossip-sup-{id}"))
+            .spawn(move || supervisor.run())?;
         info!("node {id} listening on {local_addr}");
         Ok(Node {
             id,
             config,
             local_addr,
-            factory,
             store,
             counters,
-            neighbors,
-            router: router.unwrap_or_else(|| Box::new(FanoutRouter::default())),
             links,
-            connecting: Mutex::new(()),
-            inbox,
-            threads,
-            stream_ids,
+            router: router.unwrap_or_else(|| Box::new(FanoutRouter::default())),
             gate,
             completions,
             deliveries,
+            events,
             _delivery_tx: keep_tx,
-            closed: AtomicBool::new(false),
-            running: Mutex::new(Some((server, manager))),
+            running: Mutex::new(Some(Running {
+                server,
+                manager,
+                supervisor,
+                supervisor_tx,
+            })),
         })
     }
 
@@ -239,9 +276,16 @@ impl Node {
         self.deliveries.clone()
     }
 
-    /// The neighbour records.
+    /// Neighbour state changes: up, down (with the reason), reconnection attempts, removed.
+    /// At most 1,024 wait here; when the application does not read them, newer ones are
+    /// dropped ([`neighbors`](Node::neighbors) always has the current state).
+    pub fn events(&self) -> Receiver<NeighborEvent> {
+        self.events.clone()
+    }
+
+    /// The neighbour records, with their current online state.
     pub fn neighbors(&self) -> Vec<NeighborInfo> {
-        self.neighbors.list()
+        self.links.neighbors.list()
     }
 
     /// A snapshot of the node's counters.
@@ -249,12 +293,12 @@ impl Node {
         let mut s = self.counters.snapshot();
         s.in_flight = self.store.in_flight() as u64;
         s.slots = self.store.slots() as u64;
-        s.neighbors_online = self.neighbors.list().iter().filter(|n| n.online).count() as u64;
+        s.neighbors_online = self.neighbors().iter().filter(|n| n.online).count() as u64;
         s
     }
 
     fn check_open(&self) -> Result<(), Error> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.links.closed.load(Ordering::Acquire) {
             Err(Error::Shutdown)
         } else {
             Ok(())
@@ -263,7 +307,8 @@ impl Node {
 
     /// Connects to a neighbour: opens (or reuses) the double stream to `info.endpoint` and
     /// starts its reader and writer threads. Waits up to `NodeConfig::connect_timeout` for the
-    /// endpoint to accept.
+    /// endpoint to accept. Once connected, the node keeps the link up on its own: a broken
+    /// link is reconnected with backoff until [`disconnect_neighbor`](Node::disconnect_neighbor).
     pub fn connect_to_neighbor(&self, info: NeighborInfo) -> Result<(), Error> {
         self.check_open()?;
         if info.node_hash == self.id.as_str() {
@@ -272,131 +317,60 @@ impl Node {
                 reason: "a node cannot be its own neighbour".into(),
             });
         }
-        let _one_at_a_time = self.connecting.lock();
-        let known_before = self.neighbors.lookup(&info.node_hash);
-        let peer = self.neighbors.add(info.clone())?;
-        if self.links.lock().contains_key(&peer) {
-            self.neighbors.set_online(peer.as_str(), true);
-            return Ok(());
-        }
-        let double = match self
-            .factory
-            .open(&info.endpoint, &self.id, self.config.connect_timeout)
+        let neighbors = &self.links.neighbors;
+        let known_before = neighbors.lookup(&info.node_hash);
+        let peer = neighbors.add(info.clone())?;
+        match self
+            .links
+            .establish(&peer, &info.endpoint, self.config.connect_timeout)
         {
-            Ok(d) => d,
+            Ok(()) => Ok(()),
             Err(e) => {
+                // Leave the records as they were.
                 match known_before {
-                    Some((_, old)) => self.neighbors.add(old).map(|_| ())?,
-                    None => drop(self.neighbors.remove(&info.node_hash)),
+                    Some((_, old)) => {
+                        let online = old.online;
+                        neighbors.add(old)?;
+                        neighbors.set_online(peer.as_str(), online && self.links.is_linked(&peer));
+                    }
+                    None => drop(neighbors.remove(&info.node_hash)),
                 }
-                return Err(e);
+                Err(e)
             }
-        };
-        let messages = self.start_link(&peer, double)?;
-        let _ = messages;
-        self.neighbors.set_online(peer.as_str(), true);
-        info!("{} connected to {} at {}", self.id, peer, info.endpoint);
-        Ok(())
+        }
     }
 
-    /// Registers the two streams of a double stream with the manager and starts their threads.
-    fn start_link(&self, peer: &NodeId, double: DoubleStream) -> Result<StreamId, Error> {
-        let DoubleStream {
-            messages: (msg_sink, msg_stream),
-            acks: (ack_sink, ack_stream),
-            lease,
-        } = double;
-        let next = || StreamId(self.stream_ids.fetch_add(1, Ordering::Relaxed));
-        let (msg_id, ack_id) = (next(), next());
-        let (msg_tx, msg_rx) = unbounded();
-        let (ack_tx, ack_rx) = unbounded();
-        let opens = [
-            (
-                msg_id,
-                StreamKind::OutboundMessages,
-                Writer::Messages(msg_tx),
-            ),
-            (ack_id, StreamKind::OutboundAcks, Writer::Acks(ack_tx)),
-        ];
-        for (stream, kind, writer) in opens {
-            let open = Input::Open {
-                stream,
-                peer: peer.clone(),
-                kind,
-                writer: Some(writer),
-            };
-            self.inbox.send(open).map_err(|_| Error::Shutdown)?;
-        }
-        self.links.lock().insert(
-            peer.clone(),
-            Link {
-                _lease: lease,
-                messages: msg_id,
-            },
-        );
-        let tag = format!("{}>{}", self.id, peer);
-        let spawn_all = || -> Result<(), Error> {
-            let inbox = self.inbox.clone();
-            self.threads.spawn(format!("gossip-w-{tag}"), move || {
-                write_loop(msg_sink, msg_rx, msg_id, &inbox)
-            })?;
-            let inbox = self.inbox.clone();
-            self.threads.spawn(format!("gossip-w-{tag}"), move || {
-                write_loop(ack_sink, ack_rx, ack_id, &inbox)
-            })?;
-            let inbox = self.inbox.clone();
-            self.threads.spawn(format!("gossip-r-{tag}"), move || {
-                let reason = read_loop(msg_stream, msg_id, &inbox, None);
-                let _ = inbox.send(Input::Event(Event::StreamClosed {
-                    stream: msg_id,
-                    reason,
-                }));
-            })?;
-            let inbox = self.inbox.clone();
-            self.threads.spawn(format!("gossip-r-{tag}"), move || {
-                let reason = read_loop(ack_stream, ack_id, &inbox, None);
-                let _ = inbox.send(Input::Event(Event::StreamClosed {
-                    stream: ack_id,
-                    reason,
-                }));
-            })
-        };
-        if let Err(e) = spawn_all() {
-            // Whatever did start is torn down with the link.
-            let _ = self.inbox.send(Input::Event(Event::StreamClosed {
-                stream: msg_id,
-                reason: format!("cannot start stream threads: {e}"),
-            }));
-            return Err(e);
-        }
-        Ok(msg_id)
-    }
-
-    /// Removes a neighbour: closes its double stream; messages in flight to it complete as
-    /// `Failed(Disconnected)`.
+    /// Removes a neighbour: closes its double stream and stops reconnecting to it; messages in
+    /// flight to it complete as `Failed(Disconnected)`.
     pub fn disconnect_neighbor(&self, node_hash: &str) -> Result<(), Error> {
         let (peer, _) = self
+            .links
             .neighbors
             .lookup(node_hash)
             .ok_or_else(|| Error::UnknownNeighbor(node_hash.to_owned()))?;
-        self.neighbors.remove(node_hash);
-        self.links.lock().remove(&peer);
-        self.inbox
+        self.links.neighbors.remove(node_hash);
+        self.links.forget(&peer);
+        self.links
+            .emit(NeighborEvent::Removed { peer: peer.clone() });
+        self.links
+            .inbox
             .send(Input::Event(Event::Disconnect { peer }))
             .map_err(|_| Error::Shutdown)
     }
 
-    /// Sends `message` to neighbour `target`, waiting while all slots are busy. Returns the
-    /// message's key; its outcome arrives on [`completions`](Node::completions).
+    /// Sends `message` to neighbour `target`, waiting while all slots (or the neighbour's
+    /// share) are busy. Returns the message's key; its outcome arrives on
+    /// [`completions`](Node::completions). If the link to `target` is down, the message waits
+    /// for the reconnection (within its TTL).
     ///
     /// Errors (nothing was sent, no completion will come): invalid hash, payload too large,
-    /// unknown or offline neighbour, same hash to the same neighbour still in flight, shutdown.
+    /// unknown neighbour, same hash to the same neighbour still in flight, shutdown.
     pub fn send_message(&self, target: &str, message: Message) -> Result<MessageKey, Error> {
         self.send(target, message, Wait::Forever)
     }
 
-    /// Like [`send_message`](Node::send_message) but returns [`Error::Full`] at once instead of
-    /// waiting for a slot.
+    /// Like [`send_message`](Node::send_message) but returns [`Error::Full`] or
+    /// [`Error::PeerFull`] at once instead of waiting.
     pub fn try_send_message(&self, target: &str, message: Message) -> Result<MessageKey, Error> {
         self.send(target, message, Wait::No)
     }
@@ -421,23 +395,22 @@ impl Node {
                 limit,
             });
         }
-        let (peer, info) = self
+        let (peer, _) = self
+            .links
             .neighbors
             .lookup(target)
             .ok_or_else(|| Error::UnknownNeighbor(target.to_owned()))?;
-        if !info.online {
-            return Err(Error::NeighborOffline(target.to_owned()));
-        }
         let key = MessageKey {
             peer,
             hash: message.hash,
         };
-        self.store.reserve(&key, Instant::now(), wait)?;
+        self.store
+            .reserve(&key, message.payload.len(), Instant::now(), wait)?;
         let event = Event::Send {
             key: key.clone(),
             payload: message.payload,
         };
-        if self.inbox.send(Input::Event(event)).is_err() {
+        if self.links.inbox.send(Input::Event(event)).is_err() {
             // The manager is gone. If shutdown already failed the message, its completion
             // stands; otherwise it was never sent.
             if self.store.complete(&key).is_some() {
@@ -447,17 +420,15 @@ impl Node {
         Ok(key)
     }
 
-    /// Sends `message` to the neighbours the router picks (by default all online ones, those
-    /// with the fewest messages in flight first). Returns one result per chosen neighbour;
-    /// each `Ok` key gets its own completion.
+    /// Sends `message` to the neighbours the router picks (by default all of them, those with
+    /// the fewest messages in flight first). Returns one result per chosen neighbour; each
+    /// `Ok` key gets its own completion.
     pub fn broadcast(&self, message: Message) -> Vec<(NodeId, Result<MessageKey, Error>)> {
         let load = self.store.in_flight_by_peer();
         let candidates: Vec<Candidate> = self
-            .neighbors
-            .list()
+            .neighbors()
             .into_iter()
-            .filter(|n| n.online)
-            .filter_map(|n| self.neighbors.lookup(&n.node_hash))
+            .filter_map(|n| self.links.neighbors.lookup(&n.node_hash))
             .map(|(peer, _)| Candidate {
                 cost: load.get(&peer).copied().unwrap_or(0) as u64,
                 peer,
@@ -474,35 +445,54 @@ impl Node {
             .collect()
     }
 
-    /// Number of threads this node has running besides its manager thread (readers, writers,
-    /// server stream threads).
+    /// Number of threads this node has running besides its manager and supervisor threads
+    /// (readers, writers, server stream threads, reconnection attempts).
     pub fn stream_threads(&self) -> usize {
-        self.threads.live()
+        self.links.threads.live()
     }
 
     /// Stops the node: the server stops accepting and cancels its calls, every message in
-    /// flight completes as `Failed(Shutdown)`, every stream is closed and every thread of the
-    /// node is joined. Idempotent; also done on drop.
+    /// flight completes as `Failed(Shutdown)`, every stream is closed, reconnection stops and
+    /// every thread of the node is joined. Idempotent; also done on drop.
     pub fn shutdown(&self) {
-        let Some((mut server, manager)) = self.running.lock().take() else {
+        let Some(running) = self.running.lock().take() else {
             return;
         };
-        self.closed.store(true, Ordering::Release);
+        let Running {
+            mut server,
+            manager,
+            supervisor,
+            supervisor_tx,
+        } = running;
+        self.links.closed.store(true, Ordering::Release);
         let stopping = server.shutdown();
         server.cancel_all_calls();
         let _ = block_on(stopping);
-        let _ = self.inbox.send(Input::Shutdown);
+        let _ = self.links.inbox.send(Input::Shutdown);
         if manager.join().is_err() {
             log::error!("{}: manager thread panicked", self.id);
         }
+        let _ = supervisor_tx.send(Notice::Stop);
+        if supervisor.join().is_err() {
+            log::error!("{}: supervisor thread panicked", self.id);
+        }
         self.gate.release();
-        self.threads.join_all();
-        self.links.lock().clear();
-        for n in self.neighbors.list() {
-            self.neighbors.set_online(&n.node_hash, false);
+        self.links.threads.join_all();
+        self.links.clear();
+        for n in self.neighbors() {
+            self.links.neighbors.set_online(&n.node_hash, false);
         }
         info!("node {} shut down", self.id);
     }
+}
+
+/// A jitter seed that differs between nodes and between runs.
+fn seed_for(id: &NodeId) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    id.hash(&mut h);
+    Instant::now().hash(&mut h);
+    h.finish()
 }
 
 impl Drop for Node {

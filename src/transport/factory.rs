@@ -3,6 +3,7 @@
 //! closes channels nobody has used for a while.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -124,10 +125,20 @@ impl StreamFactory {
     /// Applies the transport settings to a channel or server builder.
     pub(crate) fn tune(&self, mut b: ChannelBuilder) -> ChannelBuilder {
         let max = i32::try_from(self.config.max_grpc_message_bytes).unwrap_or(i32::MAX);
+        let keepalive = self.config.keepalive_time;
         b = b
             .max_receive_message_len(max)
             .max_send_message_len(max)
-            .http2_bdp_probe(self.config.http2_bdp_probe);
+            .http2_bdp_probe(self.config.http2_bdp_probe)
+            // Find dead connections (a peer that vanished without closing) within seconds.
+            .keepalive_time(keepalive)
+            .keepalive_timeout(self.config.keepalive_timeout)
+            .keepalive_permit_without_calls(true)
+            // Keep pinging an idle link, and let peers ping us as often as we ping them.
+            .http2_max_pings_without_data(0)
+            .http2_min_sent_ping_interval_without_data(keepalive)
+            .http2_min_recv_ping_interval_without_data(keepalive / 2)
+            .http2_max_ping_strikes(0);
         if let Some(w) = self.config.stream_window_bytes {
             b = b.stream_initial_window_size(i32::try_from(w).unwrap_or(i32::MAX));
         }
@@ -163,19 +174,33 @@ impl StreamFactory {
     }
 
     /// Opens a MessageStream and an AckStream to `endpoint`, announcing `local` in the
-    /// `gossip-node-id` header. Waits up to `timeout` for the endpoint to accept.
+    /// `gossip-node-id` header. Waits up to `timeout` for the endpoint to accept, giving up
+    /// early (with [`Error::Shutdown`]) once `cancel` is set.
     pub(crate) fn open(
         self: &Arc<Self>,
         endpoint: &str,
         local: &NodeId,
         timeout: Duration,
+        cancel: &AtomicBool,
     ) -> Result<DoubleStream, Error> {
         let (channel, lease) = self.lease(endpoint);
-        if !block_on(channel.wait_for_connected(timeout)) {
-            return Err(Error::Connect {
-                endpoint: endpoint.to_owned(),
-                reason: format!("not reachable within {timeout:?}"),
-            });
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cancel.load(Ordering::Acquire) {
+                return Err(Error::Shutdown);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Connect {
+                    endpoint: endpoint.to_owned(),
+                    reason: format!("not reachable within {timeout:?}"),
+                });
+            }
+            // Short slices, so that a shutdown does not wait for a whole connect timeout.
+            let slice = (deadline - now).min(Duration::from_millis(100));
+            if block_on(channel.wait_for_connected(slice)) {
+                break;
+            }
         }
         let client = GossipClient::new(channel);
         let options = || -> Result<CallOption, Error> {

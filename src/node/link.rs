@@ -1,0 +1,211 @@
+//! Opening and tracking the outbound double streams of a node. Used by `Node` (the application
+//! connects) and by the supervisor (the node reconnects).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use log::info;
+use parking_lot::Mutex;
+
+use super::driver::Input;
+use crate::error::Error;
+use crate::id::NodeId;
+use crate::manager::{Event, StreamId, StreamKind};
+use crate::neighbor::{NeighborEvent, NeighborManager};
+use crate::transport::factory::{ChannelLease, DoubleStream, StreamFactory};
+use crate::transport::threads::ThreadSet;
+use crate::transport::{read_loop, write_loop, InboundFrame, Writer};
+
+/// An outbound double stream: the lease on its channel and the id of its MessageStream.
+struct Link {
+    _lease: ChannelLease,
+    messages: StreamId,
+}
+
+/// The outbound links of one node, and what opening one needs.
+pub(crate) struct Links {
+    pub(crate) id: NodeId,
+    pub(crate) factory: Arc<StreamFactory>,
+    pub(crate) inbox: Sender<Input>,
+    pub(crate) threads: Arc<ThreadSet>,
+    pub(crate) stream_ids: Arc<AtomicU64>,
+    pub(crate) neighbors: Arc<NeighborManager>,
+    pub(crate) events: Sender<NeighborEvent>,
+    /// Set at shutdown: connection attempts give up.
+    pub(crate) closed: AtomicBool,
+    table: Mutex<HashMap<NodeId, Link>>,
+    /// One connection attempt at a time per node (application or supervisor).
+    connecting: Mutex<()>,
+}
+
+impl Links {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: NodeId,
+        factory: Arc<StreamFactory>,
+        inbox: Sender<Input>,
+        threads: Arc<ThreadSet>,
+        stream_ids: Arc<AtomicU64>,
+        neighbors: Arc<NeighborManager>,
+        events: Sender<NeighborEvent>,
+    ) -> Links {
+        Links {
+            id,
+            factory,
+            inbox,
+            threads,
+            stream_ids,
+            neighbors,
+            events,
+            closed: AtomicBool::new(false),
+            table: Mutex::new(HashMap::new()),
+            connecting: Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn next_stream_id(&self) -> StreamId {
+        StreamId(self.stream_ids.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Reports a neighbour event; if the application does not read them and the queue is full,
+    /// the event is dropped (the neighbour records still tell the current state).
+    pub(crate) fn emit(&self, event: NeighborEvent) {
+        let _ = self.events.try_send(event);
+    }
+
+    pub(crate) fn is_linked(&self, peer: &NodeId) -> bool {
+        self.table.lock().contains_key(peer)
+    }
+
+    /// Forgets the link to `peer` (the application removed it).
+    pub(crate) fn forget(&self, peer: &NodeId) {
+        self.table.lock().remove(peer);
+    }
+
+    /// Forgets every link (shutdown).
+    pub(crate) fn clear(&self) {
+        self.table.lock().clear();
+    }
+
+    /// The link to `peer` whose MessageStream is `stream` broke. False if that link was
+    /// already replaced or removed (nothing to do).
+    pub(crate) fn link_down(&self, peer: &NodeId, stream: StreamId, reason: &str) -> bool {
+        let mut table = self.table.lock();
+        if !table.get(peer).is_some_and(|l| l.messages == stream) {
+            return false;
+        }
+        table.remove(peer);
+        drop(table);
+        self.neighbors.set_online(peer.as_str(), false);
+        info!("{}: link to {peer} down: {reason}", self.id);
+        self.emit(NeighborEvent::Down {
+            peer: peer.clone(),
+            reason: reason.to_owned(),
+        });
+        true
+    }
+
+    /// Opens the double stream to `peer` at `endpoint` (waiting up to `timeout`), registers
+    /// it with the manager and starts its threads. Does nothing if a link is already up.
+    pub(crate) fn establish(
+        &self,
+        peer: &NodeId,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let _one_at_a_time = self.connecting.lock();
+        if self.is_linked(peer) {
+            return Ok(());
+        }
+        let double = self
+            .factory
+            .open(endpoint, &self.id, timeout, &self.closed)?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        self.start(peer, double)?;
+        self.neighbors.set_online(peer.as_str(), true);
+        info!("{} linked to {} at {}", self.id, peer, endpoint);
+        self.emit(NeighborEvent::Up { peer: peer.clone() });
+        Ok(())
+    }
+
+    /// Starts the reader thread of an outbound stream; it reports the stream's end.
+    fn spawn_reader<S, T>(&self, name: String, stream: S, id: StreamId) -> Result<(), Error>
+    where
+        S: futures::Stream<Item = grpcio::Result<T>> + Unpin + Send + 'static,
+        T: InboundFrame,
+    {
+        let inbox = self.inbox.clone();
+        self.threads.spawn(name, move || {
+            let reason = read_loop(stream, id, &inbox, None);
+            let _ = inbox.send(Input::Event(Event::StreamClosed { stream: id, reason }));
+        })
+    }
+
+    /// Registers the two streams of a double stream with the manager and starts their threads.
+    fn start(&self, peer: &NodeId, double: DoubleStream) -> Result<(), Error> {
+        let DoubleStream {
+            messages: (msg_sink, msg_stream),
+            acks: (ack_sink, ack_stream),
+            lease,
+        } = double;
+        let (msg_id, ack_id) = (self.next_stream_id(), self.next_stream_id());
+        let (msg_tx, msg_rx) = crossbeam_channel::unbounded();
+        let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+        // The link is recorded before the manager hears of it, so that a failure it reports
+        // finds the link to take down.
+        self.table.lock().insert(
+            peer.clone(),
+            Link {
+                _lease: lease,
+                messages: msg_id,
+            },
+        );
+        let opens = [
+            (
+                msg_id,
+                StreamKind::OutboundMessages,
+                Writer::Messages(msg_tx),
+            ),
+            (ack_id, StreamKind::OutboundAcks, Writer::Acks(ack_tx)),
+        ];
+        for (stream, kind, writer) in opens {
+            let open = Input::Open {
+                stream,
+                peer: peer.clone(),
+                kind,
+                writer: Some(writer),
+            };
+            if self.inbox.send(open).is_err() {
+                self.table.lock().remove(peer);
+                return Err(Error::Shutdown);
+            }
+        }
+        let tag = format!("{}>{}", self.id, peer);
+        let spawn_all = || -> Result<(), Error> {
+            let inbox = self.inbox.clone();
+            self.threads.spawn(format!("gossip-w-{tag}"), move || {
+                write_loop(msg_sink, msg_rx, msg_id, &inbox)
+            })?;
+            let inbox = self.inbox.clone();
+            self.threads.spawn(format!("gossip-w-{tag}"), move || {
+                write_loop(ack_sink, ack_rx, ack_id, &inbox)
+            })?;
+            self.spawn_reader(format!("gossip-r-{tag}"), msg_stream, msg_id)?;
+            self.spawn_reader(format!("gossip-r-{tag}"), ack_stream, ack_id)
+        };
+        if let Err(e) = spawn_all() {
+            // Whatever did start is torn down with the link.
+            let _ = self.inbox.send(Input::Event(Event::StreamClosed {
+                stream: msg_id,
+                reason: format!("cannot start stream threads: {e}"),
+            }));
+            return Err(e);
+        }
+        Ok(())
+    }
+}
