@@ -102,6 +102,18 @@ pub struct NodeConfig {
     pub peer_max_messages: usize,
     /// Most payload bytes in flight to one neighbour.
     pub peer_max_bytes: usize,
+    /// Most streams one peer may have open to this node at once; more are refused with
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_streams_per_peer: usize,
+    /// Most incoming streams still waiting for their first frame (peers without the
+    /// `gossip-node-id` header); more are refused with `RESOURCE_EXHAUSTED`.
+    pub max_unidentified_streams: usize,
+    /// How long an incoming stream without the header may take to send its first frame before
+    /// it is closed with `DEADLINE_EXCEEDED`.
+    pub handshake_timeout: Duration,
+    /// Most ACKs queued for one stream whose reader has stopped reading them; further ACKs to
+    /// it are dropped (and counted): its sender will retransmit and be ACKed again.
+    pub max_queued_acks: usize,
 }
 
 impl NodeConfig {
@@ -121,6 +133,10 @@ impl NodeConfig {
             reconnect: Backoff::default(),
             peer_max_messages: 200,
             peer_max_bytes: 256 * 1024 * 1024,
+            max_streams_per_peer: 16,
+            max_unidentified_streams: 64,
+            handshake_timeout: Duration::from_secs(10),
+            max_queued_acks: 1 << 16,
         }
     }
 
@@ -152,6 +168,13 @@ impl NodeConfig {
         positive("peer_max_messages", self.peer_max_messages > 0)?;
         positive("peer_max_bytes", self.peer_max_bytes > 0)?;
         positive("reconnect.max", !self.reconnect.max.is_zero())?;
+        positive("max_streams_per_peer", self.max_streams_per_peer > 0)?;
+        positive(
+            "max_unidentified_streams",
+            self.max_unidentified_streams > 0,
+        )?;
+        positive("handshake_timeout", !self.handshake_timeout.is_zero())?;
+        positive("max_queued_acks", self.max_queued_acks > 0)?;
         if let Deliveries::Queue(n) = self.deliveries {
             positive("deliveries", n > 0)?;
         }

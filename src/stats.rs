@@ -19,6 +19,7 @@ pub struct Counters {
     pub(crate) unrouted_acks_dropped: AtomicU64,
     pub(crate) retransmitted: AtomicU64,
     pub(crate) stalls: AtomicU64,
+    pub(crate) acks_dropped: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -60,6 +61,8 @@ pub struct Stats {
     pub retransmitted: u64,
     /// Links torn down because their peer stopped acknowledging.
     pub stalls: u64,
+    /// ACKs dropped because the stream they were for had stopped reading.
+    pub acks_dropped: u64,
     /// Messages in flight now (slots in use).
     pub in_flight: u64,
     /// Slots of the store.
@@ -87,6 +90,7 @@ impl Counters {
             unrouted_acks_dropped: g(&self.unrouted_acks_dropped),
             retransmitted: g(&self.retransmitted),
             stalls: g(&self.stalls),
+            acks_dropped: g(&self.acks_dropped),
             ..Stats::default()
         }
     }

@@ -14,6 +14,7 @@ use super::supervisor::Notice;
 use crate::id::NodeId;
 use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind, WireAck};
 use crate::message::{Completion, Delivery};
+use crate::stats::{bump, Counters};
 use crate::transport::threads::ReadGate;
 use crate::transport::Writer;
 
@@ -49,6 +50,8 @@ pub(crate) struct Driver {
     pub(crate) links: Arc<Links>,
     pub(crate) supervisor: Sender<Notice>,
     pub(crate) tick: Duration,
+    pub(crate) max_queued_acks: usize,
+    pub(crate) counters: Arc<Counters>,
     pub(crate) writers: HashMap<StreamId, Writer>,
     pub(crate) held: VecDeque<Held>,
     pub(crate) actions: Vec<Action>,
@@ -102,7 +105,13 @@ impl Driver {
     /// Handles one input; false when the node must stop.
     fn accept(&mut self, input: Input) -> bool {
         match input {
-            Input::Event(event) => self.step(event),
+            Input::Event(event) => {
+                if let Event::StreamClosed { stream, .. } = &event {
+                    // Its writer has nothing left to do; dropping the queue ends it.
+                    self.writers.remove(stream);
+                }
+                self.step(event)
+            }
             Input::Open {
                 stream,
                 peer,
@@ -174,6 +183,14 @@ impl Driver {
 
     fn send_ack(&self, stream: StreamId, ack: WireAck) {
         if let Some(Writer::Acks(tx)) = self.writers.get(&stream) {
+            if tx.len() >= self.max_queued_acks {
+                // The peer is not reading its ACKs; it will retransmit and be ACKed again.
+                bump(&self.counters.acks_dropped);
+                if tx.len() == self.max_queued_acks {
+                    warn!("ACK queue of stream {stream:?} is full; dropping ACKs");
+                }
+                return;
+            }
             let _ = tx.send(ack.into());
         }
     }

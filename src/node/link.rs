@@ -134,15 +134,18 @@ impl Links {
     }
 
     /// Starts the reader thread of an outbound stream; it reports the stream's end.
-    fn spawn_reader<S, T>(&self, name: String, stream: S, id: StreamId) -> Result<(), Error>
+    fn spawn_reader<S, T>(&self, name: String, mut stream: S, id: StreamId) -> Result<(), Error>
     where
         S: futures::Stream<Item = grpcio::Result<T>> + Unpin + Send + 'static,
         T: InboundFrame,
     {
         let inbox = self.inbox.clone();
         self.threads.spawn(name, move || {
-            let reason = read_loop(stream, id, &inbox, None);
-            let _ = inbox.send(Input::Event(Event::StreamClosed { stream: id, reason }));
+            let end = read_loop(&mut stream, id, &inbox, None);
+            let _ = inbox.send(Input::Event(Event::StreamClosed {
+                stream: id,
+                reason: end.reason,
+            }));
         })
     }
 
@@ -189,11 +192,11 @@ impl Links {
         let spawn_all = || -> Result<(), Error> {
             let inbox = self.inbox.clone();
             self.threads.spawn(format!("gossip-w-{tag}"), move || {
-                write_loop(msg_sink, msg_rx, msg_id, &inbox)
+                write_loop(msg_sink, msg_rx, msg_id, &inbox, None)
             })?;
             let inbox = self.inbox.clone();
             self.threads.spawn(format!("gossip-w-{tag}"), move || {
-                write_loop(ack_sink, ack_rx, ack_id, &inbox)
+                write_loop(ack_sink, ack_rx, ack_id, &inbox, None)
             })?;
             self.spawn_reader(format!("gossip-r-{tag}"), msg_stream, msg_id)?;
             self.spawn_reader(format!("gossip-r-{tag}"), ack_stream, ack_id)

@@ -182,6 +182,11 @@ impl Node {
             stream_ids,
             threads,
             gate: gate.clone(),
+            guards: server::StreamGuards::new(
+                config.max_streams_per_peer,
+                config.max_unidentified_streams,
+            ),
+            handshake_timeout: config.handshake_timeout,
         });
         let (server, local_addr) = server::start(&config.listen, &factory, ctx)?;
 
@@ -205,6 +210,8 @@ impl Node {
             links: links.clone(),
             supervisor: supervisor_tx.clone(),
             tick: config.tick,
+            max_queued_acks: config.max_queued_acks,
+            counters: counters.clone(),
             writers: HashMap::new(),
             held: Default::default(),
             actions: Vec::new(),

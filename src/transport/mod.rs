@@ -12,7 +12,9 @@ pub(crate) mod threads;
 use crossbeam_channel::{Receiver, Sender};
 use futures::executor::block_on;
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use grpcio::{ClientDuplexSender, DuplexSink, WriteFlags};
+use std::sync::Arc;
+
+use grpcio::{ClientDuplexSender, DuplexSink, RpcStatus, WriteFlags};
 
 use crate::manager::{AckStatus, Event, StreamId, WireAck, WireMessage};
 use crate::node::driver::Input;
@@ -102,14 +104,43 @@ impl InboundFrame for GossipACK {
     }
 }
 
+/// Why a stream's reader stopped.
+pub(crate) struct StreamEnd {
+    /// For logs and the manager.
+    pub(crate) reason: String,
+    /// The peer sent bytes that are not a valid frame.
+    pub(crate) malformed: bool,
+}
+
+impl StreamEnd {
+    fn from_error(e: grpcio::Error) -> StreamEnd {
+        let malformed = matches!(e, grpcio::Error::Codec(_));
+        StreamEnd {
+            reason: if malformed {
+                format!("malformed frame: {e}")
+            } else {
+                e.to_string()
+            },
+            malformed,
+        }
+    }
+
+    fn closed(reason: &str) -> StreamEnd {
+        StreamEnd {
+            reason: reason.to_owned(),
+            malformed: false,
+        }
+    }
+}
+
 /// Reads frames until the stream ends, forwarding each to the manager. Waits at `gate` (if any)
 /// before each read. Returns why the stream ended.
 pub(crate) fn read_loop<S, T>(
-    mut stream: S,
+    stream: &mut S,
     id: StreamId,
     inbox: &Sender<Input>,
     gate: Option<&ReadGate>,
-) -> String
+) -> StreamEnd
 where
     S: Stream<Item = grpcio::Result<T>> + Unpin,
     T: InboundFrame,
@@ -121,11 +152,47 @@ where
         match block_on(stream.next()) {
             Some(Ok(frame)) => {
                 if inbox.send(Input::Event(frame.into_event(id))).is_err() {
-                    return "node stopped".into();
+                    return StreamEnd::closed("node stopped");
                 }
             }
-            Some(Err(e)) => return e.to_string(),
-            None => return "closed by peer".into(),
+            Some(Err(e)) => return StreamEnd::from_error(e),
+            None => return StreamEnd::closed("closed by peer"),
+        }
+    }
+}
+
+/// How a server stream ends: the status (when not OK) set by its reader, and a signal from the
+/// writer that it has ended the call. The reader keeps the request stream alive until then,
+/// because dropping it would cancel the call before the status goes out.
+#[derive(Default)]
+pub(crate) struct Verdict {
+    status: parking_lot::Mutex<Option<RpcStatus>>,
+    finished: parking_lot::Mutex<bool>,
+    changed: parking_lot::Condvar,
+}
+
+impl Verdict {
+    pub(crate) fn set(&self, status: Option<RpcStatus>) {
+        *self.status.lock() = status;
+    }
+
+    fn take(&self) -> Option<RpcStatus> {
+        self.status.lock().take()
+    }
+
+    fn finished(&self) {
+        *self.finished.lock() = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits (at most `limit`) until the writer has ended the call.
+    pub(crate) fn wait_finished(&self, limit: std::time::Duration) {
+        let mut done = self.finished.lock();
+        let deadline = std::time::Instant::now() + limit;
+        while !*done {
+            if self.changed.wait_until(&mut done, deadline).timed_out() {
+                return;
+            }
         }
     }
 }
@@ -134,12 +201,12 @@ where
 pub(crate) trait FrameSink<T>:
     Sink<(T, WriteFlags), Error = grpcio::Error> + Unpin + Send
 {
-    /// Ends the call from our side.
-    fn finish(self);
+    /// Ends the call from our side: with `status` if given (server side), else normally.
+    fn finish(self, status: Option<RpcStatus>);
 }
 
 impl<T: Send> FrameSink<T> for ClientDuplexSender<T> {
-    fn finish(mut self) {
+    fn finish(mut self, _: Option<RpcStatus>) {
         // Cancelling ends both directions at once, so the reader thread wakes and exits even
         // if the peer never answers.
         self.cancel();
@@ -147,8 +214,11 @@ impl<T: Send> FrameSink<T> for ClientDuplexSender<T> {
 }
 
 impl<T: Send> FrameSink<T> for DuplexSink<T> {
-    fn finish(mut self) {
-        let _ = block_on(SinkExt::close(&mut self));
+    fn finish(mut self, status: Option<RpcStatus>) {
+        let _ = match status {
+            Some(s) => block_on(self.fail(s)),
+            None => block_on(SinkExt::close(&mut self)),
+        };
     }
 }
 
@@ -160,6 +230,7 @@ pub(crate) fn write_loop<T, K>(
     frames: Receiver<T>,
     id: StreamId,
     inbox: &Sender<Input>,
+    verdict: Option<Arc<Verdict>>,
 ) where
     K: FrameSink<T>,
 {
@@ -184,5 +255,8 @@ pub(crate) fn write_loop<T, K>(
             reason: format!("write failed: {reason}"),
         }));
     }
-    sink.finish();
+    sink.finish(verdict.as_ref().and_then(|v| v.take()));
+    if let Some(v) = verdict {
+        v.finished();
+    }
 }

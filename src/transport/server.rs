@@ -1,22 +1,29 @@
 //! The gRPC server of a node: accepts MessageStream, AckStream and Stream calls and hands each
 //! to its own reader (and, where we answer, writer) thread.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Sender};
 use futures::executor::block_on;
+use futures::future::{self, Either};
 use futures::StreamExt;
+use futures_timer::Delay;
 use grpcio::{
     ChannelBuilder, DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, Server,
     ServerBuilder, ServerCredentials,
 };
 use log::warn;
+use parking_lot::Mutex;
 
 use super::factory::StreamFactory;
 use super::threads::{ReadGate, ThreadSet};
-use super::{read_loop, write_loop, FrameSink, InboundFrame, Writer, NODE_ID_HEADER};
+use super::{
+    read_loop, write_loop, FrameSink, InboundFrame, StreamEnd, Verdict, Writer, NODE_ID_HEADER,
+};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::id::NodeId;
@@ -32,6 +39,68 @@ pub(crate) struct Context {
     pub(crate) stream_ids: Arc<AtomicU64>,
     pub(crate) threads: Arc<ThreadSet>,
     pub(crate) gate: Arc<ReadGate>,
+    pub(crate) guards: StreamGuards,
+    pub(crate) handshake_timeout: Duration,
+}
+
+/// Caps on incoming streams, so that no client can tie up unbounded threads.
+pub(crate) struct StreamGuards {
+    per_peer: Mutex<HashMap<NodeId, usize>>,
+    max_per_peer: usize,
+    unidentified: AtomicUsize,
+    max_unidentified: usize,
+}
+
+/// Releases a stream's place under the caps when it ends.
+enum Place<'a> {
+    Unidentified(&'a StreamGuards),
+    Peer(&'a StreamGuards, NodeId),
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        match self {
+            Place::Unidentified(g) => {
+                g.unidentified.fetch_sub(1, Ordering::AcqRel);
+            }
+            Place::Peer(g, peer) => {
+                let mut map = g.per_peer.lock();
+                if let Some(n) = map.get_mut(peer) {
+                    *n -= 1;
+                    if *n == 0 {
+                        map.remove(peer);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl StreamGuards {
+    pub(crate) fn new(max_per_peer: usize, max_unidentified: usize) -> StreamGuards {
+        StreamGuards {
+            per_peer: Mutex::new(HashMap::new()),
+            max_per_peer,
+            unidentified: AtomicUsize::new(0),
+            max_unidentified,
+        }
+    }
+
+    fn unidentified(&self) -> Option<Place<'_>> {
+        let n = self.unidentified.fetch_add(1, Ordering::AcqRel);
+        let place = Place::Unidentified(self);
+        (n < self.max_unidentified).then_some(place)
+    }
+
+    fn peer(&self, peer: &NodeId) -> Option<Place<'_>> {
+        let mut map = self.per_peer.lock();
+        let n = map.entry(peer.clone()).or_default();
+        if *n >= self.max_per_peer {
+            return None;
+        }
+        *n += 1;
+        Some(Place::Peer(self, peer.clone()))
+    }
 }
 
 /// The grpcio service; cloned per completion queue.
@@ -126,38 +195,61 @@ fn serve<In, Out>(
     Out: Send + 'static,
     DuplexSink<Out>: FrameSink<Out>,
 {
-    let refuse = |sink: DuplexSink<Out>, why: String| {
+    let refuse = |sink: DuplexSink<Out>, code: RpcStatusCode, why: String| {
         warn!("{}: refused {kind:?} from {peer_addr}: {why}", ctx.local);
-        let _ = block_on(sink.fail(RpcStatus::with_message(
-            RpcStatusCode::INVALID_ARGUMENT,
-            why,
-        )));
+        sink.finish(Some(RpcStatus::with_message(code, why)));
     };
-    // Who is at the other end.
+    // Who is at the other end: the header, or else the first frame (within a deadline).
     let (claimed, first) = match header {
         Some(Ok(id)) => (id, None),
-        Some(Err(why)) => return refuse(sink, why),
-        None => match block_on(requests.next()) {
-            Some(Ok(frame)) => (frame.sender().to_owned(), Some(frame)),
-            Some(Err(e)) => return warn!("{}: {kind:?} from {peer_addr} failed: {e}", ctx.local),
-            None => return,
-        },
+        Some(Err(why)) => return refuse(sink, RpcStatusCode::INVALID_ARGUMENT, why),
+        None => {
+            let Some(_waiting) = ctx.guards.unidentified() else {
+                let why = "too many streams waiting to identify themselves".to_owned();
+                return refuse(sink, RpcStatusCode::RESOURCE_EXHAUSTED, why);
+            };
+            let timeout = Delay::new(ctx.handshake_timeout);
+            match block_on(future::select(requests.next(), timeout)) {
+                Either::Left((Some(Ok(frame)), _)) => (frame.sender().to_owned(), Some(frame)),
+                Either::Left((Some(Err(e)), _)) => {
+                    let end = StreamEnd::from_error(e);
+                    return refuse(sink, RpcStatusCode::INVALID_ARGUMENT, end.reason);
+                }
+                Either::Left((None, _)) => return,
+                Either::Right(_) => {
+                    let why = format!("no frame within {:?}", ctx.handshake_timeout);
+                    return refuse(sink, RpcStatusCode::DEADLINE_EXCEEDED, why);
+                }
+            }
+        }
     };
     let peer = match NodeId::new(&claimed, &ctx.limits) {
         Ok(p) => p,
-        Err(e) => return refuse(sink, format!("sender id: {e}")),
+        Err(e) => {
+            let why = format!("sender id: {e}");
+            return refuse(sink, RpcStatusCode::INVALID_ARGUMENT, why);
+        }
+    };
+    let Some(_place) = ctx.guards.peer(&peer) else {
+        let why = format!(
+            "{peer} already has {} streams open",
+            ctx.guards.max_per_peer
+        );
+        return refuse(sink, RpcStatusCode::RESOURCE_EXHAUSTED, why);
     };
     let stream = StreamId(ctx.stream_ids.fetch_add(1, Ordering::Relaxed));
+    let verdict: Arc<Verdict> = Arc::default();
     let (writer, held_sink) = match writer {
         Some(make) => {
             let mut sink = sink;
             sink.enhance_batch(true);
             let (tx, rx) = unbounded();
             let inbox = ctx.inbox.clone();
+            let verdict = verdict.clone();
             let spawned = ctx
                 .threads
                 .spawn(format!("gossip-out-{}", ctx.local), move || {
-                    write_loop(sink, rx, stream, &inbox)
+                    write_loop(sink, rx, stream, &inbox, Some(verdict))
                 });
             if let Err(e) = spawned {
                 return warn!("{}: cannot start a writer thread: {e}", ctx.local);
@@ -189,13 +281,23 @@ fn serve<In, Out>(
         StreamKind::InboundMessages | StreamKind::InboundSingle
     )
     .then_some(&*ctx.gate);
-    let reason = read_loop(requests, stream, &ctx.inbox, gate);
-    let _ = ctx
-        .inbox
-        .send(Input::Event(Event::StreamClosed { stream, reason }));
-    if let Some(sink) = held_sink {
-        sink.finish();
+    let end = read_loop(&mut requests, stream, &ctx.inbox, gate);
+    let status = end.malformed.then(|| {
+        warn!("{}: {kind:?} from {peer_addr}: {}", ctx.local, end.reason);
+        RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, end.reason.clone())
+    });
+    // Whoever owns the sink ends the call with this status...
+    verdict.set(status.clone());
+    let _ = ctx.inbox.send(Input::Event(Event::StreamClosed {
+        stream,
+        reason: end.reason,
+    }));
+    match held_sink {
+        Some(sink) => sink.finish(status),
+        // ...and the request stream lives until then: dropping it cancels the call.
+        None => verdict.wait_finished(Duration::from_secs(5)),
     }
+    drop(requests);
 }
 
 impl Gossip for GossipService {

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests (included with `mod common;`).
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,0 +1,108 @@
+//! A loopback TCP proxy whose link can be cut and restored (included by fault tests).
+#![allow(dead_code)]
+
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+
+struct State {
+    target: SocketAddr,
+    open: AtomicBool,
+    stop: AtomicBool,
+    conns: Mutex<Vec<TcpStream>>,
+    pumps: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Forwards every connection made to `addr()` to the target, until cut.
+pub struct Proxy {
+    addr: SocketAddr,
+    state: Arc<State>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream) {
+    let _ = io::copy(&mut from, &mut to);
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
+impl Proxy {
+    pub fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            target,
+            open: AtomicBool::new(true),
+            stop: AtomicBool::new(false),
+            conns: Mutex::new(Vec::new()),
+            pumps: Mutex::new(Vec::new()),
+        });
+        let s = state.clone();
+        let acceptor = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(client) = conn else { continue };
+                if !s.open.load(Ordering::Acquire) {
+                    // Cut: refuse by closing at once.
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(s.target) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let mut conns = s.conns.lock();
+                conns.push(client.try_clone().unwrap());
+                conns.push(server.try_clone().unwrap());
+                drop(conns);
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let mut pumps = s.pumps.lock();
+                pumps.push(std::thread::spawn(move || pump(client, server)));
+                pumps.push(std::thread::spawn(move || pump(s2, c2)));
+            }
+        });
+        Proxy {
+            addr,
+            state,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Breaks every forwarded connection and refuses new ones.
+    pub fn cut(&self) {
+        self.state.open.store(false, Ordering::Release);
+        for c in self.state.conns.lock().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Accepts and forwards connections again.
+    pub fn restore(&self) {
+        self.state.open.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::Release);
+        self.cut();
+        let _ = TcpStream::connect(self.addr);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+        for p in self.state.pumps.lock().drain(..) {
+            let _ = p.join();
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Hostile and malformed input: each gets a clear error (in the gRPC status, to the caller or
+//! in the counters) while the node keeps serving its other peers.
+
+mod common;
+
+use std::io::Read;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures::executor::block_on;
+use futures::{SinkExt, StreamExt};
+use grpc_gossip::proto::{AckStatus, GossipACK, GossipClient, GossipMessage};
+use grpc_gossip::{Message, Node, NodeConfig};
+use grpcio::{
+    CallOption, ChannelBuilder, Client, GrpcSlice, Marshaller, MessageReader, MetadataBuilder,
+    Method, MethodType, RpcStatusCode, WriteFlags,
+};
+
+fn raw_ser(t: &Vec<u8>, buf: &mut GrpcSlice) -> grpcio::Result<()> {
+    *buf = GrpcSlice::from(t.clone());
+    Ok(())
+}
+
+fn raw_de(mut reader: MessageReader) -> grpcio::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    reader
+        .read_to_end(&mut v)
+        .map_err(|e| grpcio::Error::Codec(Box::new(e)))?;
+    Ok(v)
+}
+
+const RAW: Marshaller<Vec<u8>> = Marshaller {
+    ser: raw_ser,
+    de: raw_de,
+};
+
+/// `MessageStream` with raw bytes on the wire, to send what protobuf would never produce.
+const RAW_MESSAGE_STREAM: Method<Vec<u8>, Vec<u8>> = Method {
+    ty: MethodType::Duplex,
+    name: "/gossip_rpc.Gossip/MessageStream",
+    req_mar: RAW,
+    resp_mar: RAW,
+};
+
+fn with_id(id: &str) -> CallOption {
+    let mut md = MetadataBuilder::new();
+    md.add_str("gossip-node-id", id).unwrap();
+    CallOption::default().headers(md.build())
+}
+
+/// The node under attack, plus a well-behaved neighbour that must keep getting through.
+struct Target {
+    node: Node,
+    friend: Node,
+    client: GossipClient,
+    raw: Client,
+}
+
+fn target(tune: impl FnOnce(&mut NodeConfig)) -> Target {
+    let f = factory();
+    let mut c = config("target");
+    tune(&mut c);
+    let node = start_with(c, &f);
+    let friend = start("friend", &f);
+    connect(&friend, &node);
+    let channel = ChannelBuilder::new(f.env().clone()).connect(&node.local_addr().to_string());
+    Target {
+        client: GossipClient::new(channel.clone()),
+        raw: Client::new(channel),
+        node,
+        friend,
+    }
+}
+
+impl Target {
+    /// The node still serves its well-behaved neighbour.
+    fn still_serves(&self, hash: &str) {
+        self.friend
+            .send_message("target", Message::new(hash, "still here"))
+            .unwrap();
+        let c = self.friend.completions().recv_timeout(PATIENCE).unwrap();
+        assert!(c.is_acked(), "{c:?}");
+    }
+}
+
+fn status_of<T: std::fmt::Debug>(r: Option<grpcio::Result<T>>) -> RpcStatusCode {
+    match r {
+        Some(Err(grpcio::Error::RpcFailure(s))) => s.code(),
+        other => panic!("expected an RPC failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn garbage_bytes_get_invalid_argument() {
+    let t = target(|_| {});
+    let (mut tx, mut rx) = t
+        .raw
+        .duplex_streaming(&RAW_MESSAGE_STREAM, with_id("junk"))
+        .unwrap();
+    // Field 1 with wire type 7: not protobuf.
+    block_on(tx.send((vec![0x0f, 0xff, 0xff, 0xff], WriteFlags::default()))).unwrap();
+    assert_eq!(
+        status_of(block_on(rx.next())),
+        RpcStatusCode::INVALID_ARGUMENT
+    );
+    t.still_serves("after-garbage");
+    assert_eq!(t.node.stats().delivered, 1);
+}
+
+#[test]
+fn non_utf8_sender_id_gets_invalid_argument() {
+    let t = target(|_| {});
+    let (mut tx, mut rx) = t
+        .raw
+        .duplex_streaming(&RAW_MESSAGE_STREAM, CallOption::default())
+        .unwrap();
+    // hash = "h", from_hash = 0xff 0xfe (not UTF-8), no header: the first frame is the identity.
+    block_on(tx.send((
+        vec![0x0a, 0x01, b'h', 0x12, 0x02, 0xff, 0xfe],
+        WriteFlags::default(),
+    )))
+    .unwrap();
+    assert_eq!(
+        status_of(block_on(rx.next())),
+        RpcStatusCode::INVALID_ARGUMENT
+    );
+    t.still_serves("after-non-utf8");
+}
+
+#[test]
+fn empty_and_over_long_ids_get_invalid_argument() {
+    let t = target(|_| {});
+    for id in [String::new(), "x".repeat(300)] {
+        let (mut tx, mut rx) = t.client.message_stream_opt(with_id(&id)).unwrap();
+        let mut m = GossipMessage::new();
+        m.hash = "h".into();
+        let _ = block_on(tx.send((m, WriteFlags::default())));
+        assert_eq!(
+            status_of(block_on(rx.next())),
+            RpcStatusCode::INVALID_ARGUMENT,
+            "id {id:?}"
+        );
+    }
+    t.still_serves("after-bad-ids");
+}
+
+#[test]
+fn from_hash_that_is_not_the_stream_sender_is_rejected() {
+    let t = target(|_| {});
+    let (mut acks_tx, mut acks_rx) = t.client.ack_stream_opt(with_id("honest")).unwrap();
+    let (mut tx, _rx) = t.client.message_stream_opt(with_id("honest")).unwrap();
+    let mut m = GossipMessage::new();
+    m.hash = "forged".into();
+    m.from_hash = "someone-else".into();
+    block_on(tx.send((m, WriteFlags::default()))).unwrap();
+    let ack: GossipACK = block_on(acks_rx.next()).unwrap().unwrap();
+    assert_eq!(ack.hash, "forged");
+    assert_eq!(ack.status, AckStatus::ACK_REJECTED);
+    assert!(ack.detail.contains("does not match"), "{}", ack.detail);
+    assert_eq!(t.node.stats().rejected, 1);
+    assert_eq!(t.node.stats().delivered, 0);
+    let _ = block_on(acks_tx.close());
+    t.still_serves("after-forgery");
+}
+
+#[test]
+fn acks_for_messages_never_sent_are_counted_and_ignored() {
+    let t = target(|_| {});
+    let (mut tx, _rx) = t.client.ack_stream_opt(with_id("friend")).unwrap();
+    for hash in ["never-sent", "never-sent", "other"] {
+        let mut a = GossipACK::new();
+        a.hash = hash.into();
+        a.from_hash = "friend".into();
+        block_on(tx.send((a, WriteFlags::default()))).unwrap();
+    }
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while t.node.stats().unknown_acks < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(t.node.stats().unknown_acks, 3);
+    t.still_serves("after-bogus-acks");
+}
+
+#[test]
+fn a_flood_of_duplicates_is_delivered_once_and_acked_each_time() {
+    let t = target(|_| {});
+    let (_acks_tx, mut acks_rx) = t.client.ack_stream_opt(with_id("flood")).unwrap();
+    let (mut tx, _rx) = t.client.message_stream_opt(with_id("flood")).unwrap();
+    const N: usize = 5_000;
+    let sender = std::thread::spawn(move || {
+        for _ in 0..N {
+            let mut m = GossipMessage::new();
+            m.hash = "same".into();
+            m.payload = Bytes::from_static(b"again");
+            block_on(tx.feed((m, WriteFlags::default()))).unwrap();
+        }
+        block_on(tx.flush()).unwrap();
+        tx
+    });
+    let mut duplicates = 0;
+    for _ in 0..N {
+        let ack = block_on(acks_rx.next()).unwrap().unwrap();
+        if ack.status == AckStatus::ACK_DUPLICATE {
+            duplicates += 1;
+        }
+    }
+    let _tx = sender.join().unwrap();
+    assert_eq!(duplicates, N - 1);
+    let d = t.node.deliveries();
+    assert_eq!(d.recv_timeout(PATIENCE).unwrap().hash, "same");
+    assert_quiet(&d);
+    t.still_serves("after-flood");
+}
+
+#[test]
+fn streams_per_peer_are_capped_and_silent_ones_reclaimed() {
+    let t = target(|c| {
+        c.max_streams_per_peer = 4;
+        c.handshake_timeout = Duration::from_millis(300);
+    });
+    // Many streams from one id: past the cap they are refused.
+    let mut kept = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let (tx, mut rx) = t.client.message_stream_opt(with_id("greedy")).unwrap();
+        // A refused call ends at once; an accepted one stays open (nothing to read).
+        match block_on(futures::future::select(
+            rx.next(),
+            futures_timer::Delay::new(Duration::from_millis(300)),
+        )) {
+            futures::future::Either::Left((r, _)) => {
+                assert_eq!(status_of(r), RpcStatusCode::RESOURCE_EXHAUSTED);
+                refused += 1;
+            }
+            futures::future::Either::Right(_) => kept.push((tx, rx)),
+        }
+    }
+    assert_eq!((kept.len(), refused), (4, 6));
+
+    // Streams that never say who they are (no header, no frame) are closed after the handshake
+    // timeout, and their threads are reclaimed.
+    let before = t.node.stream_threads();
+    let silent: Vec<_> = (0..8).map(|_| t.client.message_stream().unwrap()).collect();
+    for (_tx, mut rx) in silent {
+        assert_eq!(
+            status_of(block_on(rx.next())),
+            RpcStatusCode::DEADLINE_EXCEEDED
+        );
+    }
+    drop(kept);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while t.node.stream_threads() > before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(t.node.stream_threads() <= before, "threads reclaimed");
+    t.still_serves("after-greed");
+}
+
+#[test]
+fn client_vanishing_mid_message_harms_nothing() {
+    let t = target(|_| {});
+    for round in 0..5 {
+        let (mut tx, rx) = t.client.message_stream_opt(with_id("flaky")).unwrap();
+        let mut m = GossipMessage::new();
+        m.hash = format!("big-{round}");
+        m.payload = Bytes::from(vec![9u8; 32 * 1024 * 1024]);
+        // Start the write and cancel the call while the 32 MiB are still on their way.
+        let _ = tx.start_send_unpin((m, WriteFlags::default()));
+        std::thread::sleep(Duration::from_millis(2));
+        tx.cancel();
+        drop(rx);
+    }
+    t.still_serves("after-vanishing");
+    // Whatever arrived whole was delivered whole; nothing else was.
+    for d in t.node.deliveries().try_iter() {
+        assert!(d.payload.len() == 32 * 1024 * 1024 || d.hash == "after-vanishing");
+    }
+}
