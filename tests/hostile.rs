@@ -17,6 +17,8 @@ use grpcio::{
     Method, MethodType, RpcStatusCode, WriteFlags,
 };
 
+// The signature is grpcio's `SerializeFn<Vec<u8>>`: `&Vec` is imposed.
+#[allow(clippy::ptr_arg)]
 fn raw_ser(t: &Vec<u8>, buf: &mut GrpcSlice) -> grpcio::Result<()> {
     *buf = GrpcSlice::from(t.clone());
     Ok(())

@@ -11,7 +11,9 @@ use crossbeam_channel::{select, unbounded, RecvTimeoutError};
 use grpc_gossip::bench::cluster::GossipCluster;
 use grpc_gossip::bench::tcp::TcpCluster;
 use grpc_gossip::bench::{peak_rss_bytes, reset_peak_rss, RoundReport, Summary, Workload};
-use grpc_gossip::{Message, NeighborInfo, Node, NodeConfig, StreamFactory, TransportConfig};
+use grpc_gossip::{
+    Message, NeighborEvent, NeighborInfo, Node, NodeConfig, StreamFactory, TransportConfig,
+};
 use log::{info, warn};
 
 #[derive(Parser)]
@@ -398,6 +400,7 @@ fn node(args: NodeArgs) -> Result<ExitCode, grpc_gossip::Error> {
 
     let completions = node.completions();
     let deliveries = node.deliveries();
+    let events = node.events();
     let mut seq = 0u64;
     let mut pending = 0usize;
     let mut stdin_open = true;
@@ -452,9 +455,22 @@ fn node(args: NodeArgs) -> Result<ExitCode, grpc_gossip::Error> {
             recv(completions) -> c => if let Ok(c) = c {
                 pending = pending.saturating_sub(1);
                 println!(
-                    "completed hash={} peer={} outcome={:?} elapsed_ms={:.3}",
-                    c.key.hash, c.key.peer, c.outcome.to_string(), c.elapsed.as_secs_f64() * 1e3
+                    "completed hash={} peer={} outcome={:?} attempts={} elapsed_ms={:.3}",
+                    c.key.hash, c.key.peer, c.outcome.to_string(), c.attempts, c.elapsed.as_secs_f64() * 1e3
                 );
+            },
+            recv(events) -> e => if let Ok(e) = e {
+                match e {
+                    NeighborEvent::Up { peer } => println!("neighbor peer={peer} state=up"),
+                    NeighborEvent::Down { peer, reason } => {
+                        println!("neighbor peer={peer} state=down reason={reason:?}")
+                    }
+                    NeighborEvent::Reconnecting { peer, attempt, retry_in, error } => println!(
+                        "neighbor peer={peer} state=reconnecting attempt={attempt} retry_in_ms={} error={error:?}",
+                        retry_in.as_millis()
+                    ),
+                    NeighborEvent::Removed { peer } => println!("neighbor peer={peer} state=removed"),
+                }
             },
             recv(deliveries) -> d => if let Ok(d) = d {
                 println!(

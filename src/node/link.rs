@@ -94,7 +94,7 @@ impl Links {
     /// already replaced or removed (nothing to do).
     pub(crate) fn link_down(&self, peer: &NodeId, stream: StreamId, reason: &str) -> bool {
         let mut table = self.table.lock();
-        if !table.get(peer).is_some_and(|l| l.messages == stream) {
+        if table.get(peer).is_none_or(|l| l.messages != stream) {
             return false;
         }
         table.remove(peer);
