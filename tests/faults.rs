@@ -95,62 +95,13 @@ fn link_cut_under_load_then_restored() {
 /// stall, reconnects, sends again, and finally times the messages out, with their attempts.
 #[test]
 fn peer_that_never_acks() {
-    use futures::executor::block_on;
-    use futures::StreamExt;
-    use grpc_gossip::proto::{create_gossip, Gossip, GossipACK, GossipMessage};
-    use grpcio::{DuplexSink, RequestStream, RpcContext, ServerBuilder, ServerCredentials};
-
-    #[derive(Clone)]
-    struct Silent;
-    fn drain<T: Send + 'static, U: Send + 'static>(s: RequestStream<T>, sink: DuplexSink<U>) {
-        std::thread::spawn(move || {
-            let mut s = s;
-            while let Some(Ok(_)) = block_on(s.next()) {}
-            drop(sink);
-        });
-    }
-    impl Gossip for Silent {
-        fn message_stream(
-            &mut self,
-            _: RpcContext,
-            s: RequestStream<GossipMessage>,
-            k: DuplexSink<GossipMessage>,
-        ) {
-            drain(s, k)
-        }
-        fn ack_stream(
-            &mut self,
-            _: RpcContext,
-            s: RequestStream<GossipACK>,
-            k: DuplexSink<GossipACK>,
-        ) {
-            drain(s, k)
-        }
-        fn stream(
-            &mut self,
-            _: RpcContext,
-            s: RequestStream<GossipMessage>,
-            k: DuplexSink<GossipACK>,
-        ) {
-            drain(s, k)
-        }
-    }
-
     let f = factory();
-    let mut server = ServerBuilder::new(f.env().clone())
-        .register_service(create_gossip(Silent))
-        .build()
-        .unwrap();
-    let port = server
-        .add_listening_port("127.0.0.1:0", ServerCredentials::insecure())
-        .unwrap();
-    server.start();
-
+    let (mut server, addr) = common::silent::start(&f);
     let mut ca = config("a");
     ca.ttl = Duration::from_secs(3);
     ca.ack_timeout = Duration::from_millis(500);
     let a = start_with(ca, &f);
-    a.connect_to_neighbor(NeighborInfo::new("silent", format!("127.0.0.1:{port}")))
+    a.connect_to_neighbor(NeighborInfo::new("silent", addr))
         .unwrap();
     for i in 0..3 {
         a.send_message("silent", Message::new(format!("{i}"), "hello?"))
@@ -165,7 +116,62 @@ fn peer_that_never_acks() {
     assert!(stats.retransmitted >= 3, "{stats:?}");
     assert_eq!(stats.in_flight, 0);
     a.shutdown();
-    let _ = block_on(server.shutdown());
+    let _ = futures::executor::block_on(server.shutdown());
+}
+
+/// A neighbour that never ACKs fills its own share of the store, not everyone's: sends to it
+/// block (or fail with `PeerFull`), sends to the others go on.
+#[test]
+fn a_stuck_neighbour_does_not_block_the_others() {
+    let f = factory();
+    let (mut server, addr) = common::silent::start(&f);
+    let mut ca = config("a");
+    ca.slots = 32;
+    ca.peer_max_messages = 8;
+    ca.ack_timeout = Duration::from_secs(60);
+    let a = start_with(ca, &f);
+    let b = start("b", &f);
+    a.connect_to_neighbor(NeighborInfo::new("stuck", addr))
+        .unwrap();
+    connect(&a, &b);
+    for i in 0..8 {
+        a.try_send_message("stuck", Message::new(format!("s{i}"), vec![0u8; 1024]))
+            .unwrap();
+    }
+    match a.try_send_message("stuck", Message::new("one-more", "x")) {
+        Err(Error::PeerFull {
+            peer, messages: 8, ..
+        }) => assert_eq!(peer, "stuck"),
+        other => panic!("{other:?}"),
+    }
+    // A blocking send to it waits, then gives up with the same clear error.
+    let r = a.send_message_timeout(
+        "stuck",
+        Message::new("waits", "x"),
+        Duration::from_millis(200),
+    );
+    assert!(matches!(r, Err(Error::PeerFull { .. })), "{r:?}");
+    // Meanwhile everyone else is served.
+    for i in 0..200 {
+        a.send_message("b", Message::new(format!("b{i}"), vec![1u8; 1024]))
+            .unwrap();
+    }
+    let done = collect(&a.completions(), 200);
+    assert!(done
+        .iter()
+        .all(|c| c.is_acked() && c.key.peer.as_str() == "b"));
+    assert_eq!(
+        a.stats().in_flight,
+        8,
+        "the stuck neighbour's messages are still tracked"
+    );
+    a.shutdown();
+    assert_eq!(
+        collect(&a.completions(), 8).len(),
+        8,
+        "and complete at shutdown"
+    );
+    let _ = futures::executor::block_on(server.shutdown());
 }
 
 /// The receiver goes away and a new one starts on the same address: messages sent meanwhile

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod silent;
 
 use std::sync::Arc;
 use std::time::Duration;

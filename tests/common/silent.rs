@@ -1,0 +1,51 @@
+//! A gRPC peer that accepts every stream, reads everything and never answers: a neighbour
+//! that is alive but never ACKs.
+
+use std::sync::Arc;
+
+use futures::executor::block_on;
+use futures::StreamExt;
+use grpc_gossip::proto::{create_gossip, Gossip, GossipACK, GossipMessage};
+use grpc_gossip::StreamFactory;
+use grpcio::{DuplexSink, RequestStream, RpcContext, Server, ServerBuilder, ServerCredentials};
+
+#[derive(Clone)]
+struct Silent;
+
+fn drain<T: Send + 'static, U: Send + 'static>(s: RequestStream<T>, sink: DuplexSink<U>) {
+    std::thread::spawn(move || {
+        let mut s = s;
+        while let Some(Ok(_)) = block_on(s.next()) {}
+        drop(sink);
+    });
+}
+
+impl Gossip for Silent {
+    fn message_stream(
+        &mut self,
+        _: RpcContext,
+        s: RequestStream<GossipMessage>,
+        k: DuplexSink<GossipMessage>,
+    ) {
+        drain(s, k)
+    }
+    fn ack_stream(&mut self, _: RpcContext, s: RequestStream<GossipACK>, k: DuplexSink<GossipACK>) {
+        drain(s, k)
+    }
+    fn stream(&mut self, _: RpcContext, s: RequestStream<GossipMessage>, k: DuplexSink<GossipACK>) {
+        drain(s, k)
+    }
+}
+
+/// Starts the silent peer; returns the server (stop it with `shutdown`) and its address.
+pub fn start(factory: &Arc<StreamFactory>) -> (Server, String) {
+    let mut server = ServerBuilder::new(factory.env().clone())
+        .register_service(create_gossip(Silent))
+        .build()
+        .unwrap();
+    let port = server
+        .add_listening_port("127.0.0.1:0", ServerCredentials::insecure())
+        .unwrap();
+    server.start();
+    (server, format!("127.0.0.1:{port}"))
+}
