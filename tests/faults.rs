@@ -358,3 +358,56 @@ fn receiver_process_killed_and_restarted() {
         .status();
     assert!(b2.wait().unwrap().success());
 }
+
+/// The connection goes silent (packets vanish; no FIN, no RST): HTTP/2 keepalive notices within
+/// about keepalive_time + keepalive_timeout, the node reconnects, and what was swallowed is sent
+/// again.
+#[test]
+fn silently_dead_connection_is_noticed_by_keepalive() {
+    let f = grpc_gossip::StreamFactory::new(grpc_gossip::TransportConfig {
+        keepalive_time: Duration::from_millis(500),
+        keepalive_timeout: Duration::from_millis(500),
+        ..Default::default()
+    });
+    let mut ca = config("a");
+    ca.ack_timeout = Duration::from_secs(60); // so that only keepalive can notice
+    let a = start_with(ca, &f);
+    let b = start("b", &f);
+    let proxy = Proxy::start(b.local_addr());
+    a.connect_to_neighbor(NeighborInfo::new("b", proxy.addr().to_string()))
+        .unwrap();
+    connect(&b, &a);
+    let events = a.events();
+    assert!(matches!(
+        events.recv_timeout(PATIENCE).unwrap(),
+        NeighborEvent::Up { .. }
+    ));
+    proxy.freeze();
+    let frozen_at = Instant::now();
+    for i in 0..5 {
+        a.send_message("b", Message::new(format!("m{i}"), vec![7u8; 1000]))
+            .unwrap();
+    }
+    let down = loop {
+        match events.recv_timeout(PATIENCE).expect("keepalive notices") {
+            NeighborEvent::Down { reason, .. } => break reason,
+            _ => continue,
+        }
+    };
+    let noticed = frozen_at.elapsed();
+    assert!(
+        noticed < Duration::from_secs(15),
+        "noticed after {noticed:?}: {down}"
+    );
+    proxy.thaw();
+    let done = collect(&a.completions(), 5);
+    assert!(done.iter().all(|c| c.is_acked()), "{done:?}");
+    assert!(
+        done.iter().any(|c| c.attempts > 1),
+        "the swallowed messages were sent again"
+    );
+    let got: HashSet<String> = (0..5)
+        .map(|_| b.deliveries().recv_timeout(PATIENCE).unwrap().hash)
+        .collect();
+    assert_eq!(got.len(), 5);
+}

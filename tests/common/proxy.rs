@@ -1,7 +1,6 @@
 //! A loopback TCP proxy whose link can be cut and restored (included by fault tests).
 #![allow(dead_code)]
 
-use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,6 +11,8 @@ use parking_lot::Mutex;
 struct State {
     target: SocketAddr,
     open: AtomicBool,
+    /// Swallow everything on existing connections (a black hole: no FIN, no RST).
+    frozen: AtomicBool,
     stop: AtomicBool,
     conns: Mutex<Vec<TcpStream>>,
     pumps: Mutex<Vec<JoinHandle<()>>>,
@@ -24,8 +25,21 @@ pub struct Proxy {
     acceptor: Option<JoinHandle<()>>,
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream) {
-    let _ = io::copy(&mut from, &mut to);
+fn pump(mut from: TcpStream, mut to: TcpStream, state: Arc<State>) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if state.frozen.load(Ordering::Acquire) {
+            continue; // read and dropped: the other side hears nothing
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
 }
@@ -37,6 +51,7 @@ impl Proxy {
         let state = Arc::new(State {
             target,
             open: AtomicBool::new(true),
+            frozen: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
             pumps: Mutex::new(Vec::new()),
@@ -64,8 +79,9 @@ impl Proxy {
                 drop(conns);
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let mut pumps = s.pumps.lock();
-                pumps.push(std::thread::spawn(move || pump(client, server)));
-                pumps.push(std::thread::spawn(move || pump(s2, c2)));
+                let (st1, st2) = (s.clone(), s.clone());
+                pumps.push(std::thread::spawn(move || pump(client, server, st1)));
+                pumps.push(std::thread::spawn(move || pump(s2, c2, st2)));
             }
         });
         Proxy {
@@ -89,6 +105,20 @@ impl Proxy {
 
     /// Accepts and forwards connections again.
     pub fn restore(&self) {
+        self.state.open.store(true, Ordering::Release);
+    }
+
+    /// Turns existing connections into black holes: still open, nothing gets through. New
+    /// connections are refused until `thaw`.
+    pub fn freeze(&self) {
+        self.state.open.store(false, Ordering::Release);
+        self.state.frozen.store(true, Ordering::Release);
+    }
+
+    /// Lets traffic through again; connections frozen before stay useless to their ends, which
+    /// have given up on them by then.
+    pub fn thaw(&self) {
+        self.state.frozen.store(false, Ordering::Release);
         self.state.open.store(true, Ordering::Release);
     }
 }
