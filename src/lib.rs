@@ -39,6 +39,12 @@
 //! store blocks `send_message` (or `try_send_message` returns [`Error::Full`]), and a full
 //! delivery queue pauses the payload readers, so gRPC flow control slows the senders down.
 //!
+//! Links heal on their own: a broken stream, a connection that keepalive finds dead, or a
+//! neighbour that stops ACKing brings its link down; the node reconnects with jittered
+//! exponential backoff ([`Backoff`]) and sends every unacknowledged message again, in order.
+//! [`Node::events`] reports it. A message fails only when its TTL runs out, its neighbour is
+//! removed, or the node shuts down.
+//!
 //! ACK routing follows the original: the receiver of a message from X ACKs over its own
 //! outbound AckStream to X when it has one, otherwise on the response side of the AckStream X
 //! opened to it, and in single-stream mode back on the same call.

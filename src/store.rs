@@ -336,14 +336,14 @@ mod tests {
     use crate::config::Limits;
     use std::sync::Arc;
 
-    trait ReserveT {
-        fn reserve_t(&self, key: &MessageKey, now: Instant, wait: Wait) -> Result<Tracked, Error>;
-    }
-
-    impl ReserveT for SlotStore {
-        fn reserve_t(&self, key: &MessageKey, now: Instant, wait: Wait) -> Result<Tracked, Error> {
-            self.reserve(key, 1, now, wait)
-        }
+    /// Reserves a slot for a one-byte message.
+    fn take(
+        store: &SlotStore,
+        key: &MessageKey,
+        now: Instant,
+        wait: Wait,
+    ) -> Result<Tracked, Error> {
+        store.reserve(key, 1, now, wait)
     }
 
     fn key(peer: &str, hash: &str) -> MessageKey {
@@ -357,15 +357,15 @@ mod tests {
     fn slots_bound_in_flight_and_free_on_complete() {
         let store = SlotStore::new(2, Duration::from_secs(10), 16);
         let now = Instant::now();
-        store.reserve_t(&key("b", "1"), now, Wait::No).unwrap();
-        store.reserve_t(&key("b", "2"), now, Wait::No).unwrap();
+        take(&store, &key("b", "1"), now, Wait::No).unwrap();
+        take(&store, &key("b", "2"), now, Wait::No).unwrap();
         assert!(matches!(
-            store.reserve_t(&key("b", "3"), now, Wait::No),
+            take(&store, &key("b", "3"), now, Wait::No),
             Err(Error::Full { slots: 2 })
         ));
         assert!(store.complete(&key("b", "1")).is_some());
         assert!(store.complete(&key("b", "1")).is_none(), "completes once");
-        store.reserve_t(&key("b", "3"), now, Wait::No).unwrap();
+        take(&store, &key("b", "3"), now, Wait::No).unwrap();
         assert_eq!(store.in_flight(), 2);
     }
 
@@ -373,24 +373,22 @@ mod tests {
     fn same_key_twice_is_refused() {
         let store = SlotStore::new(4, Duration::from_secs(10), 16);
         let now = Instant::now();
-        store.reserve_t(&key("b", "1"), now, Wait::No).unwrap();
+        take(&store, &key("b", "1"), now, Wait::No).unwrap();
         assert!(matches!(
-            store.reserve_t(&key("b", "1"), now, Wait::No),
+            take(&store, &key("b", "1"), now, Wait::No),
             Err(Error::AlreadyInFlight { .. })
         ));
         // Same hash to another neighbour is a different message.
-        store.reserve_t(&key("c", "1"), now, Wait::No).unwrap();
+        take(&store, &key("c", "1"), now, Wait::No).unwrap();
     }
 
     #[test]
     fn blocked_reserve_wakes_when_a_slot_frees() {
         let store = Arc::new(SlotStore::new(1, Duration::from_secs(10), 16));
-        store
-            .reserve_t(&key("b", "1"), Instant::now(), Wait::No)
-            .unwrap();
+        take(&store, &key("b", "1"), Instant::now(), Wait::No).unwrap();
         let s2 = store.clone();
         let waiter =
-            std::thread::spawn(move || s2.reserve_t(&key("b", "2"), Instant::now(), Wait::Forever));
+            std::thread::spawn(move || take(&s2, &key("b", "2"), Instant::now(), Wait::Forever));
         std::thread::sleep(Duration::from_millis(50));
         assert!(!waiter.is_finished(), "must wait while full");
         store.complete(&key("b", "1"));
@@ -400,12 +398,10 @@ mod tests {
     #[test]
     fn bounded_wait_gives_full() {
         let store = SlotStore::new(1, Duration::from_secs(10), 16);
-        store
-            .reserve_t(&key("b", "1"), Instant::now(), Wait::No)
-            .unwrap();
+        take(&store, &key("b", "1"), Instant::now(), Wait::No).unwrap();
         let until = Instant::now() + Duration::from_millis(20);
         assert!(matches!(
-            store.reserve_t(&key("b", "2"), Instant::now(), Wait::Until(until)),
+            take(&store, &key("b", "2"), Instant::now(), Wait::Until(until)),
             Err(Error::Full { .. })
         ));
     }
@@ -413,18 +409,16 @@ mod tests {
     #[test]
     fn close_wakes_waiters_and_returns_everything() {
         let store = Arc::new(SlotStore::new(1, Duration::from_secs(10), 16));
-        store
-            .reserve_t(&key("b", "1"), Instant::now(), Wait::No)
-            .unwrap();
+        take(&store, &key("b", "1"), Instant::now(), Wait::No).unwrap();
         let s2 = store.clone();
         let waiter =
-            std::thread::spawn(move || s2.reserve_t(&key("b", "2"), Instant::now(), Wait::Forever));
+            std::thread::spawn(move || take(&s2, &key("b", "2"), Instant::now(), Wait::Forever));
         std::thread::sleep(Duration::from_millis(20));
         let pending = store.close();
         assert_eq!(pending.len(), 1);
         assert!(matches!(waiter.join().unwrap(), Err(Error::Shutdown)));
         assert!(matches!(
-            store.reserve_t(&key("b", "3"), Instant::now(), Wait::No),
+            take(&store, &key("b", "3"), Instant::now(), Wait::No),
             Err(Error::Shutdown)
         ));
     }
@@ -433,10 +427,14 @@ mod tests {
     fn ttl_expiry_in_deadline_order() {
         let store = SlotStore::new(8, Duration::from_secs(10), 16);
         let t0 = Instant::now();
-        store.reserve_t(&key("b", "1"), t0, Wait::No).unwrap();
-        store
-            .reserve_t(&key("b", "2"), t0 + Duration::from_secs(1), Wait::No)
-            .unwrap();
+        take(&store, &key("b", "1"), t0, Wait::No).unwrap();
+        take(
+            &store,
+            &key("b", "2"),
+            t0 + Duration::from_secs(1),
+            Wait::No,
+        )
+        .unwrap();
         assert!(store.expire(t0 + Duration::from_secs(9)).is_empty());
         let first = store.expire(t0 + Duration::from_secs(10));
         assert_eq!(first.len(), 1);
@@ -451,9 +449,9 @@ mod tests {
         let store = SlotStore::new(8, Duration::from_secs(10), 16);
         let now = Instant::now();
         for h in ["3", "1", "2"] {
-            store.reserve_t(&key("b", h), now, Wait::No).unwrap();
+            take(&store, &key("b", h), now, Wait::No).unwrap();
         }
-        store.reserve_t(&key("c", "9"), now, Wait::No).unwrap();
+        take(&store, &key("c", "9"), now, Wait::No).unwrap();
         let gone: Vec<String> = store
             .remove_peer(&key("b", "").peer)
             .into_iter()

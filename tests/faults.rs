@@ -12,6 +12,20 @@ use common::proxy::Proxy;
 use common::*;
 use grpc_gossip::{Error, FailReason, Message, NeighborEvent, NeighborInfo, Outcome};
 
+/// Nodes a and b, each linked to the other; a reaches b through a proxy that can break the link.
+fn linked_through_proxy(
+    f: &std::sync::Arc<grpc_gossip::StreamFactory>,
+    a_config: grpc_gossip::NodeConfig,
+) -> (grpc_gossip::Node, grpc_gossip::Node, Proxy) {
+    let a = start_with(a_config, f);
+    let b = start("b", f);
+    let proxy = Proxy::start(b.local_addr());
+    a.connect_to_neighbor(NeighborInfo::new("b", proxy.addr().to_string()))
+        .unwrap();
+    connect(&b, &a);
+    (a, b, proxy)
+}
+
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
     while !f() {
@@ -27,12 +41,7 @@ fn link_cut_under_load_then_restored() {
     let f = factory();
     let mut ca = config("a");
     ca.slots = 32;
-    let a = start_with(ca, &f);
-    let b = start("b", &f);
-    let proxy = Proxy::start(b.local_addr());
-    a.connect_to_neighbor(NeighborInfo::new("b", proxy.addr().to_string()))
-        .unwrap();
-    connect(&b, &a);
+    let (a, b, proxy) = linked_through_proxy(&f, ca);
     const N: usize = 300;
     let payload = Bytes::from(vec![0xab; 512 * 1024]);
     let events = a.events();
@@ -371,12 +380,7 @@ fn silently_dead_connection_is_noticed_by_keepalive() {
     });
     let mut ca = config("a");
     ca.ack_timeout = Duration::from_secs(60); // so that only keepalive can notice
-    let a = start_with(ca, &f);
-    let b = start("b", &f);
-    let proxy = Proxy::start(b.local_addr());
-    a.connect_to_neighbor(NeighborInfo::new("b", proxy.addr().to_string()))
-        .unwrap();
-    connect(&b, &a);
+    let (a, b, proxy) = linked_through_proxy(&f, ca);
     let events = a.events();
     assert!(matches!(
         events.recv_timeout(PATIENCE).unwrap(),
