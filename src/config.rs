@@ -105,6 +105,9 @@ pub struct NodeConfig {
     /// Most streams one peer may have open to this node at once; more are refused with
     /// `RESOURCE_EXHAUSTED`.
     pub max_streams_per_peer: usize,
+    /// Most incoming streams of all peers together; more are refused with
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_inbound_streams: usize,
     /// Most incoming streams still waiting for their first frame (peers without the
     /// `gossip-node-id` header); more are refused with `RESOURCE_EXHAUSTED`.
     pub max_unidentified_streams: usize,
@@ -134,6 +137,7 @@ impl NodeConfig {
             peer_max_messages: 200,
             peer_max_bytes: 256 * 1024 * 1024,
             max_streams_per_peer: 16,
+            max_inbound_streams: 4096,
             max_unidentified_streams: 64,
             handshake_timeout: Duration::from_secs(10),
             max_queued_acks: 1 << 16,

@@ -184,6 +184,7 @@ impl Node {
             gate: gate.clone(),
             guards: server::StreamGuards::new(
                 config.max_streams_per_peer,
+                config.max_inbound_streams,
                 config.max_unidentified_streams,
             ),
             handshake_timeout: config.handshake_timeout,

@@ -47,6 +47,9 @@ pub(crate) struct Context {
 pub(crate) struct StreamGuards {
     per_peer: Mutex<HashMap<NodeId, usize>>,
     max_per_peer: usize,
+    /// Identified streams of all peers together (a client could invent many ids).
+    total: AtomicUsize,
+    max_total: usize,
     unidentified: AtomicUsize,
     max_unidentified: usize,
 }
@@ -64,6 +67,7 @@ impl Drop for Place<'_> {
                 g.unidentified.fetch_sub(1, Ordering::AcqRel);
             }
             Place::Peer(g, peer) => {
+                g.total.fetch_sub(1, Ordering::AcqRel);
                 let mut map = g.per_peer.lock();
                 if let Some(n) = map.get_mut(peer) {
                     *n -= 1;
@@ -77,10 +81,16 @@ impl Drop for Place<'_> {
 }
 
 impl StreamGuards {
-    pub(crate) fn new(max_per_peer: usize, max_unidentified: usize) -> StreamGuards {
+    pub(crate) fn new(
+        max_per_peer: usize,
+        max_total: usize,
+        max_unidentified: usize,
+    ) -> StreamGuards {
         StreamGuards {
             per_peer: Mutex::new(HashMap::new()),
             max_per_peer,
+            total: AtomicUsize::new(0),
+            max_total,
             unidentified: AtomicUsize::new(0),
             max_unidentified,
         }
@@ -92,14 +102,46 @@ impl StreamGuards {
         (n < self.max_unidentified).then_some(place)
     }
 
-    fn peer(&self, peer: &NodeId) -> Option<Place<'_>> {
+    fn peer(&self, peer: &NodeId) -> Result<Place<'_>, String> {
         let mut map = self.per_peer.lock();
+        if self.total.load(Ordering::Acquire) >= self.max_total {
+            return Err(format!("{} streams open, the limit", self.max_total));
+        }
         let n = map.entry(peer.clone()).or_default();
         if *n >= self.max_per_peer {
-            return None;
+            return Err(format!(
+                "{peer} already has {} streams open",
+                self.max_per_peer
+            ));
         }
         *n += 1;
-        Some(Place::Peer(self, peer.clone()))
+        self.total.fetch_add(1, Ordering::AcqRel);
+        Ok(Place::Peer(self, peer.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s, &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn caps_per_peer_in_total_and_unidentified_and_releases_on_drop() {
+        let g = StreamGuards::new(2, 3, 1);
+        let a1 = g.peer(&id("a")).unwrap();
+        let _a2 = g.peer(&id("a")).unwrap();
+        assert!(g.peer(&id("a")).is_err(), "per peer");
+        let _b1 = g.peer(&id("b")).unwrap();
+        assert!(g.peer(&id("c")).is_err(), "in total, whatever the id");
+        drop(a1);
+        assert!(g.peer(&id("c")).is_ok(), "released on drop");
+        let u = g.unidentified().unwrap();
+        assert!(g.unidentified().is_none());
+        drop(u);
+        assert!(g.unidentified().is_some());
     }
 }
 
@@ -230,12 +272,9 @@ fn serve<In, Out>(
             return refuse(sink, RpcStatusCode::INVALID_ARGUMENT, why);
         }
     };
-    let Some(_place) = ctx.guards.peer(&peer) else {
-        let why = format!(
-            "{peer} already has {} streams open",
-            ctx.guards.max_per_peer
-        );
-        return refuse(sink, RpcStatusCode::RESOURCE_EXHAUSTED, why);
+    let _place = match ctx.guards.peer(&peer) {
+        Ok(place) => place,
+        Err(why) => return refuse(sink, RpcStatusCode::RESOURCE_EXHAUSTED, why),
     };
     let stream = StreamId(ctx.stream_ids.fetch_add(1, Ordering::Relaxed));
     let verdict: Arc<Verdict> = Arc::default();
