@@ -135,3 +135,37 @@ fn two_node_processes_exchange_messages() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l == "stopped id=b"), "{rest:?}");
 }
+
+#[test]
+fn ack_latency_mode_reports_percentiles() {
+    let out = Command::new(GOSSIP)
+        .args([
+            "bench",
+            "--mode",
+            "ack-latency",
+            "--probes",
+            "20",
+            "--payload",
+            "64KiB",
+            "--slots",
+            "8",
+            "--json",
+        ])
+        .output()
+        .expect("run gossip bench --mode ack-latency");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["probes"], 20);
+    let (p50, p99, max) = (
+        v["p50_ms"].as_f64().unwrap(),
+        v["p99_ms"].as_f64().unwrap(),
+        v["max_ms"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{v}");
+    assert!(v["bulk_mib_per_s"].as_f64().unwrap() > 0.0);
+}

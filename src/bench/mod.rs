@@ -6,6 +6,7 @@
 //! on the machine at hand.
 
 pub mod cluster;
+pub mod latency;
 pub mod tcp;
 
 use std::time::Duration;

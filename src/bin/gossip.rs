@@ -9,6 +9,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use crossbeam_channel::{select, unbounded, RecvTimeoutError};
 use grpc_gossip::bench::cluster::GossipCluster;
+use grpc_gossip::bench::latency::{ack_latency_under_load, LatencyWorkload};
 use grpc_gossip::bench::tcp::TcpCluster;
 use grpc_gossip::bench::{peak_rss_bytes, reset_peak_rss, RoundReport, Summary, Workload};
 use grpc_gossip::{
@@ -38,6 +39,15 @@ enum Command {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// The seed round: a full mesh, every node sending to every other.
+    Seed,
+    /// ACK round-trip time of small messages while PAYLOAD-sized messages saturate two nodes
+    /// in both directions.
+    AckLatency,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Baseline {
     /// The same workload over plain loopback TCP (length-prefixed frames, one ACK per message).
     Tcp,
@@ -45,6 +55,12 @@ enum Baseline {
 
 #[derive(clap::Args)]
 struct BenchArgs {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::Seed)]
+    mode: Mode,
+    /// Small messages timed (ack-latency mode).
+    #[arg(long, default_value_t = 500)]
+    probes: usize,
     /// Nodes in the full mesh.
     #[arg(long, default_value_t = 4)]
     nodes: usize,
@@ -192,6 +208,46 @@ fn rounds(
         .collect()
 }
 
+fn ack_latency(
+    args: &BenchArgs,
+    factory: Arc<StreamFactory>,
+) -> Result<ExitCode, grpc_gossip::Error> {
+    let w = LatencyWorkload {
+        probes: args.probes.max(1),
+        bulk_bytes: args.payload,
+        slots: args.slots,
+        ..LatencyWorkload::default()
+    };
+    println!(
+        "ack latency under load: {} probes of {} B, one per {:?}, while {} B messages saturate two nodes both ways",
+        w.probes, w.probe_bytes, w.probe_interval, w.bulk_bytes
+    );
+    let r = ack_latency_under_load(&w, factory)?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (p50, p99, max) = (r.quantile(0.5), r.quantile(0.99), r.quantile(1.0));
+    println!(
+        "probe send-to-ACK: p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms  (bulk {:.1} MiB/s meanwhile)",
+        ms(p50),
+        ms(p99),
+        ms(max),
+        r.bulk_mib_per_s
+    );
+    if args.json {
+        let out = serde_json::json!({
+            "mode": "ack-latency",
+            "probes": r.samples.len(),
+            "probe_bytes": w.probe_bytes,
+            "bulk_bytes": w.bulk_bytes,
+            "p50_ms": ms(p50),
+            "p99_ms": ms(p99),
+            "max_ms": ms(max),
+            "bulk_mib_per_s": r.bulk_mib_per_s,
+        });
+        println!("{out}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn bench(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
     let w = Workload {
         nodes: args.nodes,
@@ -205,6 +261,15 @@ fn bench(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
             field: "rounds",
             reason: "must be > 0".into(),
         });
+    }
+    if args.mode == Mode::AckLatency {
+        let mut limits = grpc_gossip::Limits::default();
+        limits.max_payload_bytes = limits.max_payload_bytes.max(w.payload_bytes);
+        let transport = TransportConfig {
+            max_grpc_message_bytes: limits.grpc_message_limit(),
+            ..Default::default()
+        };
+        return ack_latency(&args, StreamFactory::new(transport));
     }
     println!(
         "seed benchmark: {} nodes, {} x {} B per directed pair, {} messages ({:.1} MiB) per round",
