@@ -30,13 +30,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the seed benchmark in-process on loopback: a full mesh of nodes, each sending
-    /// MESSAGES payloads to every other node per round; every message must be ACKed.
+    /// Run a benchmark in-process on loopback: by default the seed round (a full mesh of nodes,
+    /// each sending MESSAGES payloads to every other node; every message must be ACKed), or
+    /// `--mode ack-latency`.
     Bench(BenchArgs),
-    /// Run one node: connect to its peers, send what stdin says, print deliveries and
-    /// completions on stdout. Stops cleanly on Ctrl-C / SIGTERM.
+    /// Run one node: connect to its peers, send what stdin says, print events on stdout.
+    /// Stops cleanly on Ctrl-C / SIGTERM.
+    #[command(after_help = NODE_HELP)]
     Node(NodeArgs),
 }
+
+const NODE_HELP: &str = "\
+Stdin, one command per line:
+  PEER some text       send `some text` to neighbour PEER
+  PEER @path/to/file   send the file's bytes to PEER
+  * some text          send `some text` to every neighbour
+  (empty or #...)      nothing
+
+Stdout, one line per event:
+  listening id=.. addr=..        connected peer=.. addr=..
+  sent hash=.. peer=..           completed hash=.. peer=.. outcome=\"..\" attempts=.. elapsed_ms=..
+  delivered from=.. hash=.. bytes=.. text=\"..\"
+  neighbor peer=.. state=up|down|reconnecting|removed [reason=..]
+  error ..                       stopped id=..
+
+Logs go to stderr (RUST_LOG=debug for more).";
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
