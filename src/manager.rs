@@ -171,7 +171,10 @@ pub enum Action {
 struct PeerStreams {
     out_messages: Option<StreamId>,
     out_acks: Option<StreamId>,
-    in_acks: Option<StreamId>,
+    /// AckStreams the peer opened to us, oldest first; ACKs go back on the newest. Several can
+    /// be open at once (a reconnection, or another client under the same id); none is closed
+    /// on account of another, so that claiming an id cannot cut off the real peer.
+    in_acks: Vec<StreamId>,
     /// The application removed this neighbour: sends to it fail until it is connected again.
     removed: bool,
     /// Last sign of life while messages are outstanding: an ACK, the link coming up, or the
@@ -354,11 +357,14 @@ impl MessageManager {
         let replaced = match kind {
             StreamKind::OutboundMessages => entry.out_messages.replace(stream),
             StreamKind::OutboundAcks => entry.out_acks.replace(stream),
-            StreamKind::InboundAcks => entry.in_acks.replace(stream),
+            StreamKind::InboundAcks => {
+                entry.in_acks.push(stream);
+                None
+            }
             StreamKind::InboundMessages | StreamKind::InboundSingle => None,
         };
         if let Some(old) = replaced.filter(|old| *old != stream) {
-            // A newer stream of the same kind supersedes the old one.
+            // Our own newer stream of the same kind supersedes the old one.
             out.push(Action::CloseStream(old));
         }
         if kind == StreamKind::OutboundMessages {
@@ -405,15 +411,14 @@ impl MessageManager {
         let slot = match kind {
             StreamKind::OutboundMessages => &mut entry.out_messages,
             StreamKind::OutboundAcks => &mut entry.out_acks,
-            StreamKind::InboundAcks => &mut entry.in_acks,
+            StreamKind::InboundAcks => {
+                entry.in_acks.retain(|s| *s != stream);
+                return;
+            }
             StreamKind::InboundMessages | StreamKind::InboundSingle => return,
         };
         if *slot != Some(stream) {
             return; // an old, superseded stream
-        }
-        if kind == StreamKind::InboundAcks {
-            *slot = None;
-            return;
         }
         // The outbound double stream lives and dies as one link.
         self.tear_down_link(&peer, reason, out);
@@ -541,7 +546,10 @@ impl MessageManager {
             });
             return;
         }
-        let route = self.peers.get(peer).and_then(|p| p.out_acks.or(p.in_acks));
+        let route = self
+            .peers
+            .get(peer)
+            .and_then(|p| p.out_acks.or(p.in_acks.last().copied()));
         match route {
             Some(stream) => out.push(Action::SendAck { stream, ack }),
             None => {

@@ -389,3 +389,69 @@ fn connect_to_nothing_is_a_clear_error() {
         "a failed connect leaves no record"
     );
 }
+
+/// The `batch` extension on the wire: a peer that announces it gets merged ACKs and may send
+/// several messages in one gRPC message; one that does not never sees a batch.
+#[test]
+fn batches_only_for_peers_that_announce_them() {
+    use futures::executor::block_on;
+    use futures::{SinkExt, StreamExt};
+    use grpc_gossip::proto::{GossipClient, GossipMessage};
+    use grpcio::{CallOption, ChannelBuilder, MetadataBuilder, WriteFlags};
+
+    let f = factory();
+    let b = start("b", &f);
+    let channel = ChannelBuilder::new(f.env().clone()).connect(&b.local_addr().to_string());
+    let client = GossipClient::new(channel);
+    let opt = |id: &str, features: Option<&str>| {
+        let mut md = MetadataBuilder::new();
+        md.add_str("gossip-node-id", id).unwrap();
+        if let Some(f) = features {
+            md.add_str("gossip-features", f).unwrap();
+        }
+        CallOption::default().headers(md.build())
+    };
+    const N: usize = 2000;
+    for (id, features) in [("modern", Some("batch")), ("original", None)] {
+        let (_acks_tx, mut acks_rx) = client.ack_stream_opt(opt(id, features)).unwrap();
+        let (mut tx, _rx) = client.message_stream_opt(opt(id, features)).unwrap();
+        // Sent packed: one gRPC message carrying N messages (a modern peer may do this).
+        let mut head = GossipMessage::new();
+        head.hash = format!("{id}-0");
+        for i in 1..N {
+            let mut m = GossipMessage::new();
+            m.hash = format!("{id}-{i}");
+            m.payload = Bytes::from_static(b"x");
+            head.batch.push(m);
+        }
+        block_on(tx.send((head, WriteFlags::default()))).unwrap();
+        let (mut acked, mut frames, mut merged) = (0, 0, false);
+        while acked < N {
+            let ack = block_on(acks_rx.next()).unwrap().unwrap();
+            frames += 1;
+            merged |= !ack.batch.is_empty();
+            acked += 1 + ack.batch.len();
+        }
+        assert_eq!(acked, N, "{id}");
+        if features.is_some() {
+            assert!(
+                merged && frames < N,
+                "{id}: ACKs merged into {frames} frames"
+            );
+        } else {
+            assert!(!merged && frames == N, "{id}: never a batch");
+        }
+    }
+    // Both peers' messages were unpacked and delivered, in order.
+    let got: Vec<String> = (0..2 * N)
+        .map(|_| b.deliveries().recv_timeout(PATIENCE).unwrap().hash)
+        .collect();
+    for id in ["modern", "original"] {
+        let mine: Vec<&String> = got.iter().filter(|h| h.starts_with(id)).collect();
+        assert_eq!(mine.len(), N);
+        assert!(mine
+            .iter()
+            .enumerate()
+            .all(|(i, h)| **h == format!("{id}-{i}")));
+    }
+}

@@ -208,6 +208,30 @@ fn ack_route_prefers_our_own_link_then_their_ack_stream() {
 }
 
 #[test]
+fn a_second_ack_stream_under_the_same_id_closes_nothing() {
+    let mut h = Harness::new(4);
+    h.open(IN_MSG, "c", StreamKind::InboundMessages);
+    assert!(h.open(IN_ACK, "c", StreamKind::InboundAcks).is_empty());
+    // Someone else claiming "c" opens another AckStream: the first one stays open.
+    assert!(h
+        .open(StreamId(30), "c", StreamKind::InboundAcks)
+        .is_empty());
+    assert_eq!(
+        ack_routes(&h.receive(IN_MSG, "c", "1")),
+        [(StreamId(30), AckStatus::Received)]
+    );
+    // When the newest closes, ACKs go back on the one still open.
+    h.run(Event::StreamClosed {
+        stream: StreamId(30),
+        reason: "gone".into(),
+    });
+    assert_eq!(
+        ack_routes(&h.receive(IN_MSG, "c", "2")),
+        [(IN_ACK, AckStatus::Received)]
+    );
+}
+
+#[test]
 fn single_stream_acks_go_back_on_the_same_call() {
     let mut h = Harness::new(4);
     h.link("d");

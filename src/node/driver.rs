@@ -14,7 +14,9 @@ use super::supervisor::Notice;
 use crate::id::NodeId;
 use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind, WireAck};
 use crate::message::{Completion, Delivery};
+use crate::proto::{GossipACK, GossipMessage};
 use crate::stats::{bump, Counters};
+use crate::transport::batch::pack;
 use crate::transport::threads::ReadGate;
 use crate::transport::Writer;
 
@@ -28,6 +30,8 @@ pub(crate) enum Input {
         peer: NodeId,
         kind: StreamKind,
         writer: Option<Writer>,
+        /// The peer listed the `batch` feature when it opened this stream (inbound only).
+        batch: bool,
     },
     /// Stop: fail what is in flight, close every writer, exit.
     Shutdown,
@@ -55,6 +59,15 @@ pub(crate) struct Driver {
     pub(crate) writers: HashMap<StreamId, Writer>,
     pub(crate) held: VecDeque<Held>,
     pub(crate) actions: Vec<Action>,
+    /// Bytes of frames packed into one gRPC message for peers that understand batches.
+    pub(crate) batch_budget: usize,
+    /// Whether each peer understands batches, from the streams it opened to us (latest wins).
+    pub(crate) batching: HashMap<NodeId, bool>,
+    /// Per writer stream: its peer, and whether the peer announced batches on this stream.
+    pub(crate) stream_peers: HashMap<StreamId, (NodeId, bool)>,
+    /// Frames produced during the current wake-up, per stream, in order; sent at its end.
+    pub(crate) pending_messages: HashMap<StreamId, Vec<GossipMessage>>,
+    pub(crate) pending_acks: HashMap<StreamId, Vec<GossipACK>>,
 }
 
 /// Inputs handled per wake-up before checking timers, so a flood cannot starve TTL checks.
@@ -95,6 +108,7 @@ impl Driver {
             if !self.held.is_empty() {
                 self.release_held();
             }
+            self.flush();
         }
         self.step(Event::Shutdown);
         // Dropping the writers' channels ends every writer thread, which closes its call.
@@ -108,7 +122,7 @@ impl Driver {
             Input::Event(event) => {
                 if let Event::StreamClosed { stream, .. } = &event {
                     // Its writer has nothing left to do; dropping the queue ends it.
-                    self.writers.remove(stream);
+                    self.forget_writer(*stream);
                 }
                 self.step(event)
             }
@@ -117,9 +131,19 @@ impl Driver {
                 peer,
                 kind,
                 writer,
+                batch,
             } => {
+                if matches!(
+                    kind,
+                    StreamKind::InboundMessages
+                        | StreamKind::InboundAcks
+                        | StreamKind::InboundSingle
+                ) {
+                    self.batching.insert(peer.clone(), batch);
+                }
                 if let Some(w) = writer {
                     self.writers.insert(stream, w);
+                    self.stream_peers.insert(stream, (peer.clone(), batch));
                 }
                 self.step(Event::StreamOpened { stream, peer, kind });
             }
@@ -140,10 +164,13 @@ impl Driver {
     fn execute(&mut self, action: Action) {
         match action {
             Action::Transmit { stream, message } => {
-                // A missing or finished writer means its stream is closing; the manager fails
-                // the message when the close arrives.
-                if let Some(Writer::Messages(tx)) = self.writers.get(&stream) {
-                    let _ = tx.send(message.into());
+                // A missing writer means its stream is closing; the message stays outstanding
+                // in the manager and goes out again on the next link.
+                if self.writers.contains_key(&stream) {
+                    self.pending_messages
+                        .entry(stream)
+                        .or_default()
+                        .push(message.into());
                 }
             }
             Action::SendAck { stream, ack } => {
@@ -166,9 +193,7 @@ impl Driver {
                 // The node keeps a receiver, so this cannot fail while the node exists.
                 let _ = self.completions.send(completion);
             }
-            Action::CloseStream(stream) => {
-                self.writers.remove(&stream);
-            }
+            Action::CloseStream(stream) => self.forget_writer(stream),
             Action::LinkDown {
                 peer,
                 stream,
@@ -181,17 +206,61 @@ impl Driver {
         }
     }
 
-    fn send_ack(&self, stream: StreamId, ack: WireAck) {
-        if let Some(Writer::Acks(tx)) = self.writers.get(&stream) {
-            if tx.len() >= self.max_queued_acks {
-                // The peer is not reading its ACKs; it will retransmit and be ACKed again.
-                bump(&self.counters.acks_dropped);
-                if tx.len() == self.max_queued_acks {
-                    warn!("ACK queue of stream {stream:?} is full; dropping ACKs");
-                }
-                return;
+    fn send_ack(&mut self, stream: StreamId, ack: WireAck) {
+        let Some(Writer::Acks(tx)) = self.writers.get(&stream) else {
+            return;
+        };
+        let pending = self.pending_acks.entry(stream).or_default();
+        if tx.len() + pending.len() >= self.max_queued_acks {
+            // The peer is not reading its ACKs; it will retransmit and be ACKed again.
+            bump(&self.counters.acks_dropped);
+            if tx.len() + pending.len() == self.max_queued_acks {
+                warn!("ACK queue of stream {stream:?} is full; dropping ACKs");
             }
-            let _ = tx.send(ack.into());
+            return;
+        }
+        pending.push(ack.into());
+    }
+
+    fn forget_writer(&mut self, stream: StreamId) {
+        self.writers.remove(&stream);
+        self.stream_peers.remove(&stream);
+        self.pending_messages.remove(&stream);
+        self.pending_acks.remove(&stream);
+    }
+
+    /// Whether frames for `stream` may be packed: its peer understands batches.
+    fn batches(&self, stream: StreamId) -> bool {
+        self.stream_peers
+            .get(&stream)
+            .is_some_and(|(peer, announced)| {
+                *announced || self.batching.get(peer).copied().unwrap_or(false)
+            })
+    }
+
+    /// Hands this wake-up's frames to the writers: packed for peers that understand batches,
+    /// one by one for the others.
+    fn flush(&mut self) {
+        let budget = self.batch_budget;
+        for (stream, frames) in std::mem::take(&mut self.pending_messages) {
+            let batches = self.batches(stream);
+            if let Some(Writer::Messages(tx)) = self.writers.get(&stream) {
+                if batches {
+                    pack(frames, budget, |f| drop(tx.send(f)));
+                } else {
+                    frames.into_iter().for_each(|f| drop(tx.send(f)));
+                }
+            }
+        }
+        for (stream, frames) in std::mem::take(&mut self.pending_acks) {
+            let batches = self.batches(stream);
+            if let Some(Writer::Acks(tx)) = self.writers.get(&stream) {
+                if batches {
+                    pack(frames, budget, |f| drop(tx.send(f)));
+                } else {
+                    frames.into_iter().for_each(|f| drop(tx.send(f)));
+                }
+            }
         }
     }
 

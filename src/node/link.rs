@@ -182,6 +182,8 @@ impl Links {
                 peer: peer.clone(),
                 kind,
                 writer: Some(writer),
+                // What the peer understands is learned from the streams it opens to us.
+                batch: false,
             };
             if self.inbox.send(open).is_err() {
                 self.table.lock().remove(peer);

@@ -216,6 +216,12 @@ impl Node {
             writers: HashMap::new(),
             held: Default::default(),
             actions: Vec::new(),
+            // Half the gRPC limit leaves room for the ids and tags of every item.
+            batch_budget: (factory.config().max_grpc_message_bytes / 2).min(256 * 1024),
+            batching: HashMap::new(),
+            stream_peers: HashMap::new(),
+            pending_messages: HashMap::new(),
+            pending_acks: HashMap::new(),
         };
         let supervisor = Supervisor {
             links: links.clone(),

@@ -5,6 +5,7 @@
 //! grpcio stream) and, where we write, one **writer thread** fed by a crossbeam channel. Both
 //! talk to the node's manager thread through its inbox.
 
+pub(crate) mod batch;
 pub mod factory;
 pub(crate) mod server;
 pub(crate) mod threads;
@@ -23,6 +24,14 @@ use threads::ReadGate;
 
 /// Request metadata header in which our nodes send their id when they open a stream.
 pub const NODE_ID_HEADER: &str = "gossip-node-id";
+
+/// Request metadata header in which our nodes list the protocol extensions they understand
+/// (comma-separated). Extensions an original node would misread are only sent to peers that
+/// listed them.
+pub const FEATURES_HEADER: &str = "gossip-features";
+
+/// Feature: several messages (or ACKs) in one gRPC message, in the `batch` fields.
+pub const FEATURE_BATCH: &str = "batch";
 
 /// The sending half of a stream's writer thread.
 pub(crate) enum Writer {
@@ -61,13 +70,37 @@ impl From<WireAck> for GossipACK {
 pub(crate) trait InboundFrame: Send + 'static {
     /// The `from_hash` it carries.
     fn sender(&self) -> &str;
+    /// The frames carried in its `batch` field (taken out, in order). Batches do not nest:
+    /// what an item carries in its own `batch` field is dropped.
+    fn take_batch(&mut self) -> Vec<Self>
+    where
+        Self: Sized;
     /// The manager event for it.
     fn into_event(self, stream: StreamId) -> Event;
+}
+
+/// Sends the events of a received frame, and of the frames batched in it, in order.
+pub(crate) fn forward<T: InboundFrame>(mut frame: T, id: StreamId, inbox: &Sender<Input>) -> bool {
+    let rest = frame.take_batch();
+    if inbox.send(Input::Event(frame.into_event(id))).is_err() {
+        return false;
+    }
+    for mut item in rest {
+        drop(item.take_batch());
+        if inbox.send(Input::Event(item.into_event(id))).is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 impl InboundFrame for GossipMessage {
     fn sender(&self) -> &str {
         &self.from_hash
+    }
+
+    fn take_batch(&mut self) -> Vec<Self> {
+        GossipMessage::take_batch(self).into_vec()
     }
 
     fn into_event(mut self, stream: StreamId) -> Event {
@@ -85,6 +118,10 @@ impl InboundFrame for GossipMessage {
 impl InboundFrame for GossipACK {
     fn sender(&self) -> &str {
         &self.from_hash
+    }
+
+    fn take_batch(&mut self) -> Vec<Self> {
+        GossipACK::take_batch(self).into_vec()
     }
 
     fn into_event(mut self, stream: StreamId) -> Event {
@@ -151,7 +188,7 @@ where
         }
         match block_on(stream.next()) {
             Some(Ok(frame)) => {
-                if inbox.send(Input::Event(frame.into_event(id))).is_err() {
+                if !forward(frame, id, inbox) {
                     return StreamEnd::closed("node stopped");
                 }
             }

@@ -22,7 +22,8 @@ use parking_lot::Mutex;
 use super::factory::StreamFactory;
 use super::threads::{ReadGate, ThreadSet};
 use super::{
-    read_loop, write_loop, FrameSink, InboundFrame, StreamEnd, Verdict, Writer, NODE_ID_HEADER,
+    forward, read_loop, write_loop, FrameSink, InboundFrame, StreamEnd, Verdict, Writer,
+    FEATURES_HEADER, FEATURE_BATCH, NODE_ID_HEADER,
 };
 use crate::config::Limits;
 use crate::error::Error;
@@ -196,6 +197,16 @@ fn header_id(ctx: &RpcContext) -> Option<Result<String, String>> {
         })
 }
 
+/// Whether the client listed the `batch` feature in its request headers.
+fn announces_batch(ctx: &RpcContext) -> bool {
+    ctx.request_headers()
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(FEATURES_HEADER))
+        .any(|(_, v)| {
+            std::str::from_utf8(v).is_ok_and(|v| v.split(',').any(|f| f.trim() == FEATURE_BATCH))
+        })
+}
+
 impl GossipService {
     /// Serves one inbound call on a thread of its own: learns who the peer is (header, or the
     /// first frame's `from_hash`), registers the stream, starts a writer if we answer on it,
@@ -214,9 +225,10 @@ impl GossipService {
     {
         let ctx = self.ctx.clone();
         let header = header_id(rpc);
+        let batch = announces_batch(rpc);
         let peer_addr = rpc.peer();
         let name = format!("gossip-in-{}", ctx.local);
-        let run = move || serve(ctx, kind, header, peer_addr, requests, sink, writer);
+        let run = move || serve(ctx, kind, header, batch, peer_addr, requests, sink, writer);
         if let Err(e) = self.ctx.threads.spawn(name, run) {
             // The call is dropped (and so cancelled) with the closure.
             warn!("{}: cannot start a stream thread: {e}", self.ctx.local);
@@ -224,10 +236,12 @@ impl GossipService {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve<In, Out>(
     ctx: Arc<Context>,
     kind: StreamKind,
     header: Option<Result<String, String>>,
+    batch: bool,
     peer_addr: String,
     mut requests: RequestStream<In>,
     sink: DuplexSink<Out>,
@@ -302,16 +316,13 @@ fn serve<In, Out>(
         peer,
         kind,
         writer,
+        batch,
     };
     if ctx.inbox.send(open).is_err() {
         return;
     }
     if let Some(frame) = first {
-        if ctx
-            .inbox
-            .send(Input::Event(frame.into_event(stream)))
-            .is_err()
-        {
+        if !forward(frame, stream, &ctx.inbox) {
             return;
         }
     }
