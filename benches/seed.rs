@@ -128,10 +128,29 @@ fn bidirectional_messaging(c: &mut Criterion) {
     b.shutdown();
 }
 
+/// Send-to-ACK time of one small message while 512 KiB messages saturate the same two nodes in
+/// both directions (the `gossip bench --mode ack-latency` measurement, as a criterion bench).
+fn ack_latency_under_load(c: &mut Criterion) {
+    use grpc_gossip::bench::latency::{LatencyWorkload, LoadedPair};
+    let w = LatencyWorkload::default();
+    let mut pair =
+        LoadedPair::start(&w, StreamFactory::new(TransportConfig::default())).expect("pair");
+    let mut group = c.benchmark_group("AckLatencyUnderLoad");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(10));
+    group.bench_function("64 B probe, 512KiB both ways, 200 slots", |bench| {
+        bench.iter_custom(|iters| (0..iters).map(|_| pair.probe().expect("probe")).sum())
+    });
+    group.finish();
+    pair.stop();
+}
+
 criterion_group!(
     benches,
     multi_node_large_message,
     two_nodes_messaging,
-    bidirectional_messaging
+    bidirectional_messaging,
+    ack_latency_under_load
 );
 criterion_main!(benches);

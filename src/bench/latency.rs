@@ -22,7 +22,8 @@ pub struct LatencyWorkload {
     pub probes: usize,
     /// Payload of each probe, in bytes.
     pub probe_bytes: usize,
-    /// Pause between probes.
+    /// Time from one probe's send to the next's (a probe is sent only once the previous one is
+    /// acknowledged).
     pub probe_interval: Duration,
     /// Payload of the saturating messages, in bytes.
     pub bulk_bytes: usize,
@@ -63,33 +64,46 @@ impl LatencyReport {
     }
 }
 
-/// Runs the measurement on two fresh nodes on loopback sharing `factory`.
-pub fn ack_latency_under_load(
-    w: &LatencyWorkload,
-    factory: Arc<StreamFactory>,
-) -> Result<LatencyReport, Error> {
-    let start = |id: &str| {
-        let mut c = NodeConfig::new(id, "127.0.0.1:0");
-        c.slots = w.slots;
-        c.peer_max_messages = w.slots;
-        c.deliveries = Deliveries::Discard;
-        c.limits.max_payload_bytes = c.limits.max_payload_bytes.max(w.bulk_bytes);
-        Node::builder(c).factory(factory.clone()).start()
-    };
-    let (a, b) = (start("a")?, start("b")?);
-    for (x, y) in [(&a, &b), (&b, &a)] {
-        x.connect_to_neighbor(NeighborInfo::new(
-            y.id().as_str(),
-            y.local_addr().to_string(),
-        ))?;
-    }
-    let bulk = Bytes::from(vec![0x42; w.bulk_bytes]);
-    let stop = AtomicBool::new(false);
-    let result = std::thread::scope(|s| -> Result<LatencyReport, Error> {
-        // Saturate both directions; each sender blocks while its slots are busy.
-        for (from, to) in [(&a, "b"), (&b, "a")] {
-            let (bulk, stop) = (&bulk, &stop);
-            s.spawn(move || {
+/// Two nodes on loopback with bulk traffic running both ways, ready to time probes.
+pub struct LoadedPair {
+    a: Arc<Node>,
+    b: Arc<Node>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    probe: Bytes,
+    bulk_bytes: usize,
+    bulk_done: u64,
+    next_probe: u64,
+}
+
+impl LoadedPair {
+    /// Starts nodes `a` and `b` sharing `factory`, links them both ways, and starts one thread
+    /// per direction sending `w.bulk_bytes` messages as fast as the slots allow.
+    pub fn start(w: &LatencyWorkload, factory: Arc<StreamFactory>) -> Result<LoadedPair, Error> {
+        let start = |id: &str| {
+            let mut c = NodeConfig::new(id, "127.0.0.1:0");
+            c.slots = w.slots;
+            c.peer_max_messages = w.slots;
+            c.deliveries = Deliveries::Discard;
+            c.limits.max_payload_bytes = c.limits.max_payload_bytes.max(w.bulk_bytes);
+            Node::builder(c)
+                .factory(factory.clone())
+                .start()
+                .map(Arc::new)
+        };
+        let (a, b) = (start("a")?, start("b")?);
+        for (x, y) in [(&a, &b), (&b, &a)] {
+            x.connect_to_neighbor(NeighborInfo::new(
+                y.id().as_str(),
+                y.local_addr().to_string(),
+            ))?;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let bulk = Bytes::from(vec![0x42; w.bulk_bytes]);
+        let mut threads = Vec::new();
+        for (from, to) in [(a.clone(), "b"), (b.clone(), "a")] {
+            let (bulk, stop) = (bulk.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
                 for k in 0.. {
                     if stop.load(Ordering::Acquire) {
                         return;
@@ -99,60 +113,97 @@ pub fn ack_latency_under_load(
                         return;
                     }
                 }
-            });
+            }));
         }
-        // b's completions are read only to keep its slots turning over.
-        let b_done = b.completions();
-        let stop_ref = &stop;
-        s.spawn(move || {
+        // b's completions are read only so that they do not pile up.
+        let (b_done, stop_ref) = (b.completions(), stop.clone());
+        threads.push(std::thread::spawn(move || {
             while !stop_ref.load(Ordering::Acquire) {
                 let _ = b_done.recv_timeout(Duration::from_millis(50));
             }
-        });
-        // Let the load build up before timing anything.
-        std::thread::sleep(Duration::from_millis(200));
-        let probe = Bytes::from(vec![7u8; w.probe_bytes]);
-        let a_done = a.completions();
-        let started = Instant::now();
-        let mut bulk_bytes = 0u64;
-        let mut samples = Vec::with_capacity(w.probes);
-        let mut sent = 0;
-        let mut next_probe = Instant::now();
-        while samples.len() < w.probes {
-            if sent < w.probes && Instant::now() >= next_probe {
-                a.send_message("b", Message::new(format!("probe-{sent}"), probe.clone()))?;
-                sent += 1;
-                next_probe += w.probe_interval;
-            }
-            let wait = next_probe.saturating_duration_since(Instant::now());
-            if let Ok(c) = a_done.recv_timeout(wait.max(Duration::from_micros(100))) {
-                if !c.is_acked() {
-                    return Err(Error::Config {
-                        field: "ack-latency",
-                        reason: format!("{} was not acknowledged: {}", c.key, c.outcome),
-                    });
-                }
-                if c.key.hash.starts_with("probe-") {
-                    samples.push(c.elapsed);
-                } else {
-                    bulk_bytes += w.bulk_bytes as u64;
-                }
-            }
-        }
-        let elapsed = started.elapsed();
-        stop.store(true, Ordering::Release);
-        samples.sort();
-        Ok(LatencyReport {
-            samples,
-            // Both directions move about the same; count a's side twice.
-            bulk_mib_per_s: 2.0 * bulk_bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64(),
+        }));
+        Ok(LoadedPair {
+            a,
+            b,
+            stop,
+            threads,
+            probe: Bytes::from(vec![7u8; w.probe_bytes]),
+            bulk_bytes: w.bulk_bytes,
+            bulk_done: 0,
+            next_probe: 0,
         })
-    });
-    // Shutting down completes whatever bulk is still in flight (as Failed(Shutdown)) and
-    // unblocks the senders.
-    a.shutdown();
-    b.shutdown();
-    result
+    }
+
+    /// Sends one probe from a to b and returns its send-to-ACK time.
+    pub fn probe(&mut self) -> Result<Duration, Error> {
+        let hash = format!("probe-{}", self.next_probe);
+        self.next_probe += 1;
+        self.a
+            .send_message("b", Message::new(hash.clone(), self.probe.clone()))?;
+        let done = self.a.completions();
+        loop {
+            let c = done
+                .recv_timeout(Duration::from_secs(60))
+                .map_err(|_| Error::Timeout(Duration::from_secs(60)))?;
+            if !c.is_acked() {
+                return Err(Error::Config {
+                    field: "ack-latency",
+                    reason: format!("{} was not acknowledged: {}", c.key, c.outcome),
+                });
+            }
+            if c.key.hash == hash {
+                return Ok(c.elapsed);
+            }
+            self.bulk_done += 1;
+        }
+    }
+
+    /// Bulk payload bytes a has seen acknowledged so far.
+    pub fn bulk_bytes_acked(&self) -> u64 {
+        self.bulk_done * self.bulk_bytes as u64
+    }
+
+    /// Stops the bulk traffic and both nodes (bulk still in flight completes as `Failed`).
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        // Shutting down unblocks senders waiting for slots.
+        self.a.shutdown();
+        self.b.shutdown();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs the measurement on two fresh nodes on loopback sharing `factory`: `w.probes` probes,
+/// one per `w.probe_interval` (or as soon as the previous one is acknowledged, if later).
+pub fn ack_latency_under_load(
+    w: &LatencyWorkload,
+    factory: Arc<StreamFactory>,
+) -> Result<LatencyReport, Error> {
+    let mut pair = LoadedPair::start(w, factory)?;
+    // Let the load build up before timing anything.
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(w.probes);
+    let result = (|| {
+        for _ in 0..w.probes {
+            let next = Instant::now() + w.probe_interval;
+            samples.push(pair.probe()?);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        Ok::<(), Error>(())
+    })();
+    let elapsed = started.elapsed();
+    let bulk = pair.bulk_bytes_acked();
+    pair.stop();
+    result?;
+    samples.sort();
+    Ok(LatencyReport {
+        samples,
+        // Both directions move about the same; count a's side twice.
+        bulk_mib_per_s: 2.0 * bulk as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64(),
+    })
 }
 
 #[cfg(test)]

@@ -237,7 +237,7 @@ fn ack_latency(
         ..LatencyWorkload::default()
     };
     println!(
-        "ack latency under load: {} probes of {} B, one per {:?}, while {} B messages saturate two nodes both ways",
+        "ack latency under load: {} probes of {} B, one at a time (at most one per {:?}), while {} B messages saturate two nodes both ways",
         w.probes, w.probe_bytes, w.probe_interval, w.bulk_bytes
     );
     let r = ack_latency_under_load(&w, factory)?;
