@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::backoff::Backoff;
+use crate::broadcast::BroadcastConfig;
 use crate::error::Error;
 
 /// Size limits applied to everything a node sends or accepts.
@@ -117,6 +118,8 @@ pub struct NodeConfig {
     /// Most ACKs queued for one stream whose reader has stopped reading them; further ACKs to
     /// it are dropped (and counted): its sender will retransmit and be ACKed again.
     pub max_queued_acks: usize,
+    /// Multi-hop broadcast: fanout, lazy-plane threshold, hop limit, deadlines.
+    pub broadcast: BroadcastConfig,
 }
 
 impl NodeConfig {
@@ -141,6 +144,7 @@ impl NodeConfig {
             max_unidentified_streams: 64,
             handshake_timeout: Duration::from_secs(10),
             max_queued_acks: 1 << 16,
+            broadcast: BroadcastConfig::default(),
         }
     }
 
@@ -181,6 +185,17 @@ impl NodeConfig {
         positive("max_queued_acks", self.max_queued_acks > 0)?;
         if let Deliveries::Queue(n) = self.deliveries {
             positive("deliveries", n > 0)?;
+        }
+        let b = &self.broadcast;
+        positive("broadcast.fanout", b.fanout > 0)?;
+        positive("broadcast.hop_limit", b.hop_limit > 0)?;
+        positive("broadcast.max_tracked", b.max_tracked > 0)?;
+        positive("broadcast.graft_timeout", !b.graft_timeout.is_zero())?;
+        if b.deadline <= b.hop_margin {
+            return Err(Error::Config {
+                field: "broadcast.deadline",
+                reason: format!("must exceed broadcast.hop_margin ({:?})", b.hop_margin),
+            });
         }
         Ok(())
     }

@@ -51,6 +51,15 @@ pub enum Error {
         /// The message hash.
         hash: String,
     },
+    /// This node already started a broadcast with this hash, recently enough that it is still
+    /// remembered. Nothing was sent.
+    #[error("broadcast {0:?} was already started by this node")]
+    DuplicateBroadcast(String),
+    /// Too many broadcasts are being tracked at once
+    /// ([`BroadcastConfig::max_tracked`](crate::broadcast::BroadcastConfig::max_tracked)).
+    /// Nothing was sent.
+    #[error("too many broadcasts in flight ({0})")]
+    TooManyBroadcasts(usize),
     /// The target is not a neighbour of this node.
     #[error("unknown neighbour {0:?}")]
     UnknownNeighbor(String),

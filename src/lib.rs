@@ -56,6 +56,7 @@
 
 pub mod backoff;
 pub mod bench;
+pub mod broadcast;
 pub mod config;
 pub mod error;
 pub mod id;
@@ -65,6 +66,7 @@ pub mod neighbor;
 mod node;
 pub mod proto;
 pub mod router;
+pub mod sim;
 pub mod stats;
 pub mod store;
 pub mod transport;

@@ -156,6 +156,14 @@ pub enum Action {
     Complete(Completion),
     /// Close a stream (its link is torn down).
     CloseStream(StreamId),
+    /// An ACK arrived for a message this manager is not tracking (late, bogus, or the answer
+    /// of an original node to a broadcast it was sent as a plain message).
+    UntrackedAck {
+        /// Who sent it.
+        peer: NodeId,
+        /// The hash it acknowledges.
+        hash: String,
+    },
     /// The outbound double stream to a neighbour is gone.
     LinkDown {
         /// The neighbour.
@@ -239,6 +247,24 @@ impl MessageManager {
     /// The store this manager completes messages in.
     pub fn store(&self) -> &Arc<SlotStore> {
         &self.store
+    }
+
+    /// The peer at the other end of `stream`, and what the stream is.
+    pub fn stream_peer(&self, stream: StreamId) -> Option<&(NodeId, StreamKind)> {
+        self.streams.get(&stream)
+    }
+
+    /// Our outbound MessageStream to `peer`, if the link is up.
+    pub fn message_stream_to(&self, peer: &NodeId) -> Option<StreamId> {
+        self.peers.get(peer).and_then(|p| p.out_messages)
+    }
+
+    /// Where an ACK to `peer` goes: our outbound AckStream to it, else the newest AckStream it
+    /// opened to us.
+    pub fn ack_stream_to(&self, peer: &NodeId) -> Option<StreamId> {
+        self.peers
+            .get(peer)
+            .and_then(|p| p.out_acks.or(p.in_acks.last().copied()))
     }
 
     /// Whether we have an outbound MessageStream to `peer`.
@@ -513,6 +539,7 @@ impl MessageManager {
                     from: peer.clone(),
                     hash: message.hash.clone(),
                     payload: message.payload,
+                    origin: None,
                 }));
                 (AckStatus::Received, String::new())
             }
@@ -546,11 +573,7 @@ impl MessageManager {
             });
             return;
         }
-        let route = self
-            .peers
-            .get(peer)
-            .and_then(|p| p.out_acks.or(p.in_acks.last().copied()));
-        match route {
+        match self.ack_stream_to(peer) {
             Some(stream) => out.push(Action::SendAck { stream, ack }),
             None => {
                 let queue = self.unrouted.entry(peer.clone()).or_default();
@@ -586,6 +609,12 @@ impl MessageManager {
         let Some(tracked) = self.store.complete(&key) else {
             bump(&self.counters.unknown_acks);
             debug!("{}: ACK for {} not in flight", self.local, key);
+            if ack.status != AckStatus::Rejected {
+                out.push(Action::UntrackedAck {
+                    peer: key.peer,
+                    hash: key.hash,
+                });
+            }
             return;
         };
         if let Some(entry) = self.peers.get_mut(&peer) {

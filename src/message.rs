@@ -52,6 +52,9 @@ pub struct Delivery {
     pub hash: String,
     /// The payload.
     pub payload: Bytes,
+    /// For a broadcast: the node that started it (`from` is the neighbour that forwarded it).
+    /// `None` for a message sent to this node.
+    pub origin: Option<NodeId>,
 }
 
 /// The one completion every sent message gets.

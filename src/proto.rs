@@ -13,5 +13,5 @@ pub mod gossip_grpc {
     include!(concat!(env!("OUT_DIR"), "/gossip_grpc.rs"));
 }
 
-pub use gossip::{AckStatus, GossipACK, GossipMessage};
+pub use gossip::{AckStatus, FrameKind, GossipACK, GossipMessage};
 pub use gossip_grpc::{create_gossip, Gossip, GossipClient};

@@ -20,6 +20,8 @@ pub struct Counters {
     pub(crate) retransmitted: AtomicU64,
     pub(crate) stalls: AtomicU64,
     pub(crate) acks_dropped: AtomicU64,
+    pub(crate) broadcast_payloads_received: AtomicU64,
+    pub(crate) broadcast_bytes_received: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -63,6 +65,10 @@ pub struct Stats {
     pub stalls: u64,
     /// ACKs dropped because the stream they were for had stopped reading.
     pub acks_dropped: u64,
+    /// Broadcast payload frames received (duplicates included).
+    pub broadcast_payloads_received: u64,
+    /// Payload bytes of those frames.
+    pub broadcast_bytes_received: u64,
     /// Messages in flight now (slots in use).
     pub in_flight: u64,
     /// Slots of the store.
@@ -91,6 +97,8 @@ impl Counters {
             retransmitted: g(&self.retransmitted),
             stalls: g(&self.stalls),
             acks_dropped: g(&self.acks_dropped),
+            broadcast_payloads_received: g(&self.broadcast_payloads_received),
+            broadcast_bytes_received: g(&self.broadcast_bytes_received),
             ..Stats::default()
         }
     }

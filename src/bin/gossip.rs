@@ -38,19 +38,58 @@ enum Command {
     /// Stops cleanly on Ctrl-C / SIGTERM.
     #[command(after_help = NODE_HELP)]
     Node(NodeArgs),
+    /// Simulate broadcasts on a random graph of many nodes (the protocol core over simulated
+    /// links: no gRPC, deterministic for a seed) and report reliability, RMR, last-delivery hop
+    /// and whether the origin's converged ACK count is exact.
+    Sim(SimArgs),
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    /// Nodes in the graph.
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Neighbours per node (and eager pushes per hop for small payloads).
+    #[arg(long, default_value_t = 3)]
+    fanout: usize,
+    /// Fraction of the nodes killed while the first measured broadcast spreads (e.g. 0.1).
+    #[arg(long, default_value_t = 0.0)]
+    kill: f64,
+    /// Probability that a frame is lost on its link.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Payload size (e.g. 512KiB; at least 64KiB uses the lazy plane).
+    #[arg(long, default_value = "512KiB", value_parser = parse_size)]
+    payload: usize,
+    /// Broadcasts before measuring (they let the lazy plane settle into a tree).
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// Broadcasts measured.
+    #[arg(long, default_value_t = 10)]
+    broadcasts: usize,
+    /// Seed of the random graph, latencies, origins and failures.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print each broadcast's figures too.
+    #[arg(long)]
+    verbose: bool,
+    /// Print one JSON object with the results as the last line.
+    #[arg(long)]
+    json: bool,
 }
 
 const NODE_HELP: &str = "\
 Stdin, one command per line:
   PEER some text       send `some text` to neighbour PEER
   PEER @path/to/file   send the file's bytes to PEER
-  * some text          send `some text` to every neighbour
+  * some text          broadcast `some text` to the whole cluster (multi-hop)
   (empty or #...)      nothing
 
 Stdout, one line per event:
   listening id=.. addr=..        connected peer=.. addr=..
   sent hash=.. peer=..           completed hash=.. peer=.. outcome=\"..\" attempts=.. elapsed_ms=..
-  delivered from=.. hash=.. bytes=.. text=\"..\"
+  broadcast hash=.. origin=..    converged hash=.. reached=N missing=ID,ID elapsed_ms=..
+  delivered from=.. hash=.. [origin=..] bytes=.. text=\"..\"
   neighbor peer=.. state=up|down|reconnecting|removed [reason=..]
   error ..                       stopped id=..
 
@@ -160,12 +199,14 @@ fn main() -> ExitCode {
     let default_level = match cli.command {
         Command::Bench(_) => "warn",
         Command::Node(_) => "info",
+        Command::Sim(_) => "warn",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .init();
     let result = match cli.command {
         Command::Bench(args) => bench(args),
         Command::Node(args) => node(args),
+        Command::Sim(args) => sim(args),
     };
     match result {
         Ok(code) => code,
@@ -174,6 +215,76 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn sim(args: SimArgs) -> Result<ExitCode, grpc_gossip::Error> {
+    let cfg = grpc_gossip::sim::SimConfig {
+        nodes: args.nodes,
+        fanout: args.fanout,
+        payload: args.payload,
+        kill: args.kill,
+        loss: args.loss,
+        warmup: args.warmup,
+        broadcasts: args.broadcasts.max(1),
+        seed: args.seed,
+        ..Default::default()
+    };
+    println!(
+        "simulating {} nodes, {} neighbours each, {} B payloads, {:.0}% killed, {:.1}% loss: {} warm-up + {} measured broadcasts",
+        cfg.nodes,
+        cfg.fanout,
+        cfg.payload,
+        cfg.kill * 100.0,
+        cfg.loss * 100.0,
+        cfg.warmup,
+        cfg.broadcasts
+    );
+    let r = grpc_gossip::sim::run(cfg)?;
+    for b in r.broadcasts.iter().filter(|b| args.verbose || b.killed > 0) {
+        println!(
+            "broadcast {:3}{}: reliability {:.4}  rmr {:.3}  last hop {:2}  delivered {} ({:.1} ms)  converged {} in {:.1} ms{}  missing {}  killed {}",
+            b.index,
+            if b.measured { "" } else { " (warm-up)" },
+            b.reliability,
+            b.rmr,
+            b.last_delivery_hop,
+            b.delivered,
+            b.last_delivery_ms,
+            b.converged_count,
+            b.converged_ms,
+            if b.converged_count_exact { " (exact)" } else { " (NOT exact)" },
+            b.missing,
+            b.killed
+        );
+    }
+    println!(
+        "measured {}: reliability min {:.4} mean {:.4}  rmr {:.3}  last-delivery hop {}  converged count exact in {}/{}",
+        r.measured,
+        r.reliability,
+        r.reliability_mean,
+        r.rmr,
+        r.last_delivery_hop,
+        r.exact_broadcasts,
+        r.measured
+    );
+    if args.json {
+        let out = serde_json::json!({
+            "nodes": r.nodes,
+            "fanout": r.fanout,
+            "payload": r.payload,
+            "kill": r.kill,
+            "seed": r.seed,
+            "reliability": r.reliability,
+            "reliability_mean": r.reliability_mean,
+            "rmr": r.rmr,
+            "last_delivery_hop": r.last_delivery_hop,
+            "converged_count_exact": r.converged_count_exact,
+            "exact_broadcasts": r.exact_broadcasts,
+            "measured": r.measured,
+        });
+        println!("{out}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn secs(d: Duration) -> f64 {
@@ -482,6 +593,7 @@ fn node(args: NodeArgs) -> Result<ExitCode, grpc_gossip::Error> {
     });
 
     let completions = node.completions();
+    let broadcasts = node.broadcast_completions();
     let deliveries = node.deliveries();
     let events = node.events();
     let mut seq = 0u64;
@@ -520,20 +632,22 @@ fn node(args: NodeArgs) -> Result<ExitCode, grpc_gossip::Error> {
                             StdinCommand::Broadcast(payload) => {
                                 seq += 1;
                                 let hash = format!("{}-{}", node.id(), seq);
-                                let sent = node.broadcast(Message::new(hash, payload));
-                                if sent.is_empty() {
-                                    println!("error broadcast: no neighbour online");
-                                }
-                                for (peer, result) in sent {
-                                    match result {
-                                        Ok(key) => { pending += 1; println!("sent hash={} peer={}", key.hash, key.peer); }
-                                        Err(e) => println!("error peer={peer} {e}"),
-                                    }
+                                match node.broadcast(Message::new(hash, payload)) {
+                                    Ok(id) => { pending += 1; println!("broadcast hash={} origin={}", id.hash, id.origin); }
+                                    Err(e) => println!("error broadcast {e}"),
                                 }
                             }
                         }
                     }
                 }
+            },
+            recv(broadcasts) -> c => if let Ok(c) = c {
+                pending = pending.saturating_sub(1);
+                let missing: Vec<&str> = c.missing.iter().map(|m| m.as_str()).collect();
+                println!(
+                    "converged hash={} reached={} missing={} elapsed_ms={:.3}",
+                    c.id.hash, c.reached, missing.join(","), c.elapsed.as_secs_f64() * 1e3
+                );
             },
             recv(completions) -> c => if let Ok(c) = c {
                 pending = pending.saturating_sub(1);
@@ -556,8 +670,9 @@ fn node(args: NodeArgs) -> Result<ExitCode, grpc_gossip::Error> {
                 }
             },
             recv(deliveries) -> d => if let Ok(d) = d {
+                let origin = d.origin.as_ref().map(|o| format!(" origin={o}")).unwrap_or_default();
                 println!(
-                    "delivered from={} hash={} bytes={} text={:?}",
+                    "delivered from={} hash={}{origin} bytes={} text={:?}",
                     d.from, d.hash, d.payload.len(), preview(&d.payload)
                 );
             },

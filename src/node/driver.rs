@@ -6,19 +6,23 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use log::warn;
+use log::{debug, warn};
 
 use super::link::Links;
 use super::supervisor::Notice;
-use crate::id::NodeId;
-use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind, WireAck};
+use crate::broadcast::{self, BroadcastCompletion, BroadcastEngine, BroadcastId, Frame};
+use crate::config::Limits;
+use crate::error::Error;
+use crate::id::{validate_id, IdKind, NodeId};
+use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind};
 use crate::message::{Completion, Delivery};
 use crate::proto::{GossipACK, GossipMessage};
-use crate::stats::{bump, Counters};
+use crate::stats::{add, bump, Counters};
 use crate::transport::batch::pack;
 use crate::transport::threads::ReadGate;
-use crate::transport::Writer;
+use crate::transport::{wire, Features, Writer};
 
 /// What the manager thread's inbox carries.
 pub(crate) enum Input {
@@ -30,8 +34,26 @@ pub(crate) enum Input {
         peer: NodeId,
         kind: StreamKind,
         writer: Option<Writer>,
-        /// The peer listed the `batch` feature when it opened this stream (inbound only).
-        batch: bool,
+        /// The features the peer listed when it opened this stream (inbound only).
+        features: Features,
+    },
+    /// A broadcast frame (kind BROADCAST, IHAVE or GRAFT) arrived on a stream.
+    BroadcastMessage {
+        stream: StreamId,
+        message: GossipMessage,
+    },
+    /// A broadcast ACK arrived on a stream.
+    BroadcastAck { stream: StreamId, ack: GossipACK },
+    /// The handshake ACK on one of our outbound AckStreams: what the peer understands.
+    Hello {
+        stream: StreamId,
+        features: Features,
+    },
+    /// The application starts a broadcast.
+    Broadcast {
+        hash: String,
+        payload: Bytes,
+        reply: Sender<Result<BroadcastId, Error>>,
     },
     /// Stop: fail what is in flight, close every writer, exit.
     Shutdown,
@@ -40,12 +62,16 @@ pub(crate) enum Input {
 /// Deliveries and ACKs held back, in order, while the application's delivery queue is full.
 pub(crate) enum Held {
     Deliver(Delivery),
-    Ack { stream: StreamId, ack: WireAck },
+    Ack { stream: StreamId, ack: GossipACK },
 }
 
 /// Everything the manager thread owns.
 pub(crate) struct Driver {
     pub(crate) manager: MessageManager,
+    pub(crate) broadcast: BroadcastEngine,
+    pub(crate) broadcast_completions: Sender<BroadcastCompletion>,
+    pub(crate) local: NodeId,
+    pub(crate) limits: Limits,
     pub(crate) inbox: Receiver<Input>,
     pub(crate) completions: Sender<Completion>,
     /// `None`: deliveries are discarded (`Deliveries::Discard`).
@@ -59,12 +85,18 @@ pub(crate) struct Driver {
     pub(crate) writers: HashMap<StreamId, Writer>,
     pub(crate) held: VecDeque<Held>,
     pub(crate) actions: Vec<Action>,
+    pub(crate) broadcast_actions: Vec<broadcast::Action>,
     /// Bytes of frames packed into one gRPC message for peers that understand batches.
     pub(crate) batch_budget: usize,
-    /// Whether each peer understands batches, from the streams it opened to us (latest wins).
-    pub(crate) batching: HashMap<NodeId, bool>,
-    /// Per writer stream: its peer, and whether the peer announced batches on this stream.
-    pub(crate) stream_peers: HashMap<StreamId, (NodeId, bool)>,
+    /// What each peer understands, from the streams it opened to us or its handshake ACK
+    /// (latest wins).
+    pub(crate) features: HashMap<NodeId, Features>,
+    /// Broadcast frames for linked peers whose features are not known yet, held until the
+    /// handshake tells (or [`FEATURES_WAIT`] passes, after which the peer counts as an original
+    /// node).
+    pub(crate) unresolved: HashMap<NodeId, (Instant, Vec<Frame>)>,
+    /// Per writer stream: its peer, and the features the peer announced on this stream.
+    pub(crate) stream_peers: HashMap<StreamId, (NodeId, Features)>,
     /// Frames produced during the current wake-up, per stream, in order; sent at its end.
     pub(crate) pending_messages: HashMap<StreamId, Vec<GossipMessage>>,
     pub(crate) pending_acks: HashMap<StreamId, Vec<GossipACK>>,
@@ -72,6 +104,12 @@ pub(crate) struct Driver {
 
 /// Inputs handled per wake-up before checking timers, so a flood cannot starve TTL checks.
 const BATCH: usize = 256;
+/// How long broadcast frames wait for a new link's handshake before the peer is taken to be an
+/// original node, which does not answer with its features.
+const FEATURES_WAIT: Duration = Duration::from_secs(2);
+/// Broadcast frames held per peer while its features are unknown; more are dropped (their
+/// offers then count as missing).
+const UNRESOLVED_FRAMES: usize = 4096;
 /// How often held deliveries are retried while the application's queue is full.
 const HELD_RETRY: Duration = Duration::from_millis(1);
 
@@ -103,6 +141,8 @@ impl Driver {
             let now = Instant::now();
             if now >= next_tick {
                 self.step(Event::Tick);
+                self.resolve_overdue(now);
+                self.broadcast_step(broadcast::Event::Tick);
                 next_tick = now + self.tick;
             }
             if !self.held.is_empty() {
@@ -120,9 +160,14 @@ impl Driver {
     fn accept(&mut self, input: Input) -> bool {
         match input {
             Input::Event(event) => {
-                if let Event::StreamClosed { stream, .. } = &event {
+                match &event {
                     // Its writer has nothing left to do; dropping the queue ends it.
-                    self.forget_writer(*stream);
+                    Event::StreamClosed { stream, .. } => self.forget_writer(*stream),
+                    Event::Disconnect { peer } => {
+                        let peer = peer.clone();
+                        self.broadcast_step(broadcast::Event::NeighborRemoved { peer });
+                    }
+                    _ => {}
                 }
                 self.step(event)
             }
@@ -131,25 +176,229 @@ impl Driver {
                 peer,
                 kind,
                 writer,
-                batch,
+                features,
             } => {
-                if matches!(
+                let inbound = matches!(
                     kind,
                     StreamKind::InboundMessages
                         | StreamKind::InboundAcks
                         | StreamKind::InboundSingle
-                ) {
-                    self.batching.insert(peer.clone(), batch);
-                }
+                );
                 if let Some(w) = writer {
                     self.writers.insert(stream, w);
-                    self.stream_peers.insert(stream, (peer.clone(), batch));
+                    self.stream_peers.insert(stream, (peer.clone(), features));
                 }
-                self.step(Event::StreamOpened { stream, peer, kind });
+                if kind == StreamKind::InboundAcks && features.any() {
+                    // Tell the peer what we understand, so that it knows even if we never open
+                    // streams to it.
+                    let mut hello = GossipACK::new();
+                    hello.from_hash = self.local.to_string();
+                    hello.features = Features::ALL.header_value();
+                    self.pending_acks.entry(stream).or_default().push(hello);
+                }
+                self.step(Event::StreamOpened {
+                    stream,
+                    peer: peer.clone(),
+                    kind,
+                });
+                if inbound {
+                    self.learn_features(peer, features);
+                } else if kind == StreamKind::OutboundMessages {
+                    // Unknown features: taken as ours until the handshake says otherwise; the
+                    // frames wait for it (see `unresolved`).
+                    let plain = self.features.get(&peer).is_some_and(|f| !f.broadcast);
+                    self.broadcast_step(broadcast::Event::NeighborUp { peer, plain });
+                }
+            }
+            Input::Hello { stream, features } => {
+                if let Some((peer, _)) = self.stream_peers.get(&stream) {
+                    let peer = peer.clone();
+                    self.learn_features(peer, features);
+                }
+            }
+            Input::BroadcastMessage { stream, message } => {
+                self.on_broadcast_message(stream, message)
+            }
+            Input::BroadcastAck { stream, ack } => self.on_broadcast_ack(stream, ack),
+            Input::Broadcast {
+                hash,
+                payload,
+                reply,
+            } => {
+                let result = validate_id(IdKind::Message, &hash, &self.limits).and_then(|()| {
+                    let mut out = std::mem::take(&mut self.broadcast_actions);
+                    let r = self
+                        .broadcast
+                        .start(hash, payload, Instant::now(), &mut out);
+                    for action in out.drain(..) {
+                        self.broadcast_execute(action);
+                    }
+                    self.broadcast_actions = out;
+                    r
+                });
+                let _ = reply.send(result);
             }
             Input::Shutdown => return false,
         }
         true
+    }
+
+    fn peer_features(&self, peer: &NodeId) -> Features {
+        self.features.get(peer).copied().unwrap_or_default()
+    }
+
+    /// Records what `peer` understands; if that changes whether it speaks the broadcast
+    /// protocol and we have a link to it, the engine learns it.
+    fn learn_features(&mut self, peer: NodeId, features: Features) {
+        let before = self.features.insert(peer.clone(), features);
+        let changed = before.is_none_or(|b| b.broadcast != features.broadcast);
+        if changed && !features.broadcast && self.manager.message_stream_to(&peer).is_some() {
+            self.broadcast_step(broadcast::Event::NeighborUp {
+                peer: peer.clone(),
+                plain: true,
+            });
+        }
+        if let Some((_, frames)) = self.unresolved.remove(&peer) {
+            for frame in frames {
+                self.send_frame(peer.clone(), frame);
+            }
+        }
+    }
+
+    /// Peers whose handshake never came are original nodes.
+    fn resolve_overdue(&mut self, now: Instant) {
+        let overdue: Vec<NodeId> = self
+            .unresolved
+            .iter()
+            .filter(|(_, (since, _))| now.saturating_duration_since(*since) >= FEATURES_WAIT)
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        for peer in overdue {
+            if self.manager.message_stream_to(&peer).is_none() {
+                // The link went down before the handshake: nothing learned, nothing to send.
+                self.unresolved.remove(&peer);
+                continue;
+            }
+            debug!("{}: no features from {peer}; an original node", self.local);
+            self.learn_features(peer, Features::default());
+        }
+    }
+
+    /// Writes a broadcast frame (not an ACK) to `to` on our link, in the form it understands.
+    fn send_frame(&mut self, to: NodeId, frame: Frame) {
+        let Some(stream) = self.manager.message_stream_to(&to) else {
+            return; // the link is down; the engine hears of it and counts it missing
+        };
+        if !self.writers.contains_key(&stream) {
+            return;
+        }
+        let Some(features) = self.features.get(&to).copied() else {
+            let (_, held) = self
+                .unresolved
+                .entry(to)
+                .or_insert_with(|| (Instant::now(), Vec::new()));
+            if held.len() < UNRESOLVED_FRAMES {
+                held.push(frame);
+            }
+            return;
+        };
+        if let Some(message) = wire::message_of(&self.local, frame, !features.broadcast) {
+            if !message.payload.is_empty() {
+                bump(&self.counters.sent);
+                add(&self.counters.bytes_sent, message.payload.len());
+            }
+            self.pending_messages
+                .entry(stream)
+                .or_default()
+                .push(message);
+        }
+    }
+
+    fn on_broadcast_message(&mut self, stream: StreamId, message: GossipMessage) {
+        let Some((peer, _)) = self.manager.stream_peer(stream).cloned() else {
+            return;
+        };
+        if !message.from_hash.is_empty() && message.from_hash != peer.as_str() {
+            bump(&self.counters.rejected);
+            return warn!(
+                "{}: broadcast frame claiming to be from {:?} on {}'s stream dropped",
+                self.local, message.from_hash, peer
+            );
+        }
+        match wire::frame_of(message, &self.limits) {
+            Ok(frame) => {
+                if let Frame::Payload { payload, .. } = &frame {
+                    bump(&self.counters.broadcast_payloads_received);
+                    add(&self.counters.broadcast_bytes_received, payload.len());
+                }
+                self.broadcast_step(broadcast::Event::Received { from: peer, frame });
+            }
+            Err(why) => {
+                bump(&self.counters.rejected);
+                warn!("{}: broadcast frame from {peer} dropped: {why}", self.local);
+            }
+        }
+    }
+
+    fn on_broadcast_ack(&mut self, stream: StreamId, ack: GossipACK) {
+        let Some((peer, _)) = self.manager.stream_peer(stream).cloned() else {
+            return;
+        };
+        if !ack.from_hash.is_empty() && ack.from_hash != peer.as_str() {
+            bump(&self.counters.unknown_acks);
+            return;
+        }
+        let max_missing = self.broadcast.config().max_missing;
+        match wire::broadcast_ack_of(ack, &self.limits, max_missing) {
+            Ok(ack) => {
+                let frame = Frame::Ack(ack);
+                self.broadcast_step(broadcast::Event::Received { from: peer, frame });
+            }
+            Err(why) => debug!("{}: broadcast ACK from {peer} ignored: {why}", self.local),
+        }
+    }
+
+    fn broadcast_step(&mut self, event: broadcast::Event) {
+        let mut out = std::mem::take(&mut self.broadcast_actions);
+        self.broadcast.handle(event, Instant::now(), &mut out);
+        for action in out.drain(..) {
+            self.broadcast_execute(action);
+        }
+        self.broadcast_actions = out;
+    }
+
+    fn broadcast_execute(&mut self, action: broadcast::Action) {
+        match action {
+            broadcast::Action::Send {
+                to,
+                frame: Frame::Ack(ack),
+            } => {
+                // Without a route the answer is lost; the parent counts us missing.
+                match self.manager.ack_stream_to(&to) {
+                    Some(stream) => {
+                        let ack = wire::ack_of(&self.local, ack);
+                        self.queue_ack(stream, ack);
+                    }
+                    None => debug!("{}: no route for a broadcast ACK to {to}", self.local),
+                }
+            }
+            broadcast::Action::Send { to, frame } => self.send_frame(to, frame),
+            broadcast::Action::Deliver {
+                id, from, payload, ..
+            } => {
+                bump(&self.counters.delivered);
+                self.offer(Delivery {
+                    from,
+                    hash: id.hash,
+                    payload,
+                    origin: Some(id.origin),
+                });
+            }
+            broadcast::Action::Complete(c) => {
+                // The node keeps a receiver, so this cannot fail while the node exists.
+                let _ = self.broadcast_completions.send(c);
+            }
+        }
     }
 
     fn step(&mut self, event: Event) {
@@ -173,21 +422,10 @@ impl Driver {
                         .push(message.into());
                 }
             }
-            Action::SendAck { stream, ack } => {
-                if self.held.is_empty() {
-                    self.send_ack(stream, ack);
-                } else {
-                    self.held.push_back(Held::Ack { stream, ack });
-                }
-            }
-            Action::Deliver(delivery) => {
-                if self.deliveries.is_some() {
-                    if self.held.is_empty() {
-                        self.deliver(delivery);
-                    } else {
-                        self.held.push_back(Held::Deliver(delivery));
-                    }
-                }
+            Action::SendAck { stream, ack } => self.queue_ack(stream, ack.into()),
+            Action::Deliver(delivery) => self.offer(delivery),
+            Action::UntrackedAck { peer, hash } => {
+                self.broadcast_step(broadcast::Event::PlainAck { from: peer, hash });
             }
             Action::Complete(completion) => {
                 // The node keeps a receiver, so this cannot fail while the node exists.
@@ -199,6 +437,7 @@ impl Driver {
                 stream,
                 reason,
             } => {
+                self.broadcast_step(broadcast::Event::NeighborDown { peer: peer.clone() });
                 if self.links.link_down(&peer, stream, &reason) {
                     let _ = self.supervisor.send(Notice::LinkDown(peer));
                 }
@@ -206,7 +445,27 @@ impl Driver {
         }
     }
 
-    fn send_ack(&mut self, stream: StreamId, ack: WireAck) {
+    /// Sends an ACK now, or after the deliveries held before it.
+    fn queue_ack(&mut self, stream: StreamId, ack: GossipACK) {
+        if self.held.is_empty() {
+            self.send_ack(stream, ack);
+        } else {
+            self.held.push_back(Held::Ack { stream, ack });
+        }
+    }
+
+    /// Hands a delivery on now, or after those held before it.
+    fn offer(&mut self, delivery: Delivery) {
+        if self.deliveries.is_some() {
+            if self.held.is_empty() {
+                self.deliver(delivery);
+            } else {
+                self.held.push_back(Held::Deliver(delivery));
+            }
+        }
+    }
+
+    fn send_ack(&mut self, stream: StreamId, ack: GossipACK) {
         let Some(Writer::Acks(tx)) = self.writers.get(&stream) else {
             return;
         };
@@ -219,7 +478,7 @@ impl Driver {
             }
             return;
         }
-        pending.push(ack.into());
+        pending.push(ack);
     }
 
     fn forget_writer(&mut self, stream: StreamId) {
@@ -233,9 +492,7 @@ impl Driver {
     fn batches(&self, stream: StreamId) -> bool {
         self.stream_peers
             .get(&stream)
-            .is_some_and(|(peer, announced)| {
-                *announced || self.batching.get(peer).copied().unwrap_or(false)
-            })
+            .is_some_and(|(peer, announced)| announced.batch || self.peer_features(peer).batch)
     }
 
     /// Hands this wake-up's frames to the writers: packed for peers that understand batches,

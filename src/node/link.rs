@@ -17,7 +17,7 @@ use crate::manager::{Event, StreamId, StreamKind};
 use crate::neighbor::{NeighborEvent, NeighborManager};
 use crate::transport::factory::{ChannelLease, DoubleStream, StreamFactory};
 use crate::transport::threads::ThreadSet;
-use crate::transport::{read_loop, write_loop, InboundFrame, Writer};
+use crate::transport::{read_loop, write_loop, Features, InboundFrame, Writer};
 
 /// An outbound double stream: the lease on its channel and the id of its MessageStream.
 struct Link {
@@ -182,8 +182,9 @@ impl Links {
                 peer: peer.clone(),
                 kind,
                 writer: Some(writer),
-                // What the peer understands is learned from the streams it opens to us.
-                batch: false,
+                // What the peer understands is learned from the streams it opens to us, or from
+                // the handshake ACK it answers our AckStream with.
+                features: Features::default(),
             };
             if self.inbox.send(open).is_err() {
                 self.table.lock().remove(peer);

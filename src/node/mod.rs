@@ -17,6 +17,7 @@ use grpcio::Server;
 use log::info;
 use parking_lot::Mutex;
 
+use crate::broadcast::{BroadcastCompletion, BroadcastEngine, BroadcastId};
 use crate::config::{Deliveries, NodeConfig};
 use crate::error::Error;
 use crate::id::{validate_id, IdKind, NodeId};
@@ -25,7 +26,7 @@ use crate::message::{Completion, Delivery, Message, MessageKey};
 use crate::neighbor::{
     MemoryNeighborStore, NeighborEvent, NeighborInfo, NeighborManager, NeighborStore,
 };
-use crate::router::{Candidate, FanoutRouter, Router};
+use crate::router::{FanoutRouter, Router};
 use crate::stats::{Counters, Stats};
 use crate::store::{PeerLimit, SlotStore, Wait};
 use crate::transport::factory::StreamFactory;
@@ -61,7 +62,8 @@ impl NodeBuilder {
         self
     }
 
-    /// Choose broadcast targets with `router` instead of `FanoutRouter::default()`.
+    /// Choose the eager targets of small broadcasts with `router` instead of a
+    /// [`FanoutRouter`] with [`BroadcastConfig::fanout`](crate::broadcast::BroadcastConfig).
     pub fn router(mut self, router: Box<dyn Router>) -> Self {
         self.router = Some(router);
         self
@@ -93,7 +95,7 @@ pub struct Node {
     store: Arc<SlotStore>,
     counters: Arc<Counters>,
     links: Arc<Links>,
-    router: Box<dyn Router>,
+    broadcast_completions: Receiver<BroadcastCompletion>,
     gate: Arc<ReadGate>,
     completions: Receiver<Completion>,
     deliveries: Receiver<Delivery>,
@@ -160,6 +162,7 @@ impl Node {
         let stream_ids = Arc::new(AtomicU64::new(1));
         let (inbox, inbox_rx) = bounded(INBOX_CAPACITY);
         let (completion_tx, completions) = unbounded();
+        let (broadcast_tx, broadcast_completions) = unbounded();
         let (events_tx, events) = bounded(EVENTS_CAPACITY);
         let (delivery_tx, deliveries) = match config.deliveries {
             Deliveries::Queue(n) => bounded(n),
@@ -204,6 +207,15 @@ impl Node {
                 counters.clone(),
                 config.ack_timeout,
             ),
+            broadcast: BroadcastEngine::new(
+                id.clone(),
+                config.broadcast.clone(),
+                router.unwrap_or_else(|| Box::new(FanoutRouter::new(config.broadcast.fanout))),
+            ),
+            broadcast_completions: broadcast_tx,
+            local: id.clone(),
+            limits: config.limits.clone(),
+            broadcast_actions: Vec::new(),
             inbox: inbox_rx,
             completions: completion_tx,
             deliveries: driver_deliveries,
@@ -218,7 +230,8 @@ impl Node {
             actions: Vec::new(),
             // Half the gRPC limit leaves room for the ids and tags of every item.
             batch_budget: (factory.config().max_grpc_message_bytes / 2).min(256 * 1024),
-            batching: HashMap::new(),
+            features: HashMap::new(),
+            unresolved: HashMap::new(),
             stream_peers: HashMap::new(),
             pending_messages: HashMap::new(),
             pending_acks: HashMap::new(),
@@ -246,7 +259,7 @@ impl Node {
             store,
             counters,
             links,
-            router: router.unwrap_or_else(|| Box::new(FanoutRouter::default())),
+            broadcast_completions,
             gate,
             completions,
             deliveries,
@@ -434,29 +447,41 @@ impl Node {
         Ok(key)
     }
 
-    /// Sends `message` to the neighbours the router picks (by default all of them, those with
-    /// the fewest messages in flight first). Returns one result per chosen neighbour; each
-    /// `Ok` key gets its own completion.
-    pub fn broadcast(&self, message: Message) -> Vec<(NodeId, Result<MessageKey, Error>)> {
-        let load = self.store.in_flight_by_peer();
-        let candidates: Vec<Candidate> = self
-            .neighbors()
-            .into_iter()
-            .filter_map(|n| self.links.neighbors.lookup(&n.node_hash))
-            .map(|(peer, _)| Candidate {
-                cost: load.get(&peer).copied().unwrap_or(0) as u64,
-                peer,
-                has_message: false,
-            })
-            .collect();
-        self.router
-            .route(&candidates)
-            .into_iter()
-            .map(|peer| {
-                let result = self.send_message(peer.as_str(), message.clone());
-                (peer, result)
-            })
-            .collect()
+    /// Broadcasts `message` to the whole cluster: to the neighbours that the lazy plane (large
+    /// payloads) or the router (small ones) picks, who deliver it once and forward it to theirs,
+    /// up to the hop limit. Returns its id at once; when the ACKs have converged back here (or
+    /// the deadline, [`BroadcastConfig::deadline`](crate::broadcast::BroadcastConfig), has
+    /// passed), one [`BroadcastCompletion`] arrives on
+    /// [`broadcast_completions`](Node::broadcast_completions) saying how many nodes delivered
+    /// it and which neighbours' subtrees did not answer. The origin does not deliver its own
+    /// broadcast. Original (Go) neighbours get it as a plain message and count as one node.
+    ///
+    /// Errors (nothing was sent, no completion will come): invalid hash, payload too large,
+    /// hash already used by a recent broadcast of this node, too many broadcasts tracked,
+    /// shutdown.
+    pub fn broadcast(&self, message: Message) -> Result<BroadcastId, Error> {
+        self.check_open()?;
+        validate_id(IdKind::Message, &message.hash, &self.config.limits)?;
+        let limit = self.config.limits.max_payload_bytes;
+        if message.payload.len() > limit {
+            return Err(Error::TooLarge {
+                size: message.payload.len(),
+                limit,
+            });
+        }
+        let (reply, answer) = bounded(1);
+        let input = Input::Broadcast {
+            hash: message.hash,
+            payload: message.payload,
+            reply,
+        };
+        self.links.inbox.send(input).map_err(|_| Error::Shutdown)?;
+        answer.recv().map_err(|_| Error::Shutdown)?
+    }
+
+    /// The completion of every broadcast this node started: exactly one each.
+    pub fn broadcast_completions(&self) -> Receiver<BroadcastCompletion> {
+        self.broadcast_completions.clone()
     }
 
     /// Number of threads this node has running besides its manager and supervisor threads

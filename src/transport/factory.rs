@@ -16,7 +16,7 @@ use grpcio::{
 };
 use parking_lot::Mutex;
 
-use super::{FEATURES_HEADER, FEATURE_BATCH, NODE_ID_HEADER};
+use super::{Features, FEATURES_HEADER, NODE_ID_HEADER};
 use crate::config::TransportConfig;
 use crate::error::Error;
 use crate::id::NodeId;
@@ -206,7 +206,7 @@ impl StreamFactory {
         let options = || -> Result<CallOption, Error> {
             let mut headers = MetadataBuilder::new();
             headers.add_str(NODE_ID_HEADER, local.as_str())?;
-            headers.add_str(FEATURES_HEADER, FEATURE_BATCH)?;
+            headers.add_str(FEATURES_HEADER, &Features::ALL.header_value())?;
             Ok(CallOption::default().headers(headers.build()))
         };
         let mut messages = client.message_stream_opt(options()?)?;

@@ -9,6 +9,7 @@ pub(crate) mod batch;
 pub mod factory;
 pub(crate) mod server;
 pub(crate) mod threads;
+pub(crate) mod wire;
 
 use crossbeam_channel::{Receiver, Sender};
 use futures::executor::block_on;
@@ -32,6 +33,66 @@ pub const FEATURES_HEADER: &str = "gossip-features";
 
 /// Feature: several messages (or ACKs) in one gRPC message, in the `batch` fields.
 pub const FEATURE_BATCH: &str = "batch";
+
+/// Feature: multi-hop broadcast frames (kinds BROADCAST, IHAVE, GRAFT and broadcast ACKs).
+pub const FEATURE_BROADCAST: &str = "broadcast";
+
+/// Feature: messages split into chunks (`total_bytes` / `offset`).
+pub const FEATURE_CHUNK: &str = "chunk";
+
+/// Protocol extensions a peer understands, as listed in [`FEATURES_HEADER`] (or in the
+/// `features` field of the handshake ACK our nodes answer with).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    /// [`FEATURE_BATCH`].
+    pub batch: bool,
+    /// [`FEATURE_BROADCAST`].
+    pub broadcast: bool,
+    /// [`FEATURE_CHUNK`].
+    pub chunk: bool,
+}
+
+impl Features {
+    /// What this implementation understands.
+    pub const ALL: Features = Features {
+        batch: true,
+        broadcast: true,
+        chunk: true,
+    };
+
+    /// Parses a comma-separated list; unknown names are ignored.
+    pub fn parse(list: &str) -> Features {
+        let mut f = Features::default();
+        for name in list.split(',').map(str::trim) {
+            match name {
+                FEATURE_BATCH => f.batch = true,
+                FEATURE_BROADCAST => f.broadcast = true,
+                FEATURE_CHUNK => f.chunk = true,
+                _ => {}
+            }
+        }
+        f
+    }
+
+    /// Whether any feature is listed.
+    pub fn any(self) -> bool {
+        self.batch || self.broadcast || self.chunk
+    }
+
+    /// The comma-separated list.
+    pub fn header_value(self) -> String {
+        [
+            (self.batch, FEATURE_BATCH),
+            (self.broadcast, FEATURE_BROADCAST),
+            (self.chunk, FEATURE_CHUNK),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect::<Vec<_>>()
+        .join(",")
+    }
+}
 
 /// The sending half of a stream's writer thread.
 pub(crate) enum Writer {
@@ -77,17 +138,22 @@ pub(crate) trait InboundFrame: Send + 'static {
         Self: Sized;
     /// The manager event for it.
     fn into_event(self, stream: StreamId) -> Event;
+    /// What the manager thread gets for it: broadcast frames and handshakes go to the broadcast
+    /// engine and the feature table, the rest to the manager.
+    fn into_input(self, stream: StreamId) -> Input
+    where
+        Self: Sized;
 }
 
 /// Sends the events of a received frame, and of the frames batched in it, in order.
 pub(crate) fn forward<T: InboundFrame>(mut frame: T, id: StreamId, inbox: &Sender<Input>) -> bool {
     let rest = frame.take_batch();
-    if inbox.send(Input::Event(frame.into_event(id))).is_err() {
+    if inbox.send(frame.into_input(id)).is_err() {
         return false;
     }
     for mut item in rest {
         drop(item.take_batch());
-        if inbox.send(Input::Event(item.into_event(id))).is_err() {
+        if inbox.send(item.into_input(id)).is_err() {
             return false;
         }
     }
@@ -101,6 +167,17 @@ impl InboundFrame for GossipMessage {
 
     fn take_batch(&mut self) -> Vec<Self> {
         GossipMessage::take_batch(self).into_vec()
+    }
+
+    fn into_input(self, stream: StreamId) -> Input {
+        if self.kind == proto::FrameKind::DIRECT {
+            Input::Event(self.into_event(stream))
+        } else {
+            Input::BroadcastMessage {
+                stream,
+                message: self,
+            }
+        }
     }
 
     fn into_event(mut self, stream: StreamId) -> Event {
@@ -122,6 +199,19 @@ impl InboundFrame for GossipACK {
 
     fn take_batch(&mut self) -> Vec<Self> {
         GossipACK::take_batch(self).into_vec()
+    }
+
+    fn into_input(self, stream: StreamId) -> Input {
+        if self.broadcast {
+            Input::BroadcastAck { stream, ack: self }
+        } else if self.hash.is_empty() && !self.features.is_empty() {
+            Input::Hello {
+                stream,
+                features: Features::parse(&self.features),
+            }
+        } else {
+            Input::Event(self.into_event(stream))
+        }
     }
 
     fn into_event(mut self, stream: StreamId) -> Event {

@@ -22,8 +22,8 @@ use parking_lot::Mutex;
 use super::factory::StreamFactory;
 use super::threads::{ReadGate, ThreadSet};
 use super::{
-    forward, read_loop, write_loop, FrameSink, InboundFrame, StreamEnd, Verdict, Writer,
-    FEATURES_HEADER, FEATURE_BATCH, NODE_ID_HEADER,
+    forward, read_loop, write_loop, Features, FrameSink, InboundFrame, StreamEnd, Verdict, Writer,
+    FEATURES_HEADER, NODE_ID_HEADER,
 };
 use crate::config::Limits;
 use crate::error::Error;
@@ -197,14 +197,22 @@ fn header_id(ctx: &RpcContext) -> Option<Result<String, String>> {
         })
 }
 
-/// Whether the client listed the `batch` feature in its request headers.
-fn announces_batch(ctx: &RpcContext) -> bool {
-    ctx.request_headers()
+/// The features the client listed in its request headers.
+fn announced_features(ctx: &RpcContext) -> Features {
+    let mut all = Features::default();
+    for (_, v) in ctx
+        .request_headers()
         .iter()
         .filter(|(k, _)| k.eq_ignore_ascii_case(FEATURES_HEADER))
-        .any(|(_, v)| {
-            std::str::from_utf8(v).is_ok_and(|v| v.split(',').any(|f| f.trim() == FEATURE_BATCH))
-        })
+    {
+        if let Ok(list) = std::str::from_utf8(v) {
+            let f = Features::parse(list);
+            all.batch |= f.batch;
+            all.broadcast |= f.broadcast;
+            all.chunk |= f.chunk;
+        }
+    }
+    all
 }
 
 impl GossipService {
@@ -225,10 +233,14 @@ impl GossipService {
     {
         let ctx = self.ctx.clone();
         let header = header_id(rpc);
-        let batch = announces_batch(rpc);
+        let features = announced_features(rpc);
         let peer_addr = rpc.peer();
         let name = format!("gossip-in-{}", ctx.local);
-        let run = move || serve(ctx, kind, header, batch, peer_addr, requests, sink, writer);
+        let run = move || {
+            serve(
+                ctx, kind, header, features, peer_addr, requests, sink, writer,
+            )
+        };
         if let Err(e) = self.ctx.threads.spawn(name, run) {
             // The call is dropped (and so cancelled) with the closure.
             warn!("{}: cannot start a stream thread: {e}", self.ctx.local);
@@ -241,7 +253,7 @@ fn serve<In, Out>(
     ctx: Arc<Context>,
     kind: StreamKind,
     header: Option<Result<String, String>>,
-    batch: bool,
+    features: Features,
     peer_addr: String,
     mut requests: RequestStream<In>,
     sink: DuplexSink<Out>,
@@ -316,7 +328,7 @@ fn serve<In, Out>(
         peer,
         kind,
         writer,
-        batch,
+        features,
     };
     if ctx.inbox.send(open).is_err() {
         return;
