@@ -14,6 +14,9 @@ pub struct Limits {
     pub max_payload_bytes: usize,
     /// Longest node id or message hash, in bytes.
     pub max_id_bytes: usize,
+    /// Largest message sent or accepted in chunks (see [`NodeConfig::chunk_bytes`]), in bytes.
+    /// A receiver holds at most one partly received message per stream.
+    pub max_message_bytes: usize,
 }
 
 impl Default for Limits {
@@ -21,6 +24,7 @@ impl Default for Limits {
         Limits {
             max_payload_bytes: 64 * 1024 * 1024,
             max_id_bytes: 256,
+            max_message_bytes: 1 << 30,
         }
     }
 }
@@ -46,6 +50,12 @@ impl Limits {
             return Err(Error::Config {
                 field: "max_id_bytes",
                 reason: "must be > 0".into(),
+            });
+        }
+        if self.max_message_bytes < self.max_payload_bytes {
+            return Err(Error::Config {
+                field: "max_message_bytes",
+                reason: "must be at least max_payload_bytes".into(),
             });
         }
         if self.grpc_message_limit() > i32::MAX as usize {
@@ -118,6 +128,10 @@ pub struct NodeConfig {
     /// Most ACKs queued for one stream whose reader has stopped reading them; further ACKs to
     /// it are dropped (and counted): its sender will retransmit and be ACKed again.
     pub max_queued_acks: usize,
+    /// Messages larger than this travel in chunks of this size (at most
+    /// `limits.max_payload_bytes`) to peers that announced the `chunk` feature, and are
+    /// reassembled and ACKed as one message.
+    pub chunk_bytes: usize,
     /// Multi-hop broadcast: fanout, lazy-plane threshold, hop limit, deadlines.
     pub broadcast: BroadcastConfig,
 }
@@ -144,6 +158,7 @@ impl NodeConfig {
             max_unidentified_streams: 64,
             handshake_timeout: Duration::from_secs(10),
             max_queued_acks: 1 << 16,
+            chunk_bytes: 1024 * 1024,
             broadcast: BroadcastConfig::default(),
         }
     }
@@ -186,6 +201,7 @@ impl NodeConfig {
         if let Deliveries::Queue(n) = self.deliveries {
             positive("deliveries", n > 0)?;
         }
+        positive("chunk_bytes", self.chunk_bytes > 0)?;
         let b = &self.broadcast;
         positive("broadcast.fanout", b.fanout > 0)?;
         positive("broadcast.hop_limit", b.hop_limit > 0)?;

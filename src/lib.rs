@@ -29,8 +29,14 @@
 //! [`manager::Event`]s (the application sends M to P, a frame arrived, a stream closed, time
 //! passed) and answers [`manager::Action`]s (write this frame, deliver, complete). It is tested
 //! deterministically, without a network. [`SlotStore`] bounds how many messages are in flight
-//! and for how long, and remembers what was seen for de-duplication. [`Router`] picks broadcast
-//! targets.
+//! and for how long, and remembers what was seen for de-duplication.
+//!
+//! [`Node::broadcast`] reaches the whole cluster through [`broadcast::BroadcastEngine`], another
+//! pure state machine: multi-hop dissemination whose ACKs converge back to the origin with the
+//! number of nodes reached, and a Plumtree-style lazy plane that sends large payloads only along
+//! a spanning tree. [`Router`] picks eager targets for small ones. [`sim`] runs a thousand
+//! engines over simulated links, deterministically. Messages larger than one frame travel in
+//! chunks and are reassembled and ACKed as one.
 //!
 //! The gRPC transport is thin. [`StreamFactory`] (shared by the nodes of a process) keeps one
 //! channel per endpoint and opens double streams. Per stream, a blocking reader thread and,

@@ -54,8 +54,25 @@ pub struct WireMessage {
     pub hash: String,
     /// Sender id (`from_hash`); may be empty from minimal clients.
     pub from: String,
-    /// Payload.
+    /// Payload (of the whole message, or of one chunk).
     pub payload: Bytes,
+    /// A chunk: the size of the whole message (0: not chunked).
+    pub total: u64,
+    /// A chunk: where this piece starts in the whole message.
+    pub offset: u64,
+}
+
+impl WireMessage {
+    /// A whole (not chunked) message.
+    pub fn whole(hash: String, from: String, payload: Bytes) -> WireMessage {
+        WireMessage {
+            hash,
+            from,
+            payload,
+            total: 0,
+            offset: 0,
+        }
+    }
 }
 
 /// What a receiver did with a message (the wire's `AckStatus`).
@@ -127,6 +144,13 @@ pub enum Event {
         /// The neighbour.
         peer: NodeId,
     },
+    /// What a peer understands became known: whether it takes chunked messages.
+    PeerFeatures {
+        /// The peer.
+        peer: NodeId,
+        /// It announced the `chunk` feature.
+        chunk: bool,
+    },
     /// Time passed: check TTLs.
     Tick,
     /// The node stops: everything in flight fails.
@@ -188,6 +212,28 @@ struct PeerStreams {
     /// Last sign of life while messages are outstanding: an ACK, the link coming up, or the
     /// first message after a quiet spell. The stall check measures from here.
     last_progress: Option<Instant>,
+    /// How many outstanding messages (from the front) went out on the current link.
+    sent_on_link: usize,
+    /// Whether the peer takes chunked messages; `None` until it is known.
+    chunking: Option<bool>,
+}
+
+/// A chunked message being received on one stream.
+#[derive(Debug)]
+struct Partial {
+    hash: String,
+    total: u64,
+    buf: bytes::BytesMut,
+}
+
+/// What a chunk frame completed.
+enum Reassembly {
+    /// More chunks to come.
+    Incomplete,
+    /// The whole message.
+    Complete(WireMessage),
+    /// The chunk does not fit; message `hash` is refused for `reason`.
+    Invalid { hash: String, reason: String },
 }
 
 /// A message sent to a peer and not yet completed, kept for retransmission.
@@ -213,6 +259,8 @@ pub struct MessageManager {
     peers: HashMap<NodeId, PeerStreams>,
     outstanding: HashMap<NodeId, VecDeque<Outstanding>>,
     unrouted: HashMap<NodeId, VecDeque<(Instant, WireAck)>>,
+    chunk_bytes: usize,
+    partial: HashMap<StreamId, Partial>,
 }
 
 impl MessageManager {
@@ -236,7 +284,15 @@ impl MessageManager {
             peers: HashMap::new(),
             outstanding: HashMap::new(),
             unrouted: HashMap::new(),
+            chunk_bytes: 1024 * 1024,
+            partial: HashMap::new(),
         }
+    }
+
+    /// Messages larger than `bytes` go in chunks of `bytes` to peers that take them.
+    pub fn with_chunk_bytes(mut self, bytes: usize) -> MessageManager {
+        self.chunk_bytes = bytes.max(1);
+        self
     }
 
     /// Messages outstanding (sent or waiting for the link, not completed) to `peer`.
@@ -287,6 +343,10 @@ impl MessageManager {
             }
             Event::AckReceived { stream, ack } => self.on_ack(stream, ack, now, out),
             Event::Disconnect { peer } => self.on_disconnect(peer, now, out),
+            Event::PeerFeatures { peer, chunk } => {
+                self.peers.entry(peer.clone()).or_default().chunking = Some(chunk);
+                self.pump(&peer, now, out);
+            }
             Event::Tick => self.on_tick(now, out),
             Event::Shutdown => {
                 for (key, t) in self.store.close() {
@@ -307,6 +367,11 @@ impl MessageManager {
         let attempts = queue.remove(pos).map_or(0, |o| o.attempts);
         if queue.is_empty() {
             self.outstanding.remove(&key.peer);
+        }
+        if let Some(entry) = self.peers.get_mut(&key.peer) {
+            if pos < entry.sent_on_link {
+                entry.sent_on_link -= 1;
+            }
         }
         attempts
     }
@@ -344,26 +409,81 @@ impl MessageManager {
         if queue.is_empty() {
             entry.last_progress = Some(now);
         }
-        let mut attempts = 0;
-        if let Some(stream) = entry.out_messages {
-            // Otherwise the link is down: the message waits and goes out when it is back.
-            attempts = 1;
-            bump(&self.counters.sent);
-            add(&self.counters.bytes_sent, payload.len());
-            out.push(Action::Transmit {
-                stream,
-                message: WireMessage {
-                    hash: key.hash.clone(),
-                    from: self.local.to_string(),
-                    payload: payload.clone(),
-                },
-            });
-        }
         queue.push_back(Outstanding {
             hash: key.hash,
             payload,
-            attempts,
+            attempts: 0,
         });
+        // If the link is down, the message waits and goes out when it is back.
+        self.pump(&key.peer, now, out);
+    }
+
+    /// Transmits, in send order, the outstanding messages to `peer` that have not gone out on
+    /// its current link. A message too large for one frame goes in chunks; while the peer's
+    /// support for chunks is unknown it (and what follows it) waits, and a peer without it
+    /// gets the message refused.
+    fn pump(&mut self, peer: &NodeId, now: Instant, out: &mut Vec<Action>) {
+        let Some(entry) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let (Some(stream), Some(queue)) = (entry.out_messages, self.outstanding.get_mut(peer))
+        else {
+            return;
+        };
+        let mut refused = Vec::new();
+        while let Some(o) = queue.get_mut(entry.sent_on_link) {
+            let oversize = o.payload.len() > self.limits.max_payload_bytes;
+            match entry.chunking {
+                None if oversize => break,
+                Some(false) if oversize => {
+                    refused.push(o.hash.clone());
+                    entry.sent_on_link += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            if o.attempts > 0 {
+                bump(&self.counters.retransmitted);
+            }
+            o.attempts += 1;
+            bump(&self.counters.sent);
+            add(&self.counters.bytes_sent, o.payload.len());
+            let from = self.local.to_string();
+            let len = o.payload.len();
+            if entry.chunking == Some(true) && len > self.chunk_bytes {
+                // Slices of one buffer: no copy.
+                for start in (0..len).step_by(self.chunk_bytes) {
+                    let end = (start + self.chunk_bytes).min(len);
+                    out.push(Action::Transmit {
+                        stream,
+                        message: WireMessage {
+                            hash: o.hash.clone(),
+                            from: from.clone(),
+                            payload: o.payload.slice(start..end),
+                            total: len as u64,
+                            offset: start as u64,
+                        },
+                    });
+                }
+            } else {
+                let message = WireMessage::whole(o.hash.clone(), from, o.payload.clone());
+                out.push(Action::Transmit { stream, message });
+            }
+            entry.sent_on_link += 1;
+        }
+        for hash in refused {
+            let key = MessageKey {
+                peer: peer.clone(),
+                hash,
+            };
+            if let Some(t) = self.store.complete(&key) {
+                let why = format!(
+                    "message larger than {} bytes, and the peer does not take chunked messages",
+                    self.limits.max_payload_bytes
+                );
+                self.complete(key, t, Outcome::Failed(FailReason::Rejected(why)), now, out);
+            }
+        }
     }
 
     fn on_stream_opened(
@@ -396,23 +516,9 @@ impl MessageManager {
         if kind == StreamKind::OutboundMessages {
             entry.removed = false;
             entry.last_progress = Some(now);
+            entry.sent_on_link = 0;
             // Everything not yet acknowledged goes (again) on the new link, in send order.
-            for o in self.outstanding.get_mut(&peer).into_iter().flatten() {
-                if o.attempts > 0 {
-                    bump(&self.counters.retransmitted);
-                }
-                o.attempts += 1;
-                bump(&self.counters.sent);
-                add(&self.counters.bytes_sent, o.payload.len());
-                out.push(Action::Transmit {
-                    stream,
-                    message: WireMessage {
-                        hash: o.hash.clone(),
-                        from: self.local.to_string(),
-                        payload: o.payload.clone(),
-                    },
-                });
-            }
+            self.pump(&peer, now, out);
         }
         if matches!(kind, StreamKind::OutboundAcks | StreamKind::InboundAcks) {
             if let Some(waiting) = self.unrouted.remove(&peer) {
@@ -424,6 +530,7 @@ impl MessageManager {
     }
 
     fn on_stream_closed(&mut self, stream: StreamId, reason: String, out: &mut Vec<Action>) {
+        self.partial.remove(&stream);
         let Some((peer, kind)) = self.streams.remove(&stream) else {
             return;
         };
@@ -501,7 +608,6 @@ impl MessageManager {
             );
             return;
         };
-        bump(&self.counters.received);
         add(&self.counters.bytes_received, message.payload.len());
         if let Err(e) = validate_id(IdKind::Message, &message.hash, &self.limits) {
             // Without a usable hash there is nothing to ACK; the sender's TTL will tell it.
@@ -509,13 +615,30 @@ impl MessageManager {
             warn!("{}: frame from {} dropped: {}", self.local, peer, e);
             return;
         }
-        let rejection = if !message.from.is_empty() && message.from != peer.as_str() {
+        let mut message = message;
+        let mut rejection = None;
+        let chunked = message.total > 0;
+        if chunked {
+            match self.reassemble(stream, message) {
+                Reassembly::Incomplete => return,
+                Reassembly::Complete(whole) => message = whole,
+                Reassembly::Invalid { hash, reason } => {
+                    // Answer for the hash, so the sender learns why rather than timing out.
+                    message = WireMessage::whole(hash, String::new(), Bytes::new());
+                    rejection = Some(reason);
+                }
+            }
+        }
+        bump(&self.counters.received);
+        let rejection = if rejection.is_some() {
+            rejection
+        } else if !message.from.is_empty() && message.from != peer.as_str() {
             Some(format!(
                 "from_hash {:?} does not match the stream's sender {:?}",
                 message.from,
                 peer.as_str()
             ))
-        } else if message.payload.len() > self.limits.max_payload_bytes {
+        } else if !chunked && message.payload.len() > self.limits.max_payload_bytes {
             Some(format!(
                 "payload of {} bytes exceeds the limit of {}",
                 message.payload.len(),
@@ -555,6 +678,61 @@ impl MessageManager {
             detail,
         };
         self.route_ack(&peer, kind, stream, ack, now, out);
+    }
+
+    /// Adds a chunk to the message being received on `stream`. Chunks arrive in order on one
+    /// stream, so each stream holds at most one partial message; a chunk at offset 0 starts a
+    /// new one (a retransmission after a reconnection starts over).
+    fn reassemble(&mut self, stream: StreamId, chunk: WireMessage) -> Reassembly {
+        let invalid = |hash: String, reason: String| Reassembly::Invalid { hash, reason };
+        let limit = self.limits.max_message_bytes as u64;
+        if chunk.total > limit {
+            self.partial.remove(&stream);
+            let why = format!(
+                "message of {} bytes exceeds the limit of {limit}",
+                chunk.total
+            );
+            return invalid(chunk.hash, why);
+        }
+        if chunk.offset == 0 {
+            // Reserved up front: pages are only touched as chunks arrive, and growing by
+            // doubling would copy the message and hold it twice.
+            let total = usize::try_from(chunk.total).unwrap_or(usize::MAX);
+            let partial = Partial {
+                hash: chunk.hash.clone(),
+                total: chunk.total,
+                buf: bytes::BytesMut::with_capacity(total),
+            };
+            self.partial.insert(stream, partial);
+        }
+        let Some(p) = self.partial.get_mut(&stream) else {
+            let why = format!("chunk at offset {} without its start", chunk.offset);
+            return invalid(chunk.hash, why);
+        };
+        let fits = p.hash == chunk.hash
+            && p.total == chunk.total
+            && p.buf.len() as u64 == chunk.offset
+            && chunk.offset + chunk.payload.len() as u64 <= chunk.total;
+        if !fits {
+            let why = format!(
+                "chunk of {:?} at offset {} (of {}) does not follow {} bytes of {:?}",
+                chunk.hash,
+                chunk.offset,
+                chunk.total,
+                p.buf.len(),
+                p.hash
+            );
+            self.partial.remove(&stream);
+            return invalid(chunk.hash, why);
+        }
+        p.buf.extend_from_slice(&chunk.payload);
+        if (p.buf.len() as u64) < p.total {
+            return Reassembly::Incomplete;
+        }
+        let Some(done) = self.partial.remove(&stream) else {
+            return Reassembly::Incomplete;
+        };
+        Reassembly::Complete(WireMessage::whole(done.hash, chunk.from, done.buf.freeze()))
     }
 
     fn route_ack(

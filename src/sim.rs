@@ -89,6 +89,11 @@ pub struct BroadcastReport {
     pub delivered: usize,
     /// Live nodes other than the origin that delivered it, over live nodes other than the origin.
     pub reliability: f64,
+    /// Live nodes other than the origin that live links still join to it.
+    pub reachable: usize,
+    /// Live nodes other than the origin that delivered it, over `reachable`: what the graph
+    /// left after the failures allowed.
+    pub reachable_reliability: f64,
     /// Payload copies received by nodes (duplicates included).
     pub payload_copies: u64,
     /// Relative message redundancy: payload copies / nodes reached - 1.
@@ -130,6 +135,8 @@ pub struct SimReport {
     pub rmr: f64,
     /// Highest last-delivery hop among the measured broadcasts.
     pub last_delivery_hop: u32,
+    /// Lowest reachable reliability among the measured broadcasts.
+    pub reachable_reliability: f64,
     /// Every measured broadcast's converged count was exact.
     pub converged_count_exact: bool,
     /// Measured broadcasts whose converged count was exact.
@@ -222,6 +229,10 @@ pub fn run(cfg: SimConfig) -> Result<SimReport, Error> {
         reliability: measured.iter().map(|r| r.reliability).fold(1.0, f64::min),
         reliability_mean: measured.iter().map(|r| r.reliability).sum::<f64>() / n,
         rmr: measured.iter().map(|r| r.rmr).sum::<f64>() / n,
+        reachable_reliability: measured
+            .iter()
+            .map(|r| r.reachable_reliability)
+            .fold(1.0, f64::min),
         last_delivery_hop: measured
             .iter()
             .map(|r| r.last_delivery_hop)
@@ -291,6 +302,24 @@ impl World {
             base,
             rng,
         })
+    }
+
+    /// Live nodes other than `origin` joined to it by live nodes.
+    fn reachable_from(&self, origin: usize) -> usize {
+        let mut seen = vec![false; self.cfg.nodes];
+        seen[origin] = true;
+        let mut queue = VecDeque::from([origin]);
+        let mut count = 0;
+        while let Some(n) = queue.pop_front() {
+            for &m in &self.adjacency[n] {
+                if self.alive[m] && !seen[m] {
+                    seen[m] = true;
+                    count += 1;
+                    queue.push_back(m);
+                }
+            }
+        }
+        count
     }
 
     fn at(&mut self, when: Duration, what: Happening) {
@@ -452,6 +481,13 @@ impl World {
         let live_now = self.alive.iter().filter(|a| **a).count();
         let delivered_live = watch.delivered.iter().filter(|&&n| self.alive[n]).count();
         let delivered = watch.delivered.len();
+        let reachable = self.reachable_from(origin);
+        let reached_of_reachable = watch
+            .delivered
+            .iter()
+            .filter(|&&n| self.alive[n])
+            .count()
+            .min(reachable);
         let ms = |d: Duration| d.saturating_sub(start).as_secs_f64() * 1000.0;
         Ok(BroadcastReport {
             index,
@@ -460,6 +496,12 @@ impl World {
             delivered,
             reliability: if live_now > 1 {
                 delivered_live as f64 / (live_now - 1) as f64
+            } else {
+                1.0
+            },
+            reachable,
+            reachable_reliability: if reachable > 0 {
+                reached_of_reachable as f64 / reachable as f64
             } else {
                 1.0
             },

@@ -138,6 +138,8 @@ fn oversized_message_is_refused_and_nothing_else_is_harmed() {
     let f = factory();
     let mut ca = config("a");
     ca.limits.max_payload_bytes = 1024 * 1024;
+    // Without chunks (the whole-message limit equal to one frame's).
+    ca.limits.max_message_bytes = 1024 * 1024;
     let a = start_with(ca, &f);
     let b = start("b", &f);
     connect(&a, &b);
@@ -428,6 +430,14 @@ fn batches_only_for_peers_that_announce_them() {
         let (mut acked, mut frames, mut merged) = (0, 0, false);
         while acked < N {
             let ack = block_on(acks_rx.next()).unwrap().unwrap();
+            if ack.hash.is_empty() && !ack.features.is_empty() {
+                // The handshake that answers a client announcing features.
+                assert!(
+                    features.is_some(),
+                    "{id}: handshake only for feature clients"
+                );
+                continue;
+            }
             frames += 1;
             merged |= !ack.batch.is_empty();
             acked += 1 + ack.batch.len();
@@ -454,4 +464,31 @@ fn batches_only_for_peers_that_announce_them() {
             .enumerate()
             .all(|(i, h)| **h == format!("{id}-{i}")));
     }
+}
+
+/// A message larger than one frame's limit travels in chunks and arrives whole, ACKed once.
+#[test]
+fn large_messages_travel_in_chunks() {
+    let f = factory();
+    let mut ca = config("a");
+    ca.peer_max_bytes = 1 << 30;
+    let a = start_with(ca, &f);
+    let b = start("b", &f);
+    connect(&a, &b);
+    connect(&b, &a);
+    let size = 100 * 1024 * 1024; // above the 64 MiB frame limit
+    let payload: Bytes = (0..size)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    a.send_message("b", Message::new("big", payload.clone()))
+        .unwrap();
+    let done = a.completions().recv_timeout(PATIENCE).unwrap();
+    assert!(done.is_acked(), "{done:?}");
+    assert_eq!(done.attempts, 1);
+    let got = b.deliveries().recv_timeout(PATIENCE).unwrap();
+    assert_eq!(got.hash, "big");
+    assert!(got.payload == payload, "the same bytes, in order");
+    assert_quiet(&b.deliveries());
+    assert_eq!(b.stats().received, 1, "one message, however many chunks");
 }

@@ -258,10 +258,11 @@ fn sim(args: SimArgs) -> Result<ExitCode, grpc_gossip::Error> {
         );
     }
     println!(
-        "measured {}: reliability min {:.4} mean {:.4}  rmr {:.3}  last-delivery hop {}  converged count exact in {}/{}",
+        "measured {}: reliability min {:.4} mean {:.4} (of reachable nodes: min {:.4})  rmr {:.3}  last-delivery hop {}  converged count exact in {}/{}",
         r.measured,
         r.reliability,
         r.reliability_mean,
+        r.reachable_reliability,
         r.rmr,
         r.last_delivery_hop,
         r.exact_broadcasts,
@@ -276,6 +277,7 @@ fn sim(args: SimArgs) -> Result<ExitCode, grpc_gossip::Error> {
             "seed": r.seed,
             "reliability": r.reliability,
             "reliability_mean": r.reliability_mean,
+            "reachable_reliability": r.reachable_reliability,
             "rmr": r.rmr,
             "last_delivery_hop": r.last_delivery_hop,
             "converged_count_exact": r.converged_count_exact,

@@ -22,7 +22,7 @@
 //!   that gets a duplicate payload answers with `prune`, and both ends make that link lazy. A
 //!   node that hears IHAVE but gets no payload within [`BroadcastConfig::graft_timeout`] asks
 //!   for it (GRAFT), which makes the link eager again: the tree repairs itself. Smaller payloads
-//!   go eagerly to the neighbours the [`Router`] picks (at most `fanout`), IHAVE to the others.
+//!   go eagerly to the neighbours the [`Router`](crate::Router) picks (at most `fanout`), IHAVE to the others.
 //! - **Deadlines.** The origin gives a broadcast [`BroadcastConfig::deadline`]; each frame
 //!   carries the time its receiver has left to answer, and each hop keeps
 //!   [`BroadcastConfig::hop_margin`] of it for its own answer to travel back. So every subtree

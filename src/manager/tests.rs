@@ -87,11 +87,7 @@ impl Harness {
     fn receive(&mut self, stream: StreamId, from: &str, hash: &str) -> Vec<Action> {
         self.run(Event::MessageReceived {
             stream,
-            message: WireMessage {
-                hash: hash.into(),
-                from: from.into(),
-                payload: Bytes::from_static(b"hi"),
-            },
+            message: WireMessage::whole(hash.into(), from.into(), Bytes::from_static(b"hi")),
         })
     }
 }
@@ -563,5 +559,193 @@ mod property {
                 prop_assert_eq!(completed.get(k).copied(), Some(1), "{}", k);
             }
         }
+    }
+}
+
+/// A message bigger than one frame waits until the peer's support for chunks is known, then
+/// goes as in-order slices of one buffer; the receiver reassembles it and ACKs it once.
+#[test]
+fn chunked_messages_wait_for_the_feature_and_reassemble() {
+    let limits = Limits {
+        max_payload_bytes: 8,
+        max_id_bytes: 64,
+        max_message_bytes: 64,
+    };
+    let store = Arc::new(SlotStore::new(4, Duration::from_secs(10), 64));
+    let mut a = MessageManager::new(
+        id("a"),
+        store,
+        limits.clone(),
+        Arc::default(),
+        Duration::from_secs(5),
+    )
+    .with_chunk_bytes(4);
+    let now = Instant::now();
+    let mut out = Vec::new();
+    for (s, kind) in [
+        (OUT_MSG, StreamKind::OutboundMessages),
+        (OUT_ACK, StreamKind::OutboundAcks),
+    ] {
+        a.handle(
+            Event::StreamOpened {
+                stream: s,
+                peer: id("b"),
+                kind,
+            },
+            now,
+            &mut out,
+        );
+    }
+    let k = key("b", "big");
+    a.store()
+        .reserve(&k, 10, now, crate::store::Wait::No)
+        .unwrap();
+    let payload = Bytes::from_static(b"0123456789");
+    a.handle(
+        Event::Send {
+            key: k,
+            payload: payload.clone(),
+        },
+        now,
+        &mut out,
+    );
+    assert!(out.is_empty(), "waits for the peer's features: {out:?}");
+    a.handle(
+        Event::PeerFeatures {
+            peer: id("b"),
+            chunk: true,
+        },
+        now,
+        &mut out,
+    );
+    let chunks: Vec<WireMessage> = out
+        .drain(..)
+        .map(|x| match x {
+            Action::Transmit { message, .. } => message,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        chunks
+            .iter()
+            .map(|c| (c.offset, c.payload.len()))
+            .collect::<Vec<_>>(),
+        [(0, 4), (4, 4), (8, 2)]
+    );
+
+    // The receiver: chunks in order make one delivery and one ACK.
+    let store = Arc::new(SlotStore::new(4, Duration::from_secs(10), 64));
+    let mut b = MessageManager::new(
+        id("b"),
+        store,
+        limits,
+        Arc::default(),
+        Duration::from_secs(5),
+    );
+    b.handle(
+        Event::StreamOpened {
+            stream: IN_MSG,
+            peer: id("a"),
+            kind: StreamKind::InboundMessages,
+        },
+        now,
+        &mut out,
+    );
+    b.handle(
+        Event::StreamOpened {
+            stream: IN_ACK,
+            peer: id("a"),
+            kind: StreamKind::InboundAcks,
+        },
+        now,
+        &mut out,
+    );
+    for c in chunks.iter().cloned() {
+        b.handle(
+            Event::MessageReceived {
+                stream: IN_MSG,
+                message: c,
+            },
+            now,
+            &mut out,
+        );
+    }
+    let delivered: Vec<&Bytes> = out
+        .iter()
+        .filter_map(|x| match x {
+            Action::Deliver(d) => Some(&d.payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, [&payload]);
+    assert_eq!(ack_routes(&out).len(), 1, "one ACK for the whole message");
+    out.clear();
+
+    // A chunk out of place is refused with a reason, and nothing is delivered.
+    b.handle(
+        Event::MessageReceived {
+            stream: IN_MSG,
+            message: chunks[1].clone(),
+        },
+        now,
+        &mut out,
+    );
+    assert!(!out.iter().any(|x| matches!(x, Action::Deliver(_))));
+    assert_eq!(ack_routes(&out), [(IN_ACK, AckStatus::Rejected)]);
+}
+
+/// A peer known not to take chunks gets an oversize message refused, not sent.
+#[test]
+fn oversize_messages_to_peers_without_chunks_fail_with_a_reason() {
+    let limits = Limits {
+        max_payload_bytes: 8,
+        max_id_bytes: 64,
+        max_message_bytes: 64,
+    };
+    let store = Arc::new(SlotStore::new(4, Duration::from_secs(10), 64));
+    let mut a = MessageManager::new(
+        id("a"),
+        store,
+        limits,
+        Arc::default(),
+        Duration::from_secs(5),
+    );
+    let now = Instant::now();
+    let mut out = Vec::new();
+    a.handle(
+        Event::StreamOpened {
+            stream: OUT_MSG,
+            peer: id("b"),
+            kind: StreamKind::OutboundMessages,
+        },
+        now,
+        &mut out,
+    );
+    a.handle(
+        Event::PeerFeatures {
+            peer: id("b"),
+            chunk: false,
+        },
+        now,
+        &mut out,
+    );
+    let k = key("b", "big");
+    a.store()
+        .reserve(&k, 10, now, crate::store::Wait::No)
+        .unwrap();
+    a.handle(
+        Event::Send {
+            key: k,
+            payload: Bytes::from_static(b"0123456789"),
+        },
+        now,
+        &mut out,
+    );
+    match &completions(&out)[..] {
+        [(hash, Outcome::Failed(FailReason::Rejected(why)))] => {
+            assert_eq!(hash, "big");
+            assert!(why.contains("chunked"), "{why}");
+        }
+        other => panic!("{other:?}"),
     }
 }

@@ -204,6 +204,12 @@ impl Driver {
                 if inbound {
                     self.learn_features(peer, features);
                 } else if kind == StreamKind::OutboundMessages {
+                    if !self.features.contains_key(&peer) {
+                        // Wait for the handshake, or find out that there is none.
+                        self.unresolved
+                            .entry(peer.clone())
+                            .or_insert_with(|| (Instant::now(), Vec::new()));
+                    }
                     // Unknown features: taken as ours until the handshake says otherwise; the
                     // frames wait for it (see `unresolved`).
                     let plain = self.features.get(&peer).is_some_and(|f| !f.broadcast);
@@ -251,6 +257,12 @@ impl Driver {
     /// protocol and we have a link to it, the engine learns it.
     fn learn_features(&mut self, peer: NodeId, features: Features) {
         let before = self.features.insert(peer.clone(), features);
+        if before.is_none_or(|b| b.chunk != features.chunk) {
+            self.step(Event::PeerFeatures {
+                peer: peer.clone(),
+                chunk: features.chunk,
+            });
+        }
         let changed = before.is_none_or(|b| b.broadcast != features.broadcast);
         if changed && !features.broadcast && self.manager.message_stream_to(&peer).is_some() {
             self.broadcast_step(broadcast::Event::NeighborUp {

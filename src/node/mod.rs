@@ -206,7 +206,8 @@ impl Node {
                 config.limits.clone(),
                 counters.clone(),
                 config.ack_timeout,
-            ),
+            )
+            .with_chunk_bytes(config.chunk_bytes.min(config.limits.max_payload_bytes)),
             broadcast: BroadcastEngine::new(
                 id.clone(),
                 config.broadcast.clone(),
@@ -415,7 +416,8 @@ impl Node {
     fn send(&self, target: &str, message: Message, wait: Wait) -> Result<MessageKey, Error> {
         self.check_open()?;
         validate_id(IdKind::Message, &message.hash, &self.config.limits)?;
-        let limit = self.config.limits.max_payload_bytes;
+        // Beyond one frame's limit it goes in chunks.
+        let limit = self.config.limits.max_message_bytes;
         if message.payload.len() > limit {
             return Err(Error::TooLarge {
                 size: message.payload.len(),

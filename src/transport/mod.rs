@@ -108,6 +108,8 @@ impl From<WireMessage> for GossipMessage {
         g.hash = m.hash;
         g.from_hash = m.from;
         g.payload = m.payload;
+        g.total_bytes = m.total;
+        g.offset = m.offset;
         g
     }
 }
@@ -187,6 +189,8 @@ impl InboundFrame for GossipMessage {
                 hash: std::mem::take(&mut self.hash),
                 from: std::mem::take(&mut self.from_hash),
                 payload: std::mem::take(&mut self.payload),
+                total: self.total_bytes,
+                offset: self.offset,
             },
         }
     }
@@ -405,6 +409,7 @@ mod tests {
         let limits = Limits {
             max_payload_bytes: 64,
             max_id_bytes: 16,
+            max_message_bytes: 1024,
         };
         let me = crate::id::NodeId::new("me", &limits).unwrap();
         let mut m = MessageManager::new(me, store, limits, Arc::default(), Duration::from_secs(5));
