@@ -65,7 +65,8 @@ pub struct BroadcastConfig {
     pub lazy_threshold: usize,
     /// Hops a broadcast may travel from its origin.
     pub hop_limit: u32,
-    /// Time the origin gives a broadcast to converge.
+    /// Time the origin gives a broadcast to converge (default 10 s, a twelfth of the default
+    /// TTL). A node caps it at its store's TTL.
     pub deadline: Duration,
     /// Time each hop keeps for its own ACK to travel back to its parent.
     pub hop_margin: Duration,

@@ -36,6 +36,14 @@ use driver::{Driver, Input};
 use link::Links;
 use supervisor::{Notice, Supervisor};
 
+/// The broadcast settings a node runs with: a broadcast never outlives the store's TTL, the
+/// time a message may be tracked.
+fn broadcast_config(config: &NodeConfig) -> crate::broadcast::BroadcastConfig {
+    let mut b = config.broadcast.clone();
+    b.deadline = b.deadline.min(config.ttl);
+    b
+}
+
 /// How many inputs may wait for the manager thread before readers and senders block.
 const INBOX_CAPACITY: usize = 256;
 /// Neighbour events kept for the application before new ones are dropped.
@@ -210,7 +218,7 @@ impl Node {
             .with_chunk_bytes(config.chunk_bytes.min(config.limits.max_payload_bytes)),
             broadcast: BroadcastEngine::new(
                 id.clone(),
-                config.broadcast.clone(),
+                broadcast_config(&config),
                 router.unwrap_or_else(|| Box::new(FanoutRouter::new(config.broadcast.fanout))),
             ),
             broadcast_completions: broadcast_tx,
