@@ -562,24 +562,28 @@ mod property {
     }
 }
 
-/// A message bigger than one frame waits until the peer's support for chunks is known, then
-/// goes as in-order slices of one buffer; the receiver reassembles it and ACKs it once.
-#[test]
-fn chunked_messages_wait_for_the_feature_and_reassemble() {
+/// A manager whose frames carry at most 8 payload bytes and whose messages at most 64.
+fn small_frames(name: &str) -> MessageManager {
     let limits = Limits {
         max_payload_bytes: 8,
         max_id_bytes: 64,
         max_message_bytes: 64,
     };
     let store = Arc::new(SlotStore::new(4, Duration::from_secs(10), 64));
-    let mut a = MessageManager::new(
-        id("a"),
+    MessageManager::new(
+        id(name),
         store,
-        limits.clone(),
+        limits,
         Arc::default(),
         Duration::from_secs(5),
     )
-    .with_chunk_bytes(4);
+}
+
+/// A message bigger than one frame waits until the peer's support for chunks is known, then
+/// goes as in-order slices of one buffer; the receiver reassembles it and ACKs it once.
+#[test]
+fn chunked_messages_wait_for_the_feature_and_reassemble() {
+    let mut a = small_frames("a").with_chunk_bytes(4);
     let now = Instant::now();
     let mut out = Vec::new();
     for (s, kind) in [
@@ -634,14 +638,7 @@ fn chunked_messages_wait_for_the_feature_and_reassemble() {
     );
 
     // The receiver: chunks in order make one delivery and one ACK.
-    let store = Arc::new(SlotStore::new(4, Duration::from_secs(10), 64));
-    let mut b = MessageManager::new(
-        id("b"),
-        store,
-        limits,
-        Arc::default(),
-        Duration::from_secs(5),
-    );
+    let mut b = small_frames("b");
     b.handle(
         Event::StreamOpened {
             stream: IN_MSG,
@@ -697,19 +694,7 @@ fn chunked_messages_wait_for_the_feature_and_reassemble() {
 /// A peer known not to take chunks gets an oversize message refused, not sent.
 #[test]
 fn oversize_messages_to_peers_without_chunks_fail_with_a_reason() {
-    let limits = Limits {
-        max_payload_bytes: 8,
-        max_id_bytes: 64,
-        max_message_bytes: 64,
-    };
-    let store = Arc::new(SlotStore::new(4, Duration::from_secs(10), 64));
-    let mut a = MessageManager::new(
-        id("a"),
-        store,
-        limits,
-        Arc::default(),
-        Duration::from_secs(5),
-    );
+    let mut a = small_frames("a");
     let now = Instant::now();
     let mut out = Vec::new();
     a.handle(

@@ -15,12 +15,12 @@ use super::supervisor::Notice;
 use crate::broadcast::{self, BroadcastCompletion, BroadcastEngine, BroadcastId, Frame};
 use crate::config::Limits;
 use crate::error::Error;
-use crate::id::{validate_id, IdKind, NodeId};
+use crate::id::NodeId;
 use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind};
 use crate::message::{Completion, Delivery};
 use crate::proto::{GossipACK, GossipMessage};
 use crate::stats::{add, bump, Counters};
-use crate::transport::batch::pack;
+use crate::transport::batch::{pack, Batchable};
 use crate::transport::threads::ReadGate;
 use crate::transport::{wire, Features, Writer};
 
@@ -231,17 +231,9 @@ impl Driver {
                 payload,
                 reply,
             } => {
-                let result = validate_id(IdKind::Message, &hash, &self.limits).and_then(|()| {
-                    let mut out = std::mem::take(&mut self.broadcast_actions);
-                    let r = self
-                        .broadcast
-                        .start(hash, payload, Instant::now(), &mut out);
-                    for action in out.drain(..) {
-                        self.broadcast_execute(action);
-                    }
-                    self.broadcast_actions = out;
-                    r
-                });
+                // `Node::broadcast` has checked the hash and size.
+                let result =
+                    self.run_broadcast(|engine, now, out| engine.start(hash, payload, now, out));
                 let _ = reply.send(result);
             }
             Input::Shutdown => return false,
@@ -371,12 +363,21 @@ impl Driver {
     }
 
     fn broadcast_step(&mut self, event: broadcast::Event) {
+        self.run_broadcast(|engine, now, out| engine.handle(event, now, out));
+    }
+
+    /// Runs `f` on the broadcast engine and carries out the actions it produced.
+    fn run_broadcast<R>(
+        &mut self,
+        f: impl FnOnce(&mut BroadcastEngine, Instant, &mut Vec<broadcast::Action>) -> R,
+    ) -> R {
         let mut out = std::mem::take(&mut self.broadcast_actions);
-        self.broadcast.handle(event, Instant::now(), &mut out);
+        let result = f(&mut self.broadcast, Instant::now(), &mut out);
         for action in out.drain(..) {
             self.broadcast_execute(action);
         }
         self.broadcast_actions = out;
+        result
     }
 
     fn broadcast_execute(&mut self, action: broadcast::Action) {
@@ -512,23 +513,13 @@ impl Driver {
     fn flush(&mut self) {
         let budget = self.batch_budget;
         for (stream, frames) in std::mem::take(&mut self.pending_messages) {
-            let batches = self.batches(stream);
             if let Some(Writer::Messages(tx)) = self.writers.get(&stream) {
-                if batches {
-                    pack(frames, budget, |f| drop(tx.send(f)));
-                } else {
-                    frames.into_iter().for_each(|f| drop(tx.send(f)));
-                }
+                hand_over(tx, frames, self.batches(stream).then_some(budget));
             }
         }
         for (stream, frames) in std::mem::take(&mut self.pending_acks) {
-            let batches = self.batches(stream);
             if let Some(Writer::Acks(tx)) = self.writers.get(&stream) {
-                if batches {
-                    pack(frames, budget, |f| drop(tx.send(f)));
-                } else {
-                    frames.into_iter().for_each(|f| drop(tx.send(f)));
-                }
+                hand_over(tx, frames, self.batches(stream).then_some(budget));
             }
         }
     }
@@ -563,5 +554,15 @@ impl Driver {
             }
         }
         self.gate.set_open(true);
+    }
+}
+
+/// Sends `frames` to a writer: packed into gRPC messages of at most `batch_budget` bytes when
+/// given (the peer understands batches), one by one otherwise.
+fn hand_over<T: Batchable>(tx: &Sender<T>, frames: Vec<T>, batch_budget: Option<usize>) {
+    // A closed writer means its stream is ending; what it carried is retransmitted or counted.
+    match batch_budget {
+        Some(budget) => pack(frames, budget, |f| drop(tx.send(f))),
+        None => frames.into_iter().for_each(|f| drop(tx.send(f))),
     }
 }

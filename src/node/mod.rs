@@ -421,17 +421,23 @@ impl Node {
         self.send(target, message, Wait::Until(Instant::now() + timeout))
     }
 
-    fn send(&self, target: &str, message: Message, wait: Wait) -> Result<MessageKey, Error> {
+    /// Refuses, before anything is sent, a message this node cannot send: the node is shut
+    /// down, the hash is invalid, or the payload is over `limit` bytes.
+    fn check_outgoing(&self, message: &Message, limit: usize) -> Result<(), Error> {
         self.check_open()?;
         validate_id(IdKind::Message, &message.hash, &self.config.limits)?;
-        // Beyond one frame's limit it goes in chunks.
-        let limit = self.config.limits.max_message_bytes;
         if message.payload.len() > limit {
             return Err(Error::TooLarge {
                 size: message.payload.len(),
                 limit,
             });
         }
+        Ok(())
+    }
+
+    fn send(&self, target: &str, message: Message, wait: Wait) -> Result<MessageKey, Error> {
+        // Beyond one frame's limit it goes in chunks.
+        self.check_outgoing(&message, self.config.limits.max_message_bytes)?;
         let (peer, _) = self
             .links
             .neighbors
@@ -470,15 +476,8 @@ impl Node {
     /// hash already used by a recent broadcast of this node, too many broadcasts tracked,
     /// shutdown.
     pub fn broadcast(&self, message: Message) -> Result<BroadcastId, Error> {
-        self.check_open()?;
-        validate_id(IdKind::Message, &message.hash, &self.config.limits)?;
-        let limit = self.config.limits.max_payload_bytes;
-        if message.payload.len() > limit {
-            return Err(Error::TooLarge {
-                size: message.payload.len(),
-                limit,
-            });
-        }
+        // Broadcast payloads travel whole: one frame each.
+        self.check_outgoing(&message, self.config.limits.max_payload_bytes)?;
         let (reply, answer) = bounded(1);
         let input = Input::Broadcast {
             hash: message.hash,
