@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::backoff::Backoff;
 use crate::broadcast::BroadcastConfig;
 use crate::error::Error;
+use crate::transport::tls::TlsConfig;
 
 /// Size limits applied to everything a node sends or accepts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,6 +241,10 @@ pub struct TransportConfig {
     /// ...and declare it dead if the ping is not answered within this long. A dead TCP
     /// connection is so noticed within about `keepalive_time + keepalive_timeout`.
     pub keepalive_timeout: Duration,
+    /// TLS with mutual authentication for every channel and server of the factory (`None`:
+    /// plaintext, logged as such when a node starts listening). The certificate is the
+    /// nodes' identity, so nodes with different ids need factories of their own.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for TransportConfig {
@@ -253,6 +258,7 @@ impl Default for TransportConfig {
             idle_channel_ttl: Duration::from_secs(60),
             keepalive_time: Duration::from_secs(2),
             keepalive_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }

@@ -68,6 +68,7 @@ pub mod error;
 pub mod id;
 pub mod manager;
 pub mod message;
+pub mod metrics;
 pub mod neighbor;
 mod node;
 pub mod proto;
@@ -88,6 +89,6 @@ pub use neighbor::{
 };
 pub use node::{Node, NodeBuilder};
 pub use router::{FanoutRouter, Router};
-pub use stats::Stats;
+pub use stats::{Metrics, Stats};
 pub use store::SlotStore;
 pub use transport::factory::StreamFactory;

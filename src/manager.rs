@@ -385,15 +385,27 @@ impl MessageManager {
         out: &mut Vec<Action>,
     ) {
         let attempts = self.take_outstanding(&key);
+        let elapsed = now.saturating_duration_since(tracked.sent_at);
+        let peer = self.counters.peers.of(&key.peer);
         match &outcome {
-            Outcome::Acked { .. } => bump(&self.counters.acked),
-            Outcome::TimedOut => bump(&self.counters.timed_out),
-            Outcome::Failed(_) => bump(&self.counters.failed),
+            Outcome::Acked { .. } => {
+                bump(&self.counters.acked);
+                bump(&peer.acked);
+                self.counters.ack_latency.record(elapsed);
+            }
+            Outcome::TimedOut => {
+                bump(&self.counters.timed_out);
+                bump(&peer.timed_out);
+            }
+            Outcome::Failed(_) => {
+                bump(&self.counters.failed);
+                bump(&peer.failed);
+            }
         }
         out.push(Action::Complete(Completion {
             key,
             outcome,
-            elapsed: now.saturating_duration_since(tracked.sent_at),
+            elapsed,
             attempts,
         }));
     }
@@ -431,6 +443,7 @@ impl MessageManager {
             return;
         };
         let mut refused = Vec::new();
+        let counted = self.counters.peers.of(peer);
         while let Some(o) = queue.get_mut(entry.sent_on_link) {
             let oversize = o.payload.len() > self.limits.max_payload_bytes;
             match entry.chunking {
@@ -448,6 +461,8 @@ impl MessageManager {
             o.attempts += 1;
             bump(&self.counters.sent);
             add(&self.counters.bytes_sent, o.payload.len());
+            bump(&counted.sent);
+            add(&counted.bytes_sent, o.payload.len());
             let from = self.local.to_string();
             let len = o.payload.len();
             if entry.chunking == Some(true) && len > self.chunk_bytes {
@@ -608,7 +623,9 @@ impl MessageManager {
             );
             return;
         };
+        let counted = self.counters.peers.of(&peer);
         add(&self.counters.bytes_received, message.payload.len());
+        add(&counted.bytes_received, message.payload.len());
         if let Err(e) = validate_id(IdKind::Message, &message.hash, &self.limits) {
             // Without a usable hash there is nothing to ACK; the sender's TTL will tell it.
             bump(&self.counters.rejected);
@@ -630,6 +647,7 @@ impl MessageManager {
             }
         }
         bump(&self.counters.received);
+        bump(&counted.received);
         let rejection = if rejection.is_some() {
             rejection
         } else if !message.from.is_empty() && message.from != peer.as_str() {
@@ -658,6 +676,7 @@ impl MessageManager {
             }
             None if self.store.observe(&peer, &message.hash, now) => {
                 bump(&self.counters.delivered);
+                bump(&counted.delivered);
                 out.push(Action::Deliver(Delivery {
                     from: peer.clone(),
                     hash: message.hash.clone(),

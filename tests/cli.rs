@@ -134,7 +134,237 @@ fn two_node_processes_exchange_messages() {
     let code = b.wait().unwrap();
     assert!(code.success(), "b exits cleanly on SIGTERM: {code:?}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(rest.iter().any(|l| l == "stopped id=b"), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l == "stopped id=b pending=0"),
+        "{rest:?}"
+    );
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("gossip-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Reads lines until one satisfies `want`; returns every line read.
+fn read_until(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    want: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    for line in lines.map_while(Result::ok) {
+        let done = want(&line);
+        seen.push(line);
+        if done {
+            return seen;
+        }
+    }
+    panic!("stream ended before the line we wait for: {seen:?}");
+}
+
+#[test]
+fn sigterm_drains_then_fails_what_cannot_finish_and_exits_zero() {
+    let (pa, pb) = (free_port(), free_port());
+    let dir = temp_dir("drain");
+    let config = dir.join("a.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "id = \"a\"\nlisten = \"127.0.0.1:{pa}\"\ndrain_timeout = \"1s\"\n\
+             [[peers]]\nid = \"b\"\nendpoint = \"127.0.0.1:{pb}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut b = Command::new(GOSSIP)
+        .args(["node", "--id", "b", "--listen", &format!("127.0.0.1:{pb}")])
+        .args(["--deliver-dir", dir.join("inbox").to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut a = Command::new(GOSSIP)
+        .args(["node", "--config", config.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut a_in = a.stdin.take().unwrap();
+    let mut a_lines = BufReader::new(a.stdout.take().unwrap()).lines();
+    let mut b_lines = BufReader::new(b.stdout.take().unwrap()).lines();
+    writeln!(a_in, "b first").unwrap();
+    read_until(&mut a_lines, |l| {
+        l.starts_with("completed") && l.contains("acked by b")
+    });
+    // b's delivery went to a file, written whole.
+    let delivered = read_until(&mut b_lines, |l| l.starts_with("delivered"));
+    let line = delivered.last().unwrap();
+    let file = line.split("file=").nth(1).expect("a file= field");
+    assert_eq!(std::fs::read(file).unwrap(), b"first");
+
+    // Frozen, b ACKs nothing: a's next message cannot finish within the drain.
+    signal(&b, "-STOP");
+    let stopped = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", b.id())).unwrap_or_default();
+        // The state follows the parenthesised command name.
+        stat.rsplit(')')
+            .next()
+            .map(|s| s.trim_start().starts_with('T'))
+            == Some(true)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stopped() {
+        assert!(Instant::now() < deadline, "b stops");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    writeln!(a_in, "b second").unwrap();
+    read_until(&mut a_lines, |l| l.starts_with("sent"));
+    signal(&a, "-TERM");
+    let rest = read_until(&mut a_lines, |l| l.starts_with("stopped"));
+    assert!(
+        rest.iter()
+            .any(|l| l == "draining pending=1 timeout_ms=1000"),
+        "{rest:?}"
+    );
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("completed") && l.contains("outcome=\"failed: ")),
+        "the undelivered message fails with a reason: {rest:?}"
+    );
+    assert_eq!(rest.last().unwrap(), "stopped id=a pending=0");
+    assert!(a.wait().unwrap().success(), "exit 0 after a drain");
+    signal(&b, "-CONT");
+    signal(&b, "-TERM");
+    assert!(b.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_config_file_is_refused_naming_the_field() {
+    let dir = temp_dir("config");
+    let run = |text: &str| {
+        let path = dir.join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(GOSSIP)
+            .args(["node", "--config", path.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{text}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(run("id = \"a\"\n[store]\nsltos = 5\n").contains("sltos"));
+    assert!(run("id = \"a\"\n[store]\nttl = \"soon\"\n").contains("store.ttl"));
+    assert!(
+        run("id = \"a\"\n[tls]\nca = \"/nonexistent\"\ncert = \"x\"\nkey = \"y\"\n")
+            .contains("tls.ca")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn certs_makes_a_ca_once_and_a_certificate_per_node() {
+    let dir = temp_dir("certs");
+    let certs = |ids: &str| {
+        let out = Command::new(GOSSIP)
+            .args(["certs", "--out", dir.to_str().unwrap(), "--ids", ids])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(certs("n1,n2").contains("new CA"));
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    assert!(certs("n3").contains("reusing CA"));
+    assert_eq!(
+        std::fs::read(dir.join("ca.pem")).unwrap(),
+        ca,
+        "the CA is kept"
+    );
+    for f in ["n1.pem", "n1.key", "n2.pem", "n3.pem", "n3.key"] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("n3.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "keys are private");
+    let bad = Command::new(GOSSIP)
+        .args(["certs", "--out", dir.to_str().unwrap(), "--ids", "bad_id"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_with_tls_writes_csv_and_chart() {
+    let dir = temp_dir("bench");
+    let (csv, svg) = (dir.join("rounds.csv"), dir.join("chart.svg"));
+    let out = Command::new(GOSSIP)
+        .args([
+            "bench",
+            "--nodes",
+            "2",
+            "--messages",
+            "4",
+            "--payload",
+            "16KiB",
+        ])
+        .args([
+            "--rounds",
+            "3",
+            "--warmup",
+            "0",
+            "--baseline",
+            "tcp",
+            "--tls",
+        ])
+        .args([
+            "--csv",
+            csv.to_str().unwrap(),
+            "--chart",
+            svg.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not a terminal: no progress bar on stderr.
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("kind,round,seconds,mib_per_s,acked,expected,ack_p50_ms"));
+    assert_eq!(lines.len(), 1 + 3 + 3, "{text}");
+    let gossip: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!((gossip[0], gossip[4], gossip[5]), ("gossip", "8", "8"));
+    assert!(gossip[6].parse::<f64>().unwrap() > 0.0, "ACK p50 measured");
+    assert!(lines[4].starts_with("tcp,1,"), "{text}");
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.contains("<svg") && chart.contains("throughput per round"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -28,6 +28,15 @@ impl GossipCluster {
     /// node to every other. Received payloads are discarded (the benchmark reads completions
     /// only).
     pub fn start(workload: &Workload, factory: Arc<StreamFactory>) -> Result<GossipCluster, Error> {
+        GossipCluster::start_with(workload, |_| Ok(factory.clone()))
+    }
+
+    /// As [`start`](GossipCluster::start), with the factory of each node (by id) from
+    /// `factory_for`: with TLS, each node needs one holding its own certificate.
+    pub fn start_with(
+        workload: &Workload,
+        factory_for: impl Fn(&str) -> Result<Arc<StreamFactory>, Error>,
+    ) -> Result<GossipCluster, Error> {
         if workload.nodes < 2 {
             return Err(Error::Config {
                 field: "nodes",
@@ -36,7 +45,9 @@ impl GossipCluster {
         }
         let mut nodes = Vec::with_capacity(workload.nodes);
         for i in 0..workload.nodes {
-            let mut config = NodeConfig::new(format!("node-{i}"), "127.0.0.1:0");
+            let id = format!("node-{i}");
+            let factory = factory_for(&id)?;
+            let mut config = NodeConfig::new(id, "127.0.0.1:0");
             config.slots = workload.slots;
             config.ttl = workload.ttl;
             config.deliveries = Deliveries::Discard;
@@ -107,12 +118,16 @@ impl GossipCluster {
             accepted
         });
         let mut acked = 0;
+        let mut ack_latencies = Vec::with_capacity(w.messages_per_round());
         let deadline = start + w.ttl + Duration::from_secs(10);
         for (node, owed) in self.nodes.iter().zip(accepted) {
             let completions = node.completions();
             for _ in 0..owed {
                 match completions.recv_deadline(deadline) {
-                    Ok(c) if matches!(c.outcome, Outcome::Acked { .. }) => acked += 1,
+                    Ok(c) if matches!(c.outcome, Outcome::Acked { .. }) => {
+                        acked += 1;
+                        ack_latencies.push(c.elapsed);
+                    }
                     Ok(c) => problems.push(format!("{}: {}", c.key, c.outcome)),
                     Err(_) => {
                         problems.push(format!("{}: completion missing", node.id()));
@@ -121,12 +136,15 @@ impl GossipCluster {
                 }
             }
         }
+        let elapsed = start.elapsed();
         problems.truncate(MAX_PROBLEMS);
+        ack_latencies.sort();
         RoundReport {
-            elapsed: start.elapsed(),
+            elapsed,
             acked,
             expected: w.messages_per_round(),
             problems,
+            ack_latencies,
         }
     }
 

@@ -64,9 +64,22 @@ pub struct RoundReport {
     /// A description of each message that was not acknowledged (send errors, failures, timeouts,
     /// missing completions), at most 20.
     pub problems: Vec<String>,
+    /// Send-to-ACK time of each acknowledged message, sorted (empty where it is not measured:
+    /// the TCP baseline writes all frames before reading any ACK).
+    pub ack_latencies: Vec<Duration>,
 }
 
 impl RoundReport {
+    /// The `q`-quantile (0..=1, nearest rank) of the ACK latencies, if any were measured.
+    pub fn ack_quantile(&self, q: f64) -> Option<Duration> {
+        let n = self.ack_latencies.len();
+        if n == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as usize).clamp(1, n);
+        Some(self.ack_latencies[rank - 1])
+    }
+
     /// Payload throughput of the round in MiB/s.
     pub fn mib_per_s(&self, workload: &Workload) -> f64 {
         workload.bytes_per_round() as f64 / (1024.0 * 1024.0) / self.elapsed.as_secs_f64()

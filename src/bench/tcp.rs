@@ -172,6 +172,7 @@ impl TcpCluster {
             acked,
             expected: w.messages_per_round(),
             problems,
+            ack_latencies: Vec::new(),
         }
     }
 }

@@ -308,8 +308,11 @@ impl Driver {
         };
         if let Some(message) = wire::message_of(&self.local, frame, !features.broadcast) {
             if !message.payload.is_empty() {
+                let counted = self.counters.peers.of(&to);
                 bump(&self.counters.sent);
                 add(&self.counters.bytes_sent, message.payload.len());
+                bump(&counted.sent);
+                add(&counted.bytes_sent, message.payload.len());
             }
             self.pending_messages
                 .entry(stream)
@@ -332,8 +335,11 @@ impl Driver {
         match wire::frame_of(message, &self.limits) {
             Ok(frame) => {
                 if let Frame::Payload { payload, .. } = &frame {
+                    let counted = self.counters.peers.of(&peer);
                     bump(&self.counters.broadcast_payloads_received);
                     add(&self.counters.broadcast_bytes_received, payload.len());
+                    bump(&counted.received);
+                    add(&counted.bytes_received, payload.len());
                 }
                 self.broadcast_step(broadcast::Event::Received { from: peer, frame });
             }
@@ -400,6 +406,7 @@ impl Driver {
                 id, from, payload, ..
             } => {
                 bump(&self.counters.delivered);
+                bump(&self.counters.peers.of(&from).delivered);
                 self.offer(Delivery {
                     from,
                     hash: id.hash,

@@ -122,7 +122,7 @@ impl Links {
         }
         let double = self
             .factory
-            .open(endpoint, &self.id, timeout, &self.closed)?;
+            .open(endpoint, peer, &self.id, timeout, &self.closed)?;
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Shutdown);
         }

@@ -27,7 +27,7 @@ use crate::neighbor::{
     MemoryNeighborStore, NeighborEvent, NeighborInfo, NeighborManager, NeighborStore,
 };
 use crate::router::{FanoutRouter, Router};
-use crate::stats::{Counters, Stats};
+use crate::stats::{Counters, Metrics, PeerStats, QueueDepths, Stats};
 use crate::store::{PeerLimit, SlotStore, Wait};
 use crate::transport::factory::StreamFactory;
 use crate::transport::server::{self, Context};
@@ -138,6 +138,9 @@ impl Node {
         } = parts;
         config.validate()?;
         let factory = factory.unwrap_or_else(StreamFactory::shared);
+        if let Some(tls) = &factory.config().tls {
+            tls.validate()?;
+        }
         let needed = config.limits.grpc_message_limit();
         if needed > factory.config().max_grpc_message_bytes {
             return Err(Error::Config {
@@ -199,6 +202,7 @@ impl Node {
                 config.max_unidentified_streams,
             ),
             handshake_timeout: config.handshake_timeout,
+            tls: factory.config().tls.is_some(),
         });
         let (server, local_addr) = server::start(&config.listen, &factory, ctx)?;
 
@@ -331,6 +335,37 @@ impl Node {
         s.slots = self.store.slots() as u64;
         s.neighbors_online = self.neighbors().iter().filter(|n| n.online).count() as u64;
         s
+    }
+
+    /// Everything the node measures, for monitoring: node-wide counters, per-peer traffic with
+    /// each neighbour's online state, queue depths and the ACK latency histogram. Serve it to
+    /// Prometheus with [`MetricsServer`](crate::metrics::MetricsServer).
+    pub fn metrics(&self) -> Metrics {
+        let neighbors = self.neighbors();
+        let mut peers = self.counters.peer_snapshot();
+        for n in &neighbors {
+            match peers.iter_mut().find(|p| p.peer == n.node_hash) {
+                Some(p) => p.online = n.online,
+                None => peers.push(PeerStats {
+                    peer: n.node_hash.clone(),
+                    online: n.online,
+                    ..PeerStats::default()
+                }),
+            }
+        }
+        peers.sort_by(|a, b| a.peer.cmp(&b.peer));
+        Metrics {
+            node: self.id.to_string(),
+            stats: self.stats(),
+            peers,
+            ack_latency: self.counters.ack_latency_snapshot(),
+            queues: QueueDepths {
+                deliveries: self.deliveries.len() as u64,
+                completions: self.completions.len() as u64,
+                broadcast_completions: self.broadcast_completions.len() as u64,
+                inbox: self.links.inbox.len() as u64,
+            },
+        }
     }
 
     fn check_open(&self) -> Result<(), Error> {

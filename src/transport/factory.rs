@@ -1,6 +1,7 @@
 //! `StreamFactory` (the seed's DoubleStreamFactory): shared by all nodes of a process, it owns
 //! gRPC's completion queues, keeps one channel per endpoint, opens double streams on them and
-//! closes channels nobody has used for a while.
+//! closes channels nobody has used for a while. With TLS, a channel is kept per (neighbour id,
+//! endpoint), because the neighbour's id is the name its certificate must carry.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,7 @@ struct ChannelEntry {
 pub struct StreamFactory {
     env: Arc<Environment>,
     config: TransportConfig,
+    /// By channel key: the endpoint, or `id@endpoint` with TLS.
     channels: Mutex<HashMap<String, ChannelEntry>>,
     janitor: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
 }
@@ -53,13 +55,13 @@ pub(crate) struct DoubleStream {
 /// Keeps a channel in use; when the last lease of a channel drops, its idle time starts.
 pub(crate) struct ChannelLease {
     factory: Arc<StreamFactory>,
-    endpoint: String,
+    key: String,
 }
 
 impl Drop for ChannelLease {
     fn drop(&mut self) {
         let mut channels = self.factory.channels.lock();
-        if let Some(entry) = channels.get_mut(&self.endpoint) {
+        if let Some(entry) = channels.get_mut(&self.key) {
             entry.users = entry.users.saturating_sub(1);
             if entry.users == 0 {
                 entry.idle_since = Some(Instant::now());
@@ -148,12 +150,22 @@ impl StreamFactory {
         b
     }
 
-    fn lease(self: &Arc<Self>, endpoint: &str) -> (Channel, ChannelLease) {
+    fn lease(self: &Arc<Self>, endpoint: &str, peer: &NodeId) -> (Channel, ChannelLease) {
+        let key = match self.config.tls {
+            Some(_) => format!("{peer}@{endpoint}"),
+            None => endpoint.to_owned(),
+        };
         let mut channels = self.channels.lock();
-        let entry = channels.entry(endpoint.to_owned()).or_insert_with(|| {
-            let builder = ChannelBuilder::new(self.env.clone())
+        let entry = channels.entry(key.clone()).or_insert_with(|| {
+            let mut builder = ChannelBuilder::new(self.env.clone())
                 .initial_reconnect_backoff(Duration::from_millis(100))
                 .max_reconnect_backoff(Duration::from_secs(2));
+            if let Some(tls) = &self.config.tls {
+                // The server must prove it is `peer`, whatever address it was reached at.
+                builder = builder
+                    .set_credentials(tls.channel_credentials())
+                    .override_ssl_target(peer.as_str());
+            }
             ChannelEntry {
                 channel: self.tune(builder).connect(endpoint),
                 users: 0,
@@ -168,22 +180,23 @@ impl StreamFactory {
             channel,
             ChannelLease {
                 factory: self.clone(),
-                endpoint: endpoint.to_owned(),
+                key,
             },
         )
     }
 
-    /// Opens a MessageStream and an AckStream to `endpoint`, announcing `local` in the
-    /// `gossip-node-id` header. Waits up to `timeout` for the endpoint to accept, giving up
-    /// early (with [`Error::Shutdown`]) once `cancel` is set.
+    /// Opens a MessageStream and an AckStream to neighbour `peer` at `endpoint`, announcing
+    /// `local` in the `gossip-node-id` header. Waits up to `timeout` for the endpoint to accept,
+    /// giving up early (with [`Error::Shutdown`]) once `cancel` is set.
     pub(crate) fn open(
         self: &Arc<Self>,
         endpoint: &str,
+        peer: &NodeId,
         local: &NodeId,
         timeout: Duration,
         cancel: &AtomicBool,
     ) -> Result<DoubleStream, Error> {
-        let (channel, lease) = self.lease(endpoint);
+        let (channel, lease) = self.lease(endpoint, peer);
         let deadline = Instant::now() + timeout;
         loop {
             if cancel.load(Ordering::Acquire) {
@@ -191,9 +204,17 @@ impl StreamFactory {
             }
             let now = Instant::now();
             if now >= deadline {
+                let reason = match self.config.tls {
+                    Some(_) => format!(
+                        "not reachable within {timeout:?} (with TLS: or the TLS handshake failed; \
+                         is its certificate for {peer:?} and signed by our CA, and does it \
+                         trust ours?)"
+                    ),
+                    None => format!("not reachable within {timeout:?}"),
+                };
                 return Err(Error::Connect {
                     endpoint: endpoint.to_owned(),
-                    reason: format!("not reachable within {timeout:?}"),
+                    reason,
                 });
             }
             // Short slices, so that a shutdown does not wait for a whole connect timeout.

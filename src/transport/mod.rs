@@ -9,6 +9,7 @@ pub(crate) mod batch;
 pub mod factory;
 pub(crate) mod server;
 pub(crate) mod threads;
+pub mod tls;
 pub(crate) mod wire;
 
 use crossbeam_channel::{Receiver, Sender};

@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 
 use super::factory::StreamFactory;
 use super::threads::{ReadGate, ThreadSet};
+use super::tls;
 use super::{
     forward, read_loop, write_loop, Features, FrameSink, InboundFrame, StreamEnd, Verdict, Writer,
     FEATURES_HEADER, NODE_ID_HEADER,
@@ -42,6 +43,9 @@ pub(crate) struct Context {
     pub(crate) gate: Arc<ReadGate>,
     pub(crate) guards: StreamGuards,
     pub(crate) handshake_timeout: Duration,
+    /// Whether the server requires client certificates; then a peer's claimed id must be one
+    /// of its certificate's names.
+    pub(crate) tls: bool,
 }
 
 /// Caps on incoming streams, so that no client can tie up unbounded threads.
@@ -179,8 +183,17 @@ pub(crate) fn start(
         .register_service(create_gossip(GossipService { ctx }))
         .build()
         .map_err(|e| bind_err(e.to_string()))?;
+    let credentials = match &factory.config().tls {
+        Some(t) => t.server_credentials(),
+        None => {
+            warn!(
+                "{listen}: listening in PLAINTEXT: peers are neither encrypted nor authenticated"
+            );
+            ServerCredentials::insecure()
+        }
+    };
     let port = server
-        .add_listening_port(listen, ServerCredentials::insecure())
+        .add_listening_port(listen, credentials)
         .map_err(|e| bind_err(e.to_string()))?;
     server.start();
     Ok((server, SocketAddr::new(ip, port)))
@@ -234,11 +247,12 @@ impl GossipService {
         let ctx = self.ctx.clone();
         let header = header_id(rpc);
         let features = announced_features(rpc);
+        let names = tls::peer_names(rpc);
         let peer_addr = rpc.peer();
         let name = format!("gossip-in-{}", ctx.local);
         let run = move || {
             serve(
-                ctx, kind, header, features, peer_addr, requests, sink, writer,
+                ctx, kind, header, features, names, peer_addr, requests, sink, writer,
             )
         };
         if let Err(e) = self.ctx.threads.spawn(name, run) {
@@ -254,6 +268,7 @@ fn serve<In, Out>(
     kind: StreamKind,
     header: Option<Result<String, String>>,
     features: Features,
+    names: Option<Vec<String>>,
     peer_addr: String,
     mut requests: RequestStream<In>,
     sink: DuplexSink<Out>,
@@ -298,6 +313,22 @@ fn serve<In, Out>(
             return refuse(sink, RpcStatusCode::INVALID_ARGUMENT, why);
         }
     };
+    if ctx.tls {
+        match &names {
+            Some(names) if tls::certifies(names, peer.as_str()) => {}
+            Some(names) => {
+                let why = format!(
+                    "claims to be {peer:?} but its certificate is for {}",
+                    names.join(",")
+                );
+                return refuse(sink, RpcStatusCode::PERMISSION_DENIED, why);
+            }
+            None => {
+                let why = "no verified client certificate".to_owned();
+                return refuse(sink, RpcStatusCode::UNAUTHENTICATED, why);
+            }
+        }
+    }
     let _place = match ctx.guards.peer(&peer) {
         Ok(place) => place,
         Err(why) => return refuse(sink, RpcStatusCode::RESOURCE_EXHAUSTED, why),

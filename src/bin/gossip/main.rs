@@ -1,0 +1,90 @@
+//! `gossip`: run a node as a service, benchmark the library, simulate broadcasts, and make
+//! certificates for a TLS cluster.
+
+mod bench;
+mod certs;
+mod node;
+mod settings;
+mod sim;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "gossip",
+    version,
+    about = "Large-message gossip over gRPC double streams"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a benchmark in-process on loopback: by default the seed round (a full mesh of nodes,
+    /// each sending MESSAGES payloads to every other node; every message must be ACKed), or
+    /// `--mode ack-latency`.
+    Bench(bench::BenchArgs),
+    /// Run one node as a service: configuration from a TOML file and/or flags (flags win);
+    /// messages to send on stdin, events on stdout, logs on stderr. SIGTERM / Ctrl-C drains
+    /// in-flight messages, then exits 0.
+    #[command(after_help = node::NODE_HELP)]
+    Node(settings::NodeArgs),
+    /// Simulate broadcasts on a random graph of many nodes (the protocol core over simulated
+    /// links: no gRPC, deterministic for a seed) and report reliability, RMR, last-delivery hop
+    /// and whether the origin's converged ACK count is exact.
+    Sim(sim::SimArgs),
+    /// Make a cluster CA (or reuse the one in --out) and a certificate per node id, for
+    /// mutual TLS between nodes.
+    Certs(certs::CertsArgs),
+}
+
+/// Parses a size such as `512KiB`, `64MiB` or `1000`.
+pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = s.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("{s:?} is too large"))
+}
+
+/// Logs to stderr, one line per event, at `level` unless `RUST_LOG` says otherwise. gRPC's C
+/// core logs the same way: its errors (TLS handshake failures among them) always, its chatty
+/// info and debug lines only when we log at debug.
+pub(crate) fn init_logging(level: &str) {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let ours = log::max_level();
+    if ours <= log::LevelFilter::Info {
+        // `redirect_log` sets the C core's verbosity from the current maximum level.
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+    grpcio::redirect_log();
+    log::set_max_level(ours);
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench(args) => {
+            init_logging("warn");
+            bench::run(args)
+        }
+        // Logging starts once the node's configuration (which may set the level) is read.
+        Command::Node(args) => node::run(args),
+        Command::Sim(args) => {
+            init_logging("warn");
+            sim::run(args)
+        }
+        Command::Certs(args) => {
+            init_logging("warn");
+            certs::run(args)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gossip: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! `gossip sim`: broadcasts on a large simulated graph (the protocol core, no gRPC).
+
+use std::process::ExitCode;
+
+use crate::parse_size;
+
+/// Arguments of `gossip sim`.
+#[derive(clap::Args)]
+pub struct SimArgs {
+    /// Nodes in the graph.
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Neighbours per node (and eager pushes per hop for small payloads).
+    #[arg(long, default_value_t = 3)]
+    fanout: usize,
+    /// Fraction of the nodes killed while the first measured broadcast spreads (e.g. 0.1).
+    #[arg(long, default_value_t = 0.0)]
+    kill: f64,
+    /// Probability that a frame is lost on its link.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Payload size (e.g. 512KiB; at least 64KiB uses the lazy plane).
+    #[arg(long, default_value = "512KiB", value_parser = parse_size)]
+    payload: usize,
+    /// Broadcasts before measuring (they let the lazy plane settle into a tree).
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// Broadcasts measured.
+    #[arg(long, default_value_t = 10)]
+    broadcasts: usize,
+    /// Seed of the random graph, latencies, origins and failures.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print each broadcast's figures too.
+    #[arg(long)]
+    verbose: bool,
+    /// Print one JSON object with the results as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the simulation and prints its figures.
+pub fn run(args: SimArgs) -> Result<ExitCode, grpc_gossip::Error> {
+    let cfg = grpc_gossip::sim::SimConfig {
+        nodes: args.nodes,
+        fanout: args.fanout,
+        payload: args.payload,
+        kill: args.kill,
+        loss: args.loss,
+        warmup: args.warmup,
+        broadcasts: args.broadcasts.max(1),
+        seed: args.seed,
+        ..Default::default()
+    };
+    println!(
+        "simulating {} nodes, {} neighbours each, {} B payloads, {:.0}% killed, {:.1}% loss: {} warm-up + {} measured broadcasts",
+        cfg.nodes,
+        cfg.fanout,
+        cfg.payload,
+        cfg.kill * 100.0,
+        cfg.loss * 100.0,
+        cfg.warmup,
+        cfg.broadcasts
+    );
+    let r = grpc_gossip::sim::run(cfg)?;
+    for b in r.broadcasts.iter().filter(|b| args.verbose || b.killed > 0) {
+        println!(
+            "broadcast {:3}{}: reliability {:.4}  rmr {:.3}  last hop {:2}  delivered {} ({:.1} ms)  converged {} in {:.1} ms{}  missing {}  killed {}",
+            b.index,
+            if b.measured { "" } else { " (warm-up)" },
+            b.reliability,
+            b.rmr,
+            b.last_delivery_hop,
+            b.delivered,
+            b.last_delivery_ms,
+            b.converged_count,
+            b.converged_ms,
+            if b.converged_count_exact { " (exact)" } else { " (NOT exact)" },
+            b.missing,
+            b.killed
+        );
+    }
+    println!(
+        "measured {}: reliability min {:.4} mean {:.4} (of reachable nodes: min {:.4})  rmr {:.3}  last-delivery hop {}  converged count exact in {}/{}",
+        r.measured,
+        r.reliability,
+        r.reliability_mean,
+        r.reachable_reliability,
+        r.rmr,
+        r.last_delivery_hop,
+        r.exact_broadcasts,
+        r.measured
+    );
+    if args.json {
+        let out = serde_json::json!({
+            "nodes": r.nodes,
+            "fanout": r.fanout,
+            "payload": r.payload,
+            "kill": r.kill,
+            "seed": r.seed,
+            "reliability": r.reliability,
+            "reliability_mean": r.reliability_mean,
+            "reachable_reliability": r.reachable_reliability,
+            "rmr": r.rmr,
+            "last_delivery_hop": r.last_delivery_hop,
+            "converged_count_exact": r.converged_count_exact,
+            "exact_broadcasts": r.exact_broadcasts,
+            "measured": r.measured,
+        });
+        println!("{out}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

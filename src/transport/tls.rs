@@ -1,0 +1,320 @@
+//! TLS with mutual authentication, through gRPC's OpenSSL support.
+//!
+//! Every node holds a certificate signed by one cluster CA whose subject alternative name
+//! (a DNS name) is the node's id. Both ends of a connection verify the other's chain against
+//! that CA. On top of the chain:
+//! - a client names the neighbour it dials as the TLS target, so the server must present a
+//!   certificate for the neighbour's id, whatever address it was reached at;
+//! - a server checks that the id a client claims (the `gossip-node-id` header, or the first
+//!   frame's sender) is among the names of the client's certificate, and refuses the stream
+//!   with `PERMISSION_DENIED` otherwise.
+//!
+//! So with TLS on, node ids must be valid DNS names (letters, digits, `-` and `.`).
+//!
+//! [`CertificateAuthority`] makes such a CA and node certificates (it is what
+//! `gossip certs` runs); any other CA works as long as each node's certificate carries its id
+//! as a DNS subject alternative name and may be used for both server and client
+//! authentication.
+
+use std::fmt;
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+
+use grpcio::{
+    CertificateRequestType, ChannelCredentials, ChannelCredentialsBuilder, RpcContext,
+    ServerCredentials, ServerCredentialsBuilder,
+};
+
+use crate::error::Error;
+
+/// The auth-context property under which gRPC lists a peer certificate's SAN entries.
+const SAN_PROPERTY: &str = "x509_subject_alternative_name";
+
+/// A node's TLS material, all PEM-encoded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The CA certificate(s) every peer's certificate must chain to.
+    pub ca_pem: Vec<u8>,
+    /// This node's certificate chain (its SAN is the node's id).
+    pub cert_pem: Vec<u8>,
+    /// This node's private key.
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for TlsConfig {
+    // The key never reaches a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("ca_pem", &format_args!("{} bytes", self.ca_pem.len()))
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+impl TlsConfig {
+    /// Reads the three PEM files; an error names the field (`tls.ca`, `tls.cert`, `tls.key`)
+    /// whose file cannot be read or is not PEM.
+    pub fn from_files(
+        ca: impl AsRef<Path>,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<TlsConfig, Error> {
+        let read = |field: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|e| Error::Config {
+                field,
+                reason: format!("{}: {e}", path.display()),
+            })
+        };
+        let tls = TlsConfig {
+            ca_pem: read("tls.ca", ca.as_ref())?,
+            cert_pem: read("tls.cert", cert.as_ref())?,
+            key_pem: read("tls.key", key.as_ref())?,
+        };
+        tls.validate()?;
+        Ok(tls)
+    }
+
+    /// Checks that each part looks like PEM. (gRPC parses it only when a connection is made,
+    /// and would then fail every handshake with little to say why.)
+    pub fn validate(&self) -> Result<(), Error> {
+        for (field, pem) in [
+            ("tls.ca", &self.ca_pem),
+            ("tls.cert", &self.cert_pem),
+            ("tls.key", &self.key_pem),
+        ] {
+            let text = std::str::from_utf8(pem).map_err(|_| Error::Config {
+                field,
+                reason: "is not PEM text".into(),
+            })?;
+            if text.contains('\0') || !text.contains("-----BEGIN ") {
+                return Err(Error::Config {
+                    field,
+                    reason: "is not PEM (no -----BEGIN line)".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Server side: present our certificate, and require a client certificate that chains to
+    /// the CA.
+    pub(crate) fn server_credentials(&self) -> ServerCredentials {
+        ServerCredentialsBuilder::new()
+            .root_cert(
+                self.ca_pem.clone(),
+                CertificateRequestType::RequestAndRequireClientCertificateAndVerify,
+            )
+            .add_cert(self.cert_pem.clone(), self.key_pem.clone())
+            .build()
+    }
+
+    /// Client side: verify the server against the CA, and present our certificate.
+    pub(crate) fn channel_credentials(&self) -> ChannelCredentials {
+        ChannelCredentialsBuilder::new()
+            .root_cert(self.ca_pem.clone())
+            .cert(self.cert_pem.clone(), self.key_pem.clone())
+            .build()
+    }
+}
+
+/// A cluster CA that issues node certificates: the certificate's DNS subject alternative name
+/// is the node id, and it serves for both server and client authentication.
+pub struct CertificateAuthority {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// A node certificate and its private key, PEM-encoded.
+pub struct IssuedCertificate {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
+fn tls_error(field: &'static str, e: impl fmt::Display) -> Error {
+    Error::Config {
+        field,
+        reason: e.to_string(),
+    }
+}
+
+impl CertificateAuthority {
+    /// A new CA with a fresh key; `name` becomes its common name.
+    pub fn generate(name: &str) -> Result<CertificateAuthority, Error> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().map_err(|e| tls_error("tls.ca", e))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| tls_error("tls.ca", e))?;
+        Ok(CertificateAuthority { cert, key })
+    }
+
+    /// An existing CA, from its certificate and private key (PEM), to issue more node
+    /// certificates that chain to it.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<CertificateAuthority, Error> {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| tls_error("tls.ca_key", e))?;
+        let params =
+            CertificateParams::from_ca_cert_pem(cert_pem).map_err(|e| tls_error("tls.ca", e))?;
+        // Re-signing the same subject with the same key gives an issuer identical to the
+        // original for every purpose of chain verification.
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| tls_error("tls.ca", e))?;
+        Ok(CertificateAuthority { cert, key })
+    }
+
+    /// The CA certificate (what every node is configured with as `tls.ca`).
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// The CA's private key (keep it off the nodes).
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// Issues a certificate for node `id` (which must be a DNS name), with a fresh key.
+    pub fn issue(&self, id: &str) -> Result<IssuedCertificate, Error> {
+        let mut params =
+            CertificateParams::new(vec![id.to_owned()]).map_err(|e| tls_error("id", e))?;
+        params.distinguished_name.push(DnType::CommonName, id);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let key = KeyPair::generate().map_err(|e| tls_error("tls.key", e))?;
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(|e| tls_error("tls.cert", e))?;
+        Ok(IssuedCertificate {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// A node's whole [`TlsConfig`]: a new certificate for `id` and this CA as the trust root.
+    pub fn node_config(&self, id: &str) -> Result<TlsConfig, Error> {
+        let issued = self.issue(id)?;
+        Ok(TlsConfig {
+            ca_pem: self.cert_pem().into_bytes(),
+            cert_pem: issued.cert_pem.into_bytes(),
+            key_pem: issued.key_pem.into_bytes(),
+        })
+    }
+}
+
+/// The names (SAN entries) of the verified certificate a client presented on this call, or
+/// `None` on a plaintext call.
+pub(crate) fn peer_names(ctx: &RpcContext) -> Option<Vec<String>> {
+    let auth = ctx.auth_context()?;
+    if !auth.peer_is_authenticated() {
+        return None;
+    }
+    Some(
+        auth.into_iter()
+            .filter(|p| p.name() == SAN_PROPERTY)
+            .filter_map(|p| p.value_str().ok().map(str::to_owned))
+            .collect(),
+    )
+}
+
+/// Whether a peer whose certificate carries `names` may act as `claimed`.
+pub(crate) fn certifies(names: &[String], claimed: &str) -> bool {
+    names.iter().any(|n| n == claimed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field_that_is_not_pem() {
+        let good = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec();
+        let tls = TlsConfig {
+            ca_pem: good.clone(),
+            cert_pem: good.clone(),
+            key_pem: b"not a key".to_vec(),
+        };
+        match tls.validate() {
+            Err(Error::Config { field, .. }) => assert_eq!(field, "tls.key"),
+            other => panic!("{other:?}"),
+        }
+        let tls = TlsConfig {
+            ca_pem: b"-----BEGIN \0".to_vec(),
+            cert_pem: good.clone(),
+            key_pem: good,
+        };
+        assert!(matches!(
+            tls.validate(),
+            Err(Error::Config {
+                field: "tls.ca",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let err = TlsConfig::from_files("/nonexistent/ca.pem", "/x", "/y").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Config {
+                    field: "tls.ca",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let tls = TlsConfig {
+            ca_pem: vec![],
+            cert_pem: vec![],
+            key_pem: b"SECRET".to_vec(),
+        };
+        assert!(!format!("{tls:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn a_ca_issues_valid_pem_and_can_be_reloaded() {
+        let ca = CertificateAuthority::generate("test CA").unwrap();
+        let tls = ca.node_config("node-1").unwrap();
+        tls.validate().unwrap();
+        assert!(String::from_utf8(tls.key_pem)
+            .unwrap()
+            .contains("PRIVATE KEY"));
+        let again = CertificateAuthority::from_pem(&ca.cert_pem(), &ca.key_pem()).unwrap();
+        again.issue("node-2").unwrap();
+        assert!(matches!(
+            CertificateAuthority::from_pem("junk", &ca.key_pem()),
+            Err(Error::Config {
+                field: "tls.ca",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_claimed_id_must_be_one_of_the_names() {
+        let names = vec!["a".to_owned(), "a.example".to_owned()];
+        assert!(certifies(&names, "a"));
+        assert!(!certifies(&names, "b"));
+        assert!(!certifies(&[], "a"));
+    }
+}

@@ -1,0 +1,201 @@
+//! TLS with mutual authentication between real nodes: a peer whose certificate chains to the
+//! cluster CA and names its id is served; a peer with a certificate from another CA, a peer
+//! claiming an id its certificate does not carry, and a plaintext peer are refused, each with a
+//! log line saying why, while the node goes on serving its good peers.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use grpc_gossip::transport::tls::{CertificateAuthority, TlsConfig};
+use grpc_gossip::{Error, Message, NeighborInfo, Node, Outcome, StreamFactory, TransportConfig};
+use parking_lot::Mutex;
+
+/// Log records of this test process, so that the test can check what an operator would see.
+static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Info
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            LOGS.lock()
+                .push(format!("{} {}: {}", r.level(), r.target(), r.args()));
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&Capture).expect("logger set once");
+        log::set_max_level(log::LevelFilter::Info);
+        // The C core's own lines (TLS handshake failures) go to `log` too.
+        grpcio::redirect_log();
+    });
+}
+
+/// Waits until a captured log line contains every one of `parts`.
+fn wait_for_log(parts: &[&str]) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(line) = LOGS
+            .lock()
+            .iter()
+            .find(|l| parts.iter().all(|p| l.contains(p)))
+        {
+            return line.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {parts:?}; lines: {:#?}",
+            LOGS.lock()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tls_factory(tls: Option<TlsConfig>) -> Arc<StreamFactory> {
+    StreamFactory::new(TransportConfig {
+        tls,
+        ..TransportConfig::default()
+    })
+}
+
+/// A node named `id` whose factory holds `tls`.
+fn node(id: &str, tls: Option<TlsConfig>) -> Node {
+    let mut c = config(id);
+    c.connect_timeout = Duration::from_secs(3);
+    start_with(c, &tls_factory(tls))
+}
+
+fn dial(from: &Node, to: &Node) -> Result<(), Error> {
+    from.connect_to_neighbor(NeighborInfo::new(
+        to.id().as_str(),
+        to.local_addr().to_string(),
+    ))
+}
+
+/// Sends one message and waits for its completion.
+fn send_and_complete(from: &Node, to: &Node, hash: &str) -> Outcome {
+    let completions = from.completions();
+    from.send_message(
+        to.id().as_str(),
+        Message::new(hash, Bytes::from_static(b"hi")),
+    )
+    .expect("send");
+    let c = completions.recv_timeout(PATIENCE).expect("a completion");
+    assert_eq!(c.key.hash, hash);
+    c.outcome
+}
+
+fn assert_delivered(to: &Node, from: &str, hash: &str) {
+    let d = to.deliveries().recv_timeout(PATIENCE).expect("a delivery");
+    assert_eq!((d.from.as_str(), d.hash.as_str()), (from, hash));
+}
+
+#[test]
+fn mutual_tls_admits_only_certified_peers() {
+    capture_logs();
+    let ca = CertificateAuthority::generate("test cluster CA").unwrap();
+    let server = node("server", Some(ca.node_config("server").unwrap()));
+    let good = node("good", Some(ca.node_config("good").unwrap()));
+    let server_id = server.id().as_str().to_owned();
+
+    // A trusted peer connects, both ways, and its messages are delivered and ACKed.
+    dial(&good, &server).expect("a certified peer connects");
+    dial(&server, &good).expect("and is dialled back");
+    assert!(matches!(
+        send_and_complete(&good, &server, "good-1"),
+        Outcome::Acked { .. }
+    ));
+    assert_delivered(&server, "good", "good-1");
+    assert!(matches!(
+        send_and_complete(&server, &good, "server-1"),
+        Outcome::Acked { .. }
+    ));
+    assert_delivered(&good, "server", "server-1");
+
+    // A certificate from another CA (the outsider knows our CA's certificate, which is no
+    // secret, so it does verify the server): the server refuses the handshake and logs it,
+    // and the dial fails with an error that points at TLS.
+    let rogue = CertificateAuthority::generate("rogue CA")
+        .unwrap()
+        .node_config("outsider")
+        .unwrap();
+    let outsider_tls = TlsConfig {
+        ca_pem: ca.cert_pem().into_bytes(),
+        ..rogue
+    };
+    let outsider = node("outsider", Some(outsider_tls));
+    match dial(&outsider, &server) {
+        Err(Error::Connect { reason, .. }) => assert!(reason.contains("TLS"), "{reason}"),
+        other => panic!("an untrusted peer must not connect: {other:?}"),
+    }
+    wait_for_log(&["Handshake failed", "certificate verify failed"]);
+    drop(outsider);
+
+    // A certificate from the right CA, but for another name than the id it claims: the
+    // server refuses its streams with PERMISSION_DENIED and says so.
+    LOGS.lock().clear();
+    let mallory_tls = ca.node_config("mallory").unwrap();
+    let impostor = node("good", Some(mallory_tls));
+    let _ = dial(&impostor, &server);
+    let line = wait_for_log(&[&server_id, "claims to be \"good\"", "mallory"]);
+    assert!(line.starts_with("WARN"), "{line}");
+    impostor.shutdown();
+
+    // A plaintext peer cannot even complete a connection to a TLS server, which logs that
+    // what came was no TLS.
+    LOGS.lock().clear();
+    let plain = node("plain", None);
+    wait_for_log(&["PLAINTEXT"]);
+    match dial(&plain, &server) {
+        Err(Error::Connect { .. }) => {}
+        other => panic!("a plaintext peer must not connect: {other:?}"),
+    }
+    wait_for_log(&["Handshake failed", "wrong version number"]);
+    drop(plain);
+
+    // Through all that, the good peer was served and still is.
+    assert!(matches!(
+        send_and_complete(&good, &server, "good-2"),
+        Outcome::Acked { .. }
+    ));
+    assert_delivered(&server, "good", "good-2");
+    let stats = server.stats();
+    assert_eq!(
+        stats.delivered, 2,
+        "only the good peer's messages: {stats:?}"
+    );
+    assert_eq!(stats.neighbors_online, 1);
+}
+
+#[test]
+fn malformed_tls_material_is_refused_at_start_naming_the_field() {
+    let ca = CertificateAuthority::generate("test cluster CA").unwrap();
+    let mut tls = ca.node_config("n").unwrap();
+    tls.cert_pem = b"not a certificate".to_vec();
+    let err = Node::builder(config("n"))
+        .factory(tls_factory(Some(tls)))
+        .start()
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            err,
+            Error::Config {
+                field: "tls.cert",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
