@@ -57,6 +57,14 @@
 //!
 //! The wire protocol (`proto/gossip.proto`) keeps the original's package, service, methods and
 //! field numbers; what we add uses new field numbers that an original node ignores.
+//!
+//! ## Operating
+//!
+//! [`TransportConfig::tls`] turns on mutual TLS: peers must hold a certificate from the cluster
+//! CA whose subject alternative name is the id they claim ([`transport::tls`], which can also
+//! make the CA and the certificates). [`Node::metrics`] snapshots per-peer traffic, completions
+//! by outcome, queue depths and an ACK latency histogram; [`metrics::MetricsServer`] serves them
+//! to Prometheus. The `gossip node` binary wraps all of it as a service.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

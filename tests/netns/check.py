@@ -43,6 +43,7 @@ def parse(path):
     log = {
         "sent": {}, "completed": defaultdict(list), "broadcast": {},
         "converged": defaultdict(list), "delivered": Counter(), "stopped": False,
+        "draining": False,
         "errors": [],
     }
     with open(path, errors="replace") as f:
@@ -61,6 +62,8 @@ def parse(path):
                 log["delivered"][(fs["from"], fs["hash"])] += 1
             elif kind == "stopped":
                 log["stopped"] = True
+            elif kind == "draining":
+                log["draining"] = True
             elif kind == "error":
                 log["errors"].append(line.strip())
     return log
@@ -101,8 +104,8 @@ def final(work):
                 failures.append(f"{name}: {h} from {sender} delivered {n} times")
         if name in dead:
             continue
-        if not log["stopped"]:
-            failures.append(f"{name}: no 'stopped' line (did it exit cleanly?)")
+        if not (log["draining"] and log["stopped"]):
+            failures.append(f"{name}: no 'draining' and 'stopped' lines (did SIGTERM drain it?)")
         for h, peer in log["sent"].items():
             sent_total += 1
             done = log["completed"].get(h, [])
