@@ -186,7 +186,14 @@ pub(crate) fn start(
     let credentials = match &factory.config().tls {
         Some(t) => t.server_credentials(),
         None => {
-            warn!(
+            // Plaintext on loopback is local testing; anywhere else it deserves a warning.
+            let level = if ip.is_loopback() {
+                log::Level::Info
+            } else {
+                log::Level::Warn
+            };
+            log::log!(
+                level,
                 "{listen}: listening in PLAINTEXT: peers are neither encrypted nor authenticated"
             );
             ServerCredentials::insecure()

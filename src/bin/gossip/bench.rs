@@ -242,6 +242,53 @@ fn write_csv(path: &std::path::Path, rows: &[RoundRow]) -> Result<(), Error> {
     })
 }
 
+/// One line of a chart panel: a label, a colour and (round, value) points.
+type Line = (&'static str, plotters::style::RGBColor, Vec<(usize, f64)>);
+
+/// Draws one panel: `lines` against the round number, with a legend.
+fn panel<DB: plotters::prelude::DrawingBackend>(
+    area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+    y_desc: &str,
+    rounds: usize,
+    lines: Vec<Line>,
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let y_max = lines
+        .iter()
+        .flat_map(|(_, _, points)| points.iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.4; // headroom above the lines for the legend
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .caption(caption, ("sans-serif", 16))
+        .build_cartesian_2d(1usize..rounds, 0.0..y_max)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("round")
+        .y_desc(y_desc)
+        .draw()
+        .map_err(err)?;
+    for (label, color, points) in lines.into_iter().filter(|l| !l.2.is_empty()) {
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(err)?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)
+}
+
 /// Two panels: MiB/s per round (gossip and, if run, TCP), and gossip's ACK latency
 /// p50/p99/max per round.
 fn draw_chart(path: &std::path::Path, rows: &[RoundRow], title: &str) -> Result<(), Error> {
@@ -255,80 +302,40 @@ fn draw_chart(path: &std::path::Path, rows: &[RoundRow], title: &str) -> Result<
         .titled(title, ("sans-serif", 20))
         .map_err(|e| chart_err(e.to_string()))?;
     let (top, bottom) = root.split_vertically(360);
-
-    let top_max = rows.iter().map(|r| r.mib_per_s).fold(1.0, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(&top)
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
-        .caption("throughput per round", ("sans-serif", 16))
-        .build_cartesian_2d(1usize..rounds, 0.0..top_max)
-        .map_err(|e| chart_err(e.to_string()))?;
-    chart
-        .configure_mesh()
-        .x_desc("round")
-        .y_desc("MiB/s")
-        .draw()
-        .map_err(|e| chart_err(e.to_string()))?;
-    for (kind, color) in [("gossip", BLUE), ("tcp", RED)] {
-        let points: Vec<(usize, f64)> = rows
-            .iter()
+    let throughput = |kind| {
+        rows.iter()
             .filter(|r| r.kind == kind)
             .map(|r| (r.round, r.mib_per_s))
-            .collect();
-        if points.is_empty() {
-            continue;
-        }
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
-            .map_err(|e| chart_err(e.to_string()))?
-            .label(kind)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| chart_err(e.to_string()))?;
-
-    let latency: Vec<(usize, [f64; 3])> = rows
-        .iter()
-        .filter_map(|r| r.ack_ms.map(|a| (r.round, a)))
-        .collect();
-    let bottom_max = latency.iter().map(|(_, a)| a[2]).fold(1.0, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(&bottom)
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
-        .caption("gossip send-to-ACK latency per round", ("sans-serif", 16))
-        .build_cartesian_2d(1usize..rounds, 0.0..bottom_max)
-        .map_err(|e| chart_err(e.to_string()))?;
-    chart
-        .configure_mesh()
-        .x_desc("round")
-        .y_desc("ms")
-        .draw()
-        .map_err(|e| chart_err(e.to_string()))?;
-    for (i, (label, color)) in [("p50", GREEN), ("p99", MAGENTA), ("max", BLACK)]
-        .into_iter()
-        .enumerate()
-    {
-        chart
-            .draw_series(LineSeries::new(
-                latency.iter().map(|(round, a)| (*round, a[i])),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| chart_err(e.to_string()))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| chart_err(e.to_string()))?;
+            .collect()
+    };
+    panel(
+        &top,
+        "throughput per round",
+        "MiB/s",
+        rounds,
+        vec![
+            ("gossip", BLUE, throughput("gossip")),
+            ("tcp", RED, throughput("tcp")),
+        ],
+    )
+    .map_err(chart_err)?;
+    let latency = |i: usize| {
+        rows.iter()
+            .filter_map(|r| r.ack_ms.map(|a| (r.round, a[i])))
+            .collect()
+    };
+    panel(
+        &bottom,
+        "gossip send-to-ACK latency per round",
+        "ms",
+        rounds,
+        vec![
+            ("p50", GREEN, latency(0)),
+            ("p99", MAGENTA, latency(1)),
+            ("max", BLACK, latency(2)),
+        ],
+    )
+    .map_err(chart_err)?;
     root.present().map_err(|e| chart_err(e.to_string()))
 }
 

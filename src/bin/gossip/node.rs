@@ -36,9 +36,9 @@ Stdout, one line per event:
   draining pending=N timeout_ms=..     stopped id=.. pending=N
   error ..
 
-Every message sent ends in exactly one `completed` (or, for a broadcast, `converged`) line:
-outcome \"acked\", \"timed out\", or \"failed: <reason>\". Hashes are ID-BOOT-SEQ, BOOT being the
-process's start time, so a restarted node never reuses one.
+Every message sent ends in exactly one `completed` (or, for a broadcast, `converged`) line,
+with outcome \"acked by PEER\", \"timed out\", or \"failed: <reason>\". Hashes are
+ID-BOOT-SEQ, BOOT being the process's start time, so a restarted node never reuses one.
 
 With --deliver-dir DIR, each delivered payload is written to DIR/FROM.HASH (through a temporary
 file and a rename, so a reader never sees half a file).
