@@ -14,6 +14,18 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A `gossip node` process with `args`, its stdin and stdout piped.
+fn node_process(args: &[&str]) -> std::process::Child {
+    Command::new(GOSSIP)
+        .arg("node")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start gossip node")
+}
+
 #[test]
 fn bench_json_has_the_documented_fields() {
     let out = Command::new(GOSSIP)
@@ -74,22 +86,24 @@ fn bad_bench_arguments_are_refused() {
 #[test]
 fn two_node_processes_exchange_messages() {
     let (pa, pb) = (free_port(), free_port());
-    let mut b = Command::new(GOSSIP)
-        .args(["node", "--id", "b", "--listen", &format!("127.0.0.1:{pb}")])
-        .args(["--peer", &format!("a=127.0.0.1:{pa}")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut a = Command::new(GOSSIP)
-        .args(["node", "--id", "a", "--listen", &format!("127.0.0.1:{pa}")])
-        .args(["--peer", &format!("b=127.0.0.1:{pb}"), "--exit-when-done"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (listen_a, listen_b) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    let mut b = node_process(&[
+        "--id",
+        "b",
+        "--listen",
+        &listen_b,
+        "--peer",
+        &format!("a={listen_a}"),
+    ]);
+    let mut a = node_process(&[
+        "--id",
+        "a",
+        "--listen",
+        &listen_a,
+        "--peer",
+        &format!("b={listen_b}"),
+        "--exit-when-done",
+    ]);
     {
         let mut stdin = a.stdin.take().unwrap();
         writeln!(stdin, "b hello there").unwrap();
@@ -184,21 +198,16 @@ fn sigterm_drains_then_fails_what_cannot_finish_and_exits_zero() {
         ),
     )
     .unwrap();
-    let mut b = Command::new(GOSSIP)
-        .args(["node", "--id", "b", "--listen", &format!("127.0.0.1:{pb}")])
-        .args(["--deliver-dir", dir.join("inbox").to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut a = Command::new(GOSSIP)
-        .args(["node", "--config", config.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let inbox = dir.join("inbox");
+    let mut b = node_process(&[
+        "--id",
+        "b",
+        "--listen",
+        &format!("127.0.0.1:{pb}"),
+        "--deliver-dir",
+        inbox.to_str().unwrap(),
+    ]);
+    let mut a = node_process(&["--config", config.to_str().unwrap()]);
     let mut a_in = a.stdin.take().unwrap();
     let mut a_lines = BufReader::new(a.stdout.take().unwrap()).lines();
     let mut b_lines = BufReader::new(b.stdout.take().unwrap()).lines();
