@@ -29,6 +29,8 @@ pub struct LatencyWorkload {
     pub bulk_bytes: usize,
     /// Store slots per node (bounds the bulk in flight).
     pub slots: usize,
+    /// Payload bytes in flight to one neighbour (`NodeConfig::peer_max_bytes`).
+    pub peer_max_bytes: usize,
 }
 
 impl Default for LatencyWorkload {
@@ -40,6 +42,7 @@ impl Default for LatencyWorkload {
             probe_interval: Duration::from_millis(1),
             bulk_bytes: 512 * 1024,
             slots: 200,
+            peer_max_bytes: NodeConfig::new("", "").peer_max_bytes,
         }
     }
 }
@@ -84,6 +87,7 @@ impl LoadedPair {
             let mut c = NodeConfig::new(id, "127.0.0.1:0");
             c.slots = w.slots;
             c.peer_max_messages = w.slots;
+            c.peer_max_bytes = w.peer_max_bytes;
             c.deliveries = Deliveries::Discard;
             c.limits.max_payload_bytes = c.limits.max_payload_bytes.max(w.bulk_bytes);
             Node::builder(c)

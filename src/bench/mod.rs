@@ -24,6 +24,8 @@ pub struct Workload {
     pub slots: usize,
     /// Store TTL per node.
     pub ttl: Duration,
+    /// Payload bytes in flight to one neighbour (`NodeConfig::peer_max_bytes`).
+    pub peer_max_bytes: usize,
 }
 
 impl Default for Workload {
@@ -36,6 +38,7 @@ impl Default for Workload {
             payload_bytes: 512 * 1024,
             slots: 200,
             ttl: Duration::from_secs(120),
+            peer_max_bytes: crate::NodeConfig::new("", "").peer_max_bytes,
         }
     }
 }

@@ -75,6 +75,10 @@ pub struct BenchArgs {
     /// Largest HTTP/2 frame (e.g. 64KiB, at most 16MiB - 1); default: 1MiB.
     #[arg(long, value_parser = parse_size)]
     max_frame: Option<usize>,
+    /// Payload bytes in flight to one neighbour (NodeConfig::peer_max_bytes); default: the
+    /// node's default.
+    #[arg(long, value_parser = parse_size)]
+    peer_window: Option<usize>,
     /// Turn HTTP/2 BDP probing on (off by default).
     #[arg(long)]
     bdp_probe: bool,
@@ -347,6 +351,9 @@ fn ack_latency(
         probes: args.probes.max(1),
         bulk_bytes: args.payload,
         slots: args.slots,
+        peer_max_bytes: args
+            .peer_window
+            .unwrap_or(LatencyWorkload::default().peer_max_bytes),
         ..LatencyWorkload::default()
     };
     println!(
@@ -387,6 +394,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
         payload_bytes: args.payload,
         slots: args.slots,
         ttl: args.ttl,
+        peer_max_bytes: args
+            .peer_window
+            .unwrap_or(Workload::default().peer_max_bytes),
+        ..Workload::default()
     };
     if args.rounds == 0 {
         return Err(grpc_gossip::Error::Config {
