@@ -397,7 +397,6 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
         peer_max_bytes: args
             .peer_window
             .unwrap_or(Workload::default().peer_max_bytes),
-        ..Workload::default()
     };
     if args.rounds == 0 {
         return Err(grpc_gossip::Error::Config {
