@@ -124,14 +124,14 @@ impl StreamFactory {
         before - channels.len()
     }
 
-    /// Applies the transport settings to a channel or server builder.
-    pub(crate) fn tune(&self, mut b: ChannelBuilder) -> ChannelBuilder {
+    /// Applies the transport settings to a channel to, or a server listening on, `address`.
+    pub(crate) fn tune(&self, mut b: ChannelBuilder, address: &str) -> ChannelBuilder {
         let max = i32::try_from(self.config.max_grpc_message_bytes).unwrap_or(i32::MAX);
         let keepalive = self.config.keepalive_time;
         b = b
             .max_receive_message_len(max)
             .max_send_message_len(max)
-            .http2_bdp_probe(self.config.http2_bdp_probe)
+            .http2_bdp_probe(self.config.bdp_probe_for(address))
             // Find dead connections (a peer that vanished without closing) within seconds.
             .keepalive_time(keepalive)
             .keepalive_timeout(self.config.keepalive_timeout)
@@ -167,7 +167,7 @@ impl StreamFactory {
                     .override_ssl_target(peer.as_str());
             }
             ChannelEntry {
-                channel: self.tune(builder).connect(endpoint),
+                channel: self.tune(builder, endpoint).connect(endpoint),
                 users: 0,
                 idle_since: None,
             }

@@ -175,7 +175,7 @@ pub(crate) fn start(
     // gRPC sets SO_REUSEPORT by default: two nodes could then share a port and split its
     // connections between them. A taken port must be an error instead.
     let args = factory
-        .tune(ChannelBuilder::new(factory.env().clone()))
+        .tune(ChannelBuilder::new(factory.env().clone()), listen)
         .reuse_port(false)
         .build_args();
     let mut server = ServerBuilder::new(factory.env().clone())

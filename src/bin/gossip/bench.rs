@@ -79,7 +79,7 @@ pub struct BenchArgs {
     /// node's default.
     #[arg(long, value_parser = parse_size)]
     peer_window: Option<usize>,
-    /// Turn HTTP/2 BDP probing on (off by default).
+    /// Turn HTTP/2 BDP probing on (off by default on loopback, where the benchmark runs).
     #[arg(long)]
     bdp_probe: bool,
     /// Run the gossip nodes with mutual TLS (throw-away certificates), to measure its cost.
@@ -432,7 +432,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
     };
     let transport = TransportConfig {
         max_grpc_message_bytes: limits.grpc_message_limit(),
-        http2_bdp_probe: args.bdp_probe,
+        http2_bdp_probe: args.bdp_probe.then_some(true),
         stream_window_bytes: args
             .stream_window
             .map(|v| as_u32("stream-window", v))

@@ -132,6 +132,8 @@ struct FileConnection {
     keepalive_timeout: Option<String>,
     reconnect_initial: Option<String>,
     reconnect_max: Option<String>,
+    stream_window: Option<Size>,
+    bdp_probe: Option<bool>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -259,6 +261,21 @@ impl Settings {
         }
         if let Some(d) = duration("connection.keepalive_timeout", &c.keepalive_timeout)? {
             transport.keepalive_timeout = d;
+        }
+        if let Some(w) = size("connection.stream_window", &c.stream_window)? {
+            let w = u32::try_from(w)
+                .ok()
+                .filter(|w| (65_535..=i32::MAX as u32).contains(w))
+                .ok_or_else(|| {
+                    invalid(
+                        "connection.stream_window",
+                        format!("{w} is outside 64KiB - 1 ..= 2GiB - 1"),
+                    )
+                })?;
+            transport.stream_window_bytes = Some(w);
+        }
+        if let Some(probe) = c.bdp_probe {
+            transport.http2_bdp_probe = Some(probe);
         }
         for (field, d) in [
             ("connection.keepalive_time", transport.keepalive_time),
@@ -434,6 +451,16 @@ mod tests {
     }
 
     #[test]
+    fn http2_settings_reach_the_transport() {
+        let file = parse("id = \"a\"\n[connection]\nbdp_probe = false\nstream_window = \"8MiB\"\n");
+        let s = Settings::merge(NodeArgs::default(), file.unwrap()).unwrap();
+        assert_eq!(s.transport.http2_bdp_probe, Some(false));
+        assert_eq!(s.transport.stream_window_bytes, Some(8 << 20));
+        let s = Settings::merge(NodeArgs::default(), parse("id = \"a\"").unwrap()).unwrap();
+        assert_eq!(s.transport.http2_bdp_probe, None, "auto unless set");
+    }
+
+    #[test]
     fn unknown_keys_are_refused_by_name() {
         let err = parse("id = \"a\"\n[store]\nsltos = 5\n").unwrap_err();
         assert!(err.to_string().contains("sltos"), "{err}");
@@ -471,6 +498,10 @@ mod tests {
         assert_eq!(
             field_of(with("id = \"a\"\n[connection]\nkeepalive_time = \"0s\"")),
             "connection.keepalive_time"
+        );
+        assert_eq!(
+            field_of(with("id = \"a\"\n[connection]\nstream_window = \"1KiB\"")),
+            "connection.stream_window"
         );
         assert_eq!(
             field_of(with(
