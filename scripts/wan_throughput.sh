@@ -4,7 +4,8 @@
 #
 #   sudo DELAY_MS=50 SIZE=16MiB bash scripts/wan_throughput.sh
 #
-# CONNECTION='stream_window = "8MiB"' adds lines to both nodes' [connection] section.
+# CONNECTION='bdp_probe = false' adds lines to both nodes' [connection] section (several:
+# CONNECTION=$'bdp_probe = false\nstream_window = "8MiB"').
 #
 # Prints the sender's `completed` line (elapsed_ms is send to ACK). Needs root, iproute2,
 # /dev/net/tun and python3; the wire itself (Python) moves about 40 MiB/s at most here.
