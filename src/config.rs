@@ -255,7 +255,8 @@ impl TransportConfig {
     /// (`host:port`): as configured, else off exactly when the host is a loopback address or
     /// `localhost`.
     pub fn bdp_probe_for(&self, address: &str) -> bool {
-        self.http2_bdp_probe.unwrap_or_else(|| !is_loopback(address))
+        self.http2_bdp_probe
+            .unwrap_or_else(|| !is_loopback(address))
     }
 }
 
@@ -308,10 +309,20 @@ mod tests {
     #[test]
     fn bdp_probing_is_off_on_loopback_only_unless_set() {
         let mut t = TransportConfig::default();
-        for local in ["127.0.0.1:7000", "[::1]:7000", "localhost:7000", "LOCALHOST"] {
+        for local in [
+            "127.0.0.1:7000",
+            "[::1]:7000",
+            "localhost:7000",
+            "LOCALHOST",
+        ] {
             assert!(!t.bdp_probe_for(local), "{local}");
         }
-        for remote in ["10.0.0.1:7000", "[fe80::1]:7000", "node-3.example:7000", "0.0.0.0:7000"] {
+        for remote in [
+            "10.0.0.1:7000",
+            "[fe80::1]:7000",
+            "node-3.example:7000",
+            "0.0.0.0:7000",
+        ] {
             assert!(t.bdp_probe_for(remote), "{remote}");
         }
         t.http2_bdp_probe = Some(true);

@@ -1,1 +1,251 @@
+//! The engine on small graphs, frames passed by hand in FIFO order: exact counts, duplicates,
+//! silent subtrees, links going down and the lazy plane. (`crate::sim` covers large random
+//! graphs with latencies and loss.)
 
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::config::Limits;
+use crate::error::Error;
+use crate::router::FanoutRouter;
+
+fn node(s: &str) -> NodeId {
+    NodeId::new(s, &Limits::default()).unwrap()
+}
+
+/// Engines joined by instant links, frames delivered one at a time in the order they were sent.
+struct Net {
+    engines: BTreeMap<NodeId, BroadcastEngine>,
+    queue: VecDeque<(NodeId, NodeId, Frame)>,
+    /// Nodes whose incoming frames are dropped (alive for their neighbours, but silent).
+    silent: BTreeSet<NodeId>,
+    deliveries: Vec<(NodeId, BroadcastId, u32)>,
+    completions: Vec<(NodeId, BroadcastCompletion)>,
+    /// Payload frames sent so far.
+    payloads: usize,
+    start: Instant,
+    now: Instant,
+}
+
+impl Net {
+    fn new(names: &[&str], links: &[(&str, &str)]) -> Net {
+        let mut engines: BTreeMap<NodeId, BroadcastEngine> = names
+            .iter()
+            .map(|n| {
+                let e = BroadcastEngine::new(
+                    node(n),
+                    BroadcastConfig::default(),
+                    Box::new(FanoutRouter::default()),
+                );
+                (node(n), e)
+            })
+            .collect();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (x, y) in links {
+            for (from, to) in [(x, y), (y, x)] {
+                let up = Event::NeighborUp {
+                    peer: node(to),
+                    plain: false,
+                };
+                engines
+                    .get_mut(&node(from))
+                    .unwrap()
+                    .handle(up, now, &mut out);
+            }
+        }
+        assert!(out.is_empty());
+        Net {
+            engines,
+            queue: VecDeque::new(),
+            silent: BTreeSet::new(),
+            deliveries: Vec::new(),
+            completions: Vec::new(),
+            payloads: 0,
+            start: now,
+            now,
+        }
+    }
+
+    fn apply(&mut self, at: &NodeId, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Send { to, frame } => {
+                    if matches!(frame, Frame::Payload { .. }) {
+                        self.payloads += 1;
+                    }
+                    self.queue.push_back((at.clone(), to, frame));
+                }
+                Action::Deliver { id, hops, .. } => self.deliveries.push((at.clone(), id, hops)),
+                Action::Complete(c) => self.completions.push((at.clone(), c)),
+            }
+        }
+    }
+
+    fn handle(&mut self, at: &str, event: Event) {
+        let mut out = Vec::new();
+        let at = node(at);
+        self.engines
+            .get_mut(&at)
+            .unwrap()
+            .handle(event, self.now, &mut out);
+        self.apply(&at, out);
+    }
+
+    fn broadcast(&mut self, origin: &str, hash: &str, payload: Bytes) -> BroadcastId {
+        let mut out = Vec::new();
+        let at = node(origin);
+        let id = self
+            .engines
+            .get_mut(&at)
+            .unwrap()
+            .start(hash.into(), payload, self.now, &mut out)
+            .unwrap();
+        self.apply(&at, out);
+        id
+    }
+
+    /// Delivers queued frames until none is left.
+    fn pump(&mut self) {
+        while let Some((from, to, frame)) = self.queue.pop_front() {
+            if self.silent.contains(&to) {
+                continue;
+            }
+            self.handle(to.as_str(), Event::Received { from, frame });
+        }
+    }
+
+    /// Moves time on by `d` and ticks every engine, then pumps.
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        let names: Vec<NodeId> = self.engines.keys().cloned().collect();
+        for n in names {
+            self.handle(n.as_str(), Event::Tick);
+        }
+        self.pump();
+    }
+
+    fn delivered_at(&self, n: &str) -> Vec<u32> {
+        let n = node(n);
+        self.deliveries
+            .iter()
+            .filter(|(at, _, _)| *at == n)
+            .map(|(_, _, hops)| *hops)
+            .collect()
+    }
+
+    fn only_completion(&self) -> &BroadcastCompletion {
+        assert_eq!(self.completions.len(), 1, "{:?}", self.completions);
+        &self.completions[0].1
+    }
+}
+
+fn small() -> Bytes {
+    Bytes::from_static(b"hello")
+}
+
+#[test]
+fn a_line_converges_with_an_exact_count_and_hop_numbers() {
+    let mut net = Net::new(&["a", "b", "c"], &[("a", "b"), ("b", "c")]);
+    net.broadcast("a", "h1", small());
+    net.pump();
+    assert_eq!(net.delivered_at("b"), vec![1]);
+    assert_eq!(net.delivered_at("c"), vec![2]);
+    assert!(
+        net.delivered_at("a").is_empty(),
+        "the origin does not deliver"
+    );
+    let done = net.only_completion();
+    assert_eq!(done.reached, 2);
+    assert!(done.is_complete());
+}
+
+#[test]
+fn duplicates_are_answered_but_neither_delivered_nor_counted_twice() {
+    let mut net = Net::new(&["a", "b", "c"], &[("a", "b"), ("b", "c"), ("a", "c")]);
+    net.broadcast("a", "h1", small());
+    net.pump();
+    assert_eq!(net.delivered_at("b").len(), 1);
+    assert_eq!(net.delivered_at("c").len(), 1);
+    let done = net.only_completion();
+    assert_eq!(done.reached, 2, "b and c, each once");
+    assert!(done.is_complete());
+}
+
+#[test]
+fn a_silent_subtree_is_reported_missing_at_the_deadline() {
+    let mut net = Net::new(&["a", "b", "c"], &[("a", "b"), ("b", "c")]);
+    net.silent.insert(node("c"));
+    net.broadcast("a", "h1", small());
+    net.pump();
+    assert!(net.completions.is_empty(), "a waits for b, b waits for c");
+    // Ticks as a node makes them: b's wait ends a margin before a's, so its answer (c
+    // missing) reaches a in time.
+    let step = Duration::from_millis(10);
+    while net.completions.is_empty() {
+        assert!(net.now.duration_since(net.start) <= BroadcastConfig::default().deadline);
+        net.advance(step);
+    }
+    let done = net.only_completion();
+    assert_eq!(done.reached, 1, "only b answered for its subtree");
+    assert_eq!(done.missing, vec![node("c")]);
+}
+
+#[test]
+fn a_neighbour_going_down_counts_as_missing_at_once() {
+    let mut net = Net::new(&["a", "b", "c"], &[("a", "b"), ("a", "c")]);
+    net.silent.insert(node("c"));
+    net.broadcast("a", "h1", small());
+    net.pump();
+    assert!(net.completions.is_empty());
+    net.handle("a", Event::NeighborDown { peer: node("c") });
+    let done = net.only_completion();
+    assert_eq!(done.reached, 1);
+    assert_eq!(done.missing, vec![node("c")]);
+}
+
+#[test]
+fn an_origin_refuses_a_hash_it_still_tracks() {
+    let mut net = Net::new(&["a", "b"], &[("a", "b")]);
+    net.broadcast("a", "h1", small());
+    net.pump();
+    let mut out = Vec::new();
+    let again =
+        net.engines
+            .get_mut(&node("a"))
+            .unwrap()
+            .start("h1".into(), small(), net.now, &mut out);
+    assert!(matches!(again, Err(Error::DuplicateBroadcast(h)) if h == "h1"));
+    assert!(out.is_empty());
+}
+
+#[test]
+fn large_payloads_settle_into_a_tree() {
+    let names = ["a", "b", "c", "d"];
+    let links: Vec<(&str, &str)> = names
+        .iter()
+        .enumerate()
+        .flat_map(|(i, x)| names[i + 1..].iter().map(move |y| (*x, *y)))
+        .collect();
+    let mut net = Net::new(&names, &links);
+    let large = Bytes::from(vec![7u8; BroadcastConfig::default().lazy_threshold]);
+    // The first broadcast floods the full mesh; its duplicates prune links.
+    net.broadcast("a", "warm-up", large.clone());
+    net.pump();
+    let flooded = net.payloads;
+    assert!(flooded > names.len() - 1, "{flooded} payload frames");
+    net.payloads = 0;
+    net.broadcast("a", "h2", large);
+    net.pump();
+    // Then one payload per node reached, digests for the rest; the count stays exact.
+    assert_eq!(net.payloads, names.len() - 1);
+    let done = &net.completions.last().unwrap().1;
+    assert_eq!(done.reached, 3);
+    assert!(done.is_complete());
+    for n in ["b", "c", "d"] {
+        assert_eq!(net.delivered_at(n).len(), 2, "{n}: each broadcast once");
+    }
+}

@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// node's default.
     #[arg(long, value_parser = parse_size)]
     peer_window: Option<usize>,
+    /// gRPC completion-queue threads shared by the benchmark's nodes (TransportConfig::cq_threads);
+    /// default: 2.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    cq_threads: Option<u16>,
     /// Turn HTTP/2 BDP probing on (off by default on loopback, where the benchmark runs).
     #[arg(long)]
     bdp_probe: bool,
@@ -440,6 +444,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
         ..Default::default()
     };
     let mut transport = transport;
+    if let Some(n) = args.cq_threads {
+        transport.cq_threads = usize::from(n);
+    }
     if let Some(frame) = args.max_frame {
         transport.http2_max_frame_bytes = Some(as_u32("max-frame", frame)?);
     }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod certs;
+mod malloc;
 mod node;
 mod settings;
 mod sim;
@@ -60,9 +61,14 @@ pub(crate) fn init_logging(level: &str) {
     }
     grpcio::redirect_log();
     log::set_max_level(ours);
+    match malloc::applied() {
+        Some(settings) => log::debug!("malloc: {settings}"),
+        None => log::debug!("malloc: defaults or GLIBC_TUNABLES"),
+    }
 }
 
 fn main() -> ExitCode {
+    malloc::tune();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(args) => {
