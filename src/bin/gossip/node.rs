@@ -44,7 +44,9 @@ With --deliver-dir DIR, each delivered payload is written to DIR/FROM.HASH (thro
 file and a rename, so a reader never sees half a file).
 
 Logs go to stderr, one line per event (--log-level, or RUST_LOG=debug for more).
-Configuration: --config FILE.toml (see examples/node.toml); flags win over the file.";
+Configuration: --config FILE.toml (see examples/node.toml); flags win over the file.
+Memory: the process sets glibc malloc to keep blocks up to 16 MiB on the heap, trim past 32 MiB
+and use 2 arenas, unless GLIBC_TUNABLES sets malloc tunables itself.";
 
 /// One line of stdin, parsed.
 enum StdinCommand {
