@@ -266,6 +266,9 @@ fn is_loopback(address: &str) -> bool {
     if let Ok(a) = address.parse::<std::net::SocketAddr>() {
         return a.ip().is_loopback();
     }
+    if let Ok(ip) = address.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
     let host = address
         .rsplit_once(':')
         .map_or(address, |(h, _)| h)
@@ -314,6 +317,7 @@ mod tests {
             "[::1]:7000",
             "localhost:7000",
             "LOCALHOST",
+            "::1",
         ] {
             assert!(!t.bdp_probe_for(local), "{local}");
         }
