@@ -434,7 +434,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
             reason: format!("{v} is too large"),
         })
     };
-    let transport = TransportConfig {
+    let mut transport = TransportConfig {
         max_grpc_message_bytes: limits.grpc_message_limit(),
         http2_bdp_probe: args.bdp_probe.then_some(true),
         stream_window_bytes: args
@@ -443,7 +443,6 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
             .transpose()?,
         ..Default::default()
     };
-    let mut transport = transport;
     if let Some(n) = args.cq_threads {
         transport.cq_threads = usize::from(n);
     }
