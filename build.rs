@@ -16,6 +16,7 @@ const PROTO: &str = "proto/gossip.proto";
 fn main() {
     println!("cargo:rerun-if-changed={PROTO}");
     println!("cargo:rerun-if-changed=build.rs");
+    describe_build();
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
 
     let descriptor_path = out_dir.join("gossip.desc");
@@ -49,6 +50,43 @@ fn main() {
     for result in grpcio_compiler::codegen::gen(files, &to_generate) {
         write_includable(&out_dir, &result.name, &result.content);
     }
+}
+
+/// Tells `gossip --version` which commit and cargo features it was built from
+/// (`GOSSIP_GIT_COMMIT`, `GOSSIP_FEATURES`).
+fn describe_build() {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let commit = if dirty {
+        format!("{commit}+changes")
+    } else {
+        commit
+    };
+    println!("cargo:rustc-env=GOSSIP_GIT_COMMIT={commit}");
+    // A new commit moves HEAD or the branch it names.
+    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
+        println!("cargo:rerun-if-changed={dir}/HEAD");
+        println!("cargo:rerun-if-changed={dir}/refs/heads");
+    }
+    let mut features: Vec<String> = env::vars()
+        .filter_map(|(k, _)| k.strip_prefix("CARGO_FEATURE_").map(|f| f.to_lowercase()))
+        .collect();
+    features.sort();
+    let features = if features.is_empty() {
+        "none".to_owned()
+    } else {
+        features.join(",")
+    };
+    println!("cargo:rustc-env=GOSSIP_FEATURES={features}");
 }
 
 /// Writes generated code so that `include!` accepts it: inner attributes and inner doc comments

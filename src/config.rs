@@ -76,6 +76,14 @@ pub enum Deliveries {
     /// of at most this many messages. While the queue is full the node stops reading from its
     /// peers' MessageStreams and withholds ACKs, so senders slow down instead of memory growing.
     Queue(usize),
+    /// Acknowledged deliveries: hand each message to
+    /// [`Node::deliveries`](crate::Node::deliveries) and ACK it only when the application calls
+    /// [`Delivery::confirm`](crate::Delivery::confirm), so an ACK means the application has
+    /// it, even if this process crashes a moment later. At most this many deliveries wait
+    /// unconfirmed (in the queue or in the application's hands); beyond that the node stops
+    /// reading payloads, which slows the senders down. A delivery dropped unconfirmed is sent
+    /// again by its sender (within its TTL). Broadcast deliveries need no confirmation.
+    Confirmed(usize),
     /// ACK received messages without handing them to the application (they are counted in
     /// [`Stats`](crate::Stats)). For nodes that only send, and for benchmarks.
     Discard,
@@ -167,11 +175,9 @@ impl NodeConfig {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), Error> {
         self.limits.validate()?;
-        crate::id::validate_id(crate::id::IdKind::Node, &self.id, &self.limits).map_err(|e| {
-            Error::Config {
-                field: "id",
-                reason: e.to_string(),
-            }
+        crate::id::validate_own_id(&self.id, &self.limits).map_err(|e| Error::Config {
+            field: "id",
+            reason: e.to_string(),
         })?;
         let positive = |field: &'static str, ok: bool| {
             if ok {
@@ -199,7 +205,7 @@ impl NodeConfig {
         )?;
         positive("handshake_timeout", !self.handshake_timeout.is_zero())?;
         positive("max_queued_acks", self.max_queued_acks > 0)?;
-        if let Deliveries::Queue(n) = self.deliveries {
+        if let Deliveries::Queue(n) | Deliveries::Confirmed(n) = self.deliveries {
             positive("deliveries", n > 0)?;
         }
         positive("chunk_bytes", self.chunk_bytes > 0)?;

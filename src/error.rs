@@ -64,11 +64,13 @@ pub enum Error {
     #[error("unknown neighbour {0:?}")]
     UnknownNeighbor(String),
     /// Connecting to a neighbour's endpoint failed.
-    #[error("cannot connect to {endpoint}: {reason}")]
+    #[error("cannot connect to {endpoint}: {kind}: {reason}")]
     Connect {
         /// The endpoint that was dialled.
         endpoint: String,
-        /// What went wrong.
+        /// Which kind of failure, for a caller to act on.
+        kind: ConnectFailure,
+        /// What went wrong, in words.
         reason: String,
     },
     /// The node could not listen on its address.
@@ -99,4 +101,33 @@ pub enum Error {
     /// Waiting for something took longer than allowed.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+}
+
+/// Why a connection to a neighbour failed, so that a typo, a peer that is down and a
+/// certificate problem can be told apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// The endpoint is not a valid `HOST:PORT`, or its name does not resolve.
+    Unresolvable,
+    /// Nothing listens there: the connection was refused (reported at once).
+    Refused,
+    /// No answer within the connect timeout (the host is down or a firewall drops packets).
+    Timeout,
+    /// TCP connects but the gRPC handshake never completes: a TLS node dialled in plaintext
+    /// or the reverse, or (with TLS) a certificate one side does not accept.
+    Handshake,
+    /// The node there is not the one configured at that address.
+    Identity,
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConnectFailure::Unresolvable => "unresolvable",
+            ConnectFailure::Refused => "refused",
+            ConnectFailure::Timeout => "timed out",
+            ConnectFailure::Handshake => "handshake failed",
+            ConnectFailure::Identity => "wrong node",
+        })
+    }
 }

@@ -86,6 +86,30 @@ pub fn validate_id(kind: IdKind, id: &str, limits: &Limits) -> Result<(), Error>
     Ok(())
 }
 
+/// Whether `id` uses only the characters this crate allows in the ids of its own nodes:
+/// ASCII letters, digits, `.`, `_` and `-` (what a DNS name, and so a TLS certificate's name,
+/// can hold, and what needs no quoting in a log or an output line). Ids received from original
+/// nodes are not held to this; they are quoted where they are printed.
+pub fn is_plain_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Checks the id of one of our own nodes: [`validate_id`], and only the characters of
+/// [`is_plain_id`].
+pub fn validate_own_id(id: &str, limits: &Limits) -> Result<(), Error> {
+    validate_id(IdKind::Node, id, limits)?;
+    if !is_plain_id(id) {
+        return Err(Error::InvalidId {
+            kind: IdKind::Node,
+            reason: format!("{id:?}: use only ASCII letters, digits, '.', '_' and '-'"),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +133,18 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn own_ids_use_a_plain_character_set() {
+        let limits = Limits::default();
+        for good in ["n1", "node-1.eu_west", "A.b-C_9"] {
+            assert!(validate_own_id(good, &limits).is_ok(), "{good}");
+        }
+        for bad in ["a b", "a=b", "a,b", "é", "a\n", "a/b", ""] {
+            assert!(validate_own_id(bad, &limits).is_err(), "{bad:?}");
+        }
+        // Ids of others (original nodes) are only held to length.
+        assert!(NodeId::new("a b", &limits).is_ok());
     }
 }

@@ -99,7 +99,7 @@ pub mod transport;
 
 pub use backoff::Backoff;
 pub use config::{Deliveries, Limits, NodeConfig, TransportConfig};
-pub use error::Error;
+pub use error::{ConnectFailure, Error};
 pub use id::NodeId;
 pub use manager::MessageManager;
 pub use message::{Completion, Delivery, FailReason, Message, MessageKey, Outcome};

@@ -84,6 +84,11 @@ pub enum AckStatus {
     Duplicate,
     /// Refused; see the ACK's detail.
     Rejected,
+    /// Received; the receiving application has not confirmed it yet (acknowledged
+    /// deliveries). A sign of life, not an outcome.
+    Pending,
+    /// Not taken this time; send it again later. See the ACK's detail.
+    Retry,
 }
 
 /// An acknowledgement as the manager sees it (the wire's `GossipACK`).
@@ -139,17 +144,35 @@ pub enum Event {
         /// The ACK.
         ack: WireAck,
     },
+    /// The application added a neighbour whose link is still being established: messages to
+    /// it wait for the link (within their TTL) instead of failing as not connected.
+    NeighborAdded {
+        /// The neighbour.
+        peer: NodeId,
+    },
     /// The application removed a neighbour.
     Disconnect {
         /// The neighbour.
         peer: NodeId,
     },
-    /// What a peer understands became known: whether it takes chunked messages.
+    /// What a peer understands became known.
     PeerFeatures {
         /// The peer.
         peer: NodeId,
-        /// It announced the `chunk` feature.
+        /// It announced the `chunk` feature: it takes chunked messages.
         chunk: bool,
+        /// It announced the `confirm` feature: it understands `Pending` and `Retry` ACKs.
+        confirm: bool,
+    },
+    /// The application answered for a delivery that needed confirmation (acknowledged
+    /// deliveries, see [`MessageManager::with_confirmed_deliveries`]).
+    Settled {
+        /// Who sent the message.
+        from: NodeId,
+        /// Its hash.
+        hash: String,
+        /// Confirmed: ACK it. Declined (or dropped): ask the sender to send it again.
+        taken: bool,
     },
     /// Time passed: check TTLs.
     Tick,
@@ -216,6 +239,8 @@ struct PeerStreams {
     sent_on_link: usize,
     /// Whether the peer takes chunked messages; `None` until it is known.
     chunking: Option<bool>,
+    /// Whether the peer understands `Pending` and `Retry` ACKs.
+    confirm: bool,
 }
 
 /// A chunked message being received on one stream.
@@ -243,7 +268,32 @@ struct Outstanding {
     payload: Bytes,
     /// Transmissions so far (0 while it waits for the link).
     attempts: u32,
+    /// The receiver answered `Pending`: it has the message and waits for its application, so
+    /// the silence that follows is not a stall.
+    held: bool,
+    /// The receiver answered `Retry`: send it again at this time (on the current link).
+    retry_at: Option<Instant>,
+    /// `Retry` answers so far, for the backoff.
+    retries: u32,
 }
+
+/// Messages received that wait for the application's confirmation (acknowledged deliveries),
+/// per sender.
+#[derive(Debug)]
+struct Awaiting {
+    /// Hash -> the stream its last copy came on (where a single-stream ACK goes back).
+    entries: HashMap<String, (StreamKind, StreamId)>,
+    /// When the sender was last told `Pending`.
+    told: Instant,
+}
+
+/// How often a sender is reminded that messages still wait for the application here, so its
+/// stall check (`NodeConfig::ack_timeout`, 5 s by default) sees a live peer.
+const PENDING_REMINDER: Duration = Duration::from_millis(500);
+/// First delay before a message answered with `Retry` goes again; it doubles per `Retry` up
+/// to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// ACKs waiting for a route to their target, per target at most this many.
 const UNROUTED_ACKS_PER_PEER: usize = 4096;
@@ -261,6 +311,9 @@ pub struct MessageManager {
     unrouted: HashMap<NodeId, VecDeque<(Instant, WireAck)>>,
     chunk_bytes: usize,
     partial: HashMap<StreamId, Partial>,
+    /// Acknowledged deliveries: ACK only on [`Event::Settled`].
+    confirmed: bool,
+    awaiting: HashMap<NodeId, Awaiting>,
 }
 
 impl MessageManager {
@@ -286,7 +339,24 @@ impl MessageManager {
             unrouted: HashMap::new(),
             chunk_bytes: 1024 * 1024,
             partial: HashMap::new(),
+            confirmed: false,
+            awaiting: HashMap::new(),
         }
+    }
+
+    /// Acknowledged deliveries: a received message is delivered and then waits for
+    /// [`Event::Settled`]; only a confirmation records it as seen and ACKs it. Meanwhile a
+    /// retransmission of it is neither delivered again nor ACKed, and senders that understand
+    /// it are told `Pending` (so their stall check sees a live peer); a decline tells them
+    /// `Retry`.
+    pub fn with_confirmed_deliveries(mut self) -> MessageManager {
+        self.confirmed = true;
+        self
+    }
+
+    /// Received messages waiting for the application's confirmation.
+    pub fn awaiting_confirmation(&self) -> usize {
+        self.awaiting.values().map(|a| a.entries.len()).sum()
     }
 
     /// Messages larger than `bytes` go in chunks of `bytes` to peers that take them.
@@ -343,10 +413,18 @@ impl MessageManager {
             }
             Event::AckReceived { stream, ack } => self.on_ack(stream, ack, now, out),
             Event::Disconnect { peer } => self.on_disconnect(peer, now, out),
-            Event::PeerFeatures { peer, chunk } => {
-                self.peers.entry(peer.clone()).or_default().chunking = Some(chunk);
+            Event::NeighborAdded { peer } => self.peers.entry(peer).or_default().removed = false,
+            Event::PeerFeatures {
+                peer,
+                chunk,
+                confirm,
+            } => {
+                let entry = self.peers.entry(peer.clone()).or_default();
+                entry.chunking = Some(chunk);
+                entry.confirm = confirm;
                 self.pump(&peer, now, out);
             }
+            Event::Settled { from, hash, taken } => self.on_settled(from, hash, taken, now, out),
             Event::Tick => self.on_tick(now, out),
             Event::Shutdown => {
                 for (key, t) in self.store.close() {
@@ -425,6 +503,9 @@ impl MessageManager {
             hash: key.hash,
             payload,
             attempts: 0,
+            held: false,
+            retry_at: None,
+            retries: 0,
         });
         // If the link is down, the message waits and goes out when it is back.
         self.pump(&key.peer, now, out);
@@ -455,35 +536,15 @@ impl MessageManager {
                 }
                 _ => {}
             }
-            if o.attempts > 0 {
-                bump(&self.counters.retransmitted);
-            }
-            o.attempts += 1;
-            bump(&self.counters.sent);
-            add(&self.counters.bytes_sent, o.payload.len());
-            bump(&counted.sent);
-            add(&counted.bytes_sent, o.payload.len());
-            let from = self.local.to_string();
-            let len = o.payload.len();
-            if entry.chunking == Some(true) && len > self.chunk_bytes {
-                // Slices of one buffer: no copy.
-                for start in (0..len).step_by(self.chunk_bytes) {
-                    let end = (start + self.chunk_bytes).min(len);
-                    out.push(Action::Transmit {
-                        stream,
-                        message: WireMessage {
-                            hash: o.hash.clone(),
-                            from: from.clone(),
-                            payload: o.payload.slice(start..end),
-                            total: len as u64,
-                            offset: start as u64,
-                        },
-                    });
-                }
-            } else {
-                let message = WireMessage::whole(o.hash.clone(), from, o.payload.clone());
-                out.push(Action::Transmit { stream, message });
-            }
+            let route = Route {
+                stream,
+                chunking: entry.chunking,
+                chunk_bytes: self.chunk_bytes,
+                local: &self.local,
+                counters: &self.counters,
+                peer: &counted,
+            };
+            transmit(o, &route, out);
             entry.sent_on_link += 1;
         }
         for hash in refused {
@@ -497,6 +558,31 @@ impl MessageManager {
                     self.limits.max_payload_bytes
                 );
                 self.complete(key, t, Outcome::Failed(FailReason::Rejected(why)), now, out);
+            }
+        }
+    }
+
+    /// Sends again, on the current link, the messages to `peer` whose `Retry` delay is over.
+    fn retry_due(&mut self, peer: &NodeId, now: Instant, out: &mut Vec<Action>) {
+        let Some(entry) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let (Some(stream), Some(queue)) = (entry.out_messages, self.outstanding.get_mut(peer))
+        else {
+            return;
+        };
+        let counted = self.counters.peers.of(peer);
+        let route = Route {
+            stream,
+            chunking: entry.chunking,
+            chunk_bytes: self.chunk_bytes,
+            local: &self.local,
+            counters: &self.counters,
+            peer: &counted,
+        };
+        for o in queue.iter_mut().take(entry.sent_on_link) {
+            if o.retry_at.is_some_and(|t| t <= now) {
+                transmit(o, &route, out);
             }
         }
     }
@@ -665,6 +751,9 @@ impl MessageManager {
         } else {
             None
         };
+        if rejection.is_none() && self.confirmed {
+            return self.on_message_to_confirm(peer, kind, stream, message, now, out);
+        }
         let (status, detail) = match rejection {
             Some(why) => {
                 bump(&self.counters.rejected);
@@ -677,12 +766,12 @@ impl MessageManager {
             None if self.store.observe(&peer, &message.hash, now) => {
                 bump(&self.counters.delivered);
                 bump(&counted.delivered);
-                out.push(Action::Deliver(Delivery {
-                    from: peer.clone(),
-                    hash: message.hash.clone(),
-                    payload: message.payload,
-                    origin: None,
-                }));
+                out.push(Action::Deliver(Delivery::new(
+                    peer.clone(),
+                    message.hash.clone(),
+                    message.payload,
+                    None,
+                )));
                 (AckStatus::Received, String::new())
             }
             None => {
@@ -697,6 +786,137 @@ impl MessageManager {
             detail,
         };
         self.route_ack(&peer, kind, stream, ack, now, out);
+    }
+
+    /// A valid message under acknowledged deliveries: a duplicate of a confirmed one is ACKed
+    /// as such; a copy of one still waiting for the application only refreshes where its ACK
+    /// goes; a new one is delivered and waits. The seen-cache learns it on confirmation.
+    fn on_message_to_confirm(
+        &mut self,
+        peer: NodeId,
+        kind: StreamKind,
+        stream: StreamId,
+        message: WireMessage,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if self.store.has_seen(&peer, &message.hash, now) {
+            bump(&self.counters.duplicates);
+            let ack = self.ack(message.hash, AckStatus::Duplicate, String::new());
+            return self.route_ack(&peer, kind, stream, ack, now, out);
+        }
+        let waiting = self
+            .awaiting
+            .entry(peer.clone())
+            .or_insert_with(|| Awaiting {
+                entries: HashMap::new(),
+                told: now,
+            });
+        let first = waiting
+            .entries
+            .insert(message.hash.clone(), (kind, stream))
+            .is_none();
+        if first {
+            let counted = self.counters.peers.of(&peer);
+            bump(&self.counters.delivered);
+            bump(&counted.delivered);
+            out.push(Action::Deliver(Delivery::new(
+                peer.clone(),
+                message.hash.clone(),
+                message.payload,
+                None,
+            )));
+        } else {
+            bump(&self.counters.duplicates);
+        }
+        waiting.told = now;
+        self.tell_pending(&peer, kind, stream, message.hash, out);
+    }
+
+    /// Tells `peer` (if it understands it) that `hash` waits for the application.
+    fn tell_pending(
+        &mut self,
+        peer: &NodeId,
+        kind: StreamKind,
+        stream: StreamId,
+        hash: String,
+        out: &mut Vec<Action>,
+    ) {
+        let understands = self.peers.get(peer).is_some_and(|p| p.confirm);
+        if !understands {
+            return;
+        }
+        // A sign of life only: without a route now it would be stale by the time one comes.
+        let route = if kind == StreamKind::InboundSingle {
+            Some(stream)
+        } else {
+            self.ack_stream_to(peer)
+        };
+        if let Some(stream) = route {
+            let ack = self.ack(hash, AckStatus::Pending, String::new());
+            out.push(Action::SendAck { stream, ack });
+        }
+    }
+
+    fn ack(&self, hash: String, status: AckStatus, detail: String) -> WireAck {
+        WireAck {
+            hash,
+            from: self.local.to_string(),
+            status,
+            detail,
+        }
+    }
+
+    /// The application confirmed or declined a delivery.
+    fn on_settled(
+        &mut self,
+        from: NodeId,
+        hash: String,
+        taken: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(waiting) = self.awaiting.get_mut(&from) else {
+            return;
+        };
+        let Some((kind, stream)) = waiting.entries.remove(&hash) else {
+            return;
+        };
+        if waiting.entries.is_empty() {
+            self.awaiting.remove(&from);
+        }
+        if taken {
+            self.store.observe(&from, &hash, now);
+            let ack = self.ack(hash, AckStatus::Received, String::new());
+            return self.route_ack(&from, kind, stream, ack, now, out);
+        }
+        bump(&self.counters.declined);
+        let understands = self.peers.get(&from).is_some_and(|p| p.confirm);
+        if understands {
+            let why = "not taken by the receiving application; send it again later".to_owned();
+            let ack = self.ack(hash, AckStatus::Retry, why);
+            self.route_ack(&from, kind, stream, ack, now, out);
+        }
+        // An original peer gets no ACK and sends it again after its own timeout.
+    }
+
+    /// Reminds each sender with messages waiting for the application here that they wait, so
+    /// that a slow application does not look like a dead link.
+    fn remind_pending(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let due: Vec<(NodeId, String, StreamKind, StreamId)> = self
+            .awaiting
+            .iter_mut()
+            .filter(|(_, w)| now.saturating_duration_since(w.told) >= PENDING_REMINDER)
+            .filter_map(|(peer, w)| {
+                w.told = now;
+                // One per sender is enough: any answer counts as progress there.
+                let (hash, (kind, stream)) = w.entries.iter().next()?;
+                Some((peer.clone(), hash.clone(), *kind, *stream))
+            })
+            .collect();
+        for (peer, hash, kind, stream) in due {
+            self.tell_pending(&peer, kind, stream, hash, out);
+        }
     }
 
     /// Adds a chunk to the message being received on `stream`. Chunks arrive in order on one
@@ -799,6 +1019,9 @@ impl MessageManager {
             );
             return;
         }
+        if matches!(ack.status, AckStatus::Pending | AckStatus::Retry) {
+            return self.on_interim_ack(peer, ack, now);
+        }
         let key = MessageKey {
             peer: peer.clone(),
             hash: ack.hash,
@@ -827,20 +1050,62 @@ impl MessageManager {
                 duplicate: true,
             },
             AckStatus::Rejected => Outcome::Failed(FailReason::Rejected(ack.detail)),
+            // Handled above: not outcomes.
+            AckStatus::Pending | AckStatus::Retry => return,
         };
         self.complete(key, tracked, outcome, now, out);
+    }
+
+    /// `Pending` (the receiver has it, its application has not confirmed yet) or `Retry` (not
+    /// taken, send it again later): both show a live peer; neither completes the message.
+    fn on_interim_ack(&mut self, peer: NodeId, ack: WireAck, now: Instant) {
+        let Some(entry) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let Some(o) = self
+            .outstanding
+            .get_mut(&peer)
+            .and_then(|q| q.iter_mut().find(|o| o.hash == ack.hash))
+        else {
+            debug!(
+                "{}: {:?} ACK for {:?} not in flight",
+                self.local, ack.status, ack.hash
+            );
+            return;
+        };
+        entry.last_progress = Some(now);
+        if ack.status == AckStatus::Pending {
+            o.held = true;
+            return;
+        }
+        bump(&self.counters.retry_answers);
+        let delay = RETRY_FIRST
+            .saturating_mul(1 << o.retries.min(16))
+            .min(RETRY_MAX);
+        o.retries = o.retries.saturating_add(1);
+        o.held = false;
+        o.retry_at = Some(now + delay);
+        debug!(
+            "{}: {peer} asks to send {:?} again ({}); in {delay:?}",
+            self.local, o.hash, ack.detail
+        );
     }
 
     fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         for (key, t) in self.store.expire(now) {
             self.complete(key, t, Outcome::TimedOut, now, out);
         }
+        // Messages the receiver holds for its application, or told us to send later, are not
+        // owed an answer now: only the others can show a stall.
         let stalled: Vec<NodeId> = self
             .peers
             .iter()
             .filter(|(peer, p)| {
                 p.out_messages.is_some()
-                    && self.outstanding.contains_key(*peer)
+                    && self
+                        .outstanding
+                        .get(*peer)
+                        .is_some_and(|q| q.iter().any(|o| !o.held && o.retry_at.is_none()))
                     && p.last_progress
                         .is_some_and(|t| now.saturating_duration_since(t) >= self.ack_timeout)
             })
@@ -855,6 +1120,16 @@ impl MessageManager {
             let reason = format!("no ACK for {:?}", self.ack_timeout);
             self.tear_down_link(&peer, reason, out);
         }
+        let retrying: Vec<NodeId> = self
+            .outstanding
+            .iter()
+            .filter(|(_, q)| q.iter().any(|o| o.retry_at.is_some_and(|t| t <= now)))
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        for peer in retrying {
+            self.retry_due(&peer, now, out);
+        }
+        self.remind_pending(now, out);
         let ttl: Duration = self.store.ttl();
         let counters = &self.counters;
         self.unrouted.retain(|_, queue| {
@@ -867,6 +1142,55 @@ impl MessageManager {
             }
             !queue.is_empty()
         });
+    }
+}
+
+/// Where and how a peer's messages go out: its current MessageStream and whether it takes
+/// chunks, with the counters to charge.
+struct Route<'a> {
+    stream: StreamId,
+    chunking: Option<bool>,
+    chunk_bytes: usize,
+    local: &'a NodeId,
+    counters: &'a Counters,
+    peer: &'a crate::stats::PeerCounters,
+}
+
+/// Puts one outstanding message on the route's stream: whole, or in chunks to a peer that
+/// takes them. Counts the transmission and forgets any earlier `Pending` / `Retry` answer.
+fn transmit(o: &mut Outstanding, route: &Route<'_>, out: &mut Vec<Action>) {
+    let counters = route.counters;
+    if o.attempts > 0 {
+        bump(&counters.retransmitted);
+    }
+    o.attempts += 1;
+    o.held = false;
+    o.retry_at = None;
+    bump(&counters.sent);
+    add(&counters.bytes_sent, o.payload.len());
+    bump(&route.peer.sent);
+    add(&route.peer.bytes_sent, o.payload.len());
+    let from = route.local.to_string();
+    let len = o.payload.len();
+    let stream = route.stream;
+    if route.chunking == Some(true) && len > route.chunk_bytes {
+        // Slices of one buffer: no copy.
+        for start in (0..len).step_by(route.chunk_bytes) {
+            let end = (start + route.chunk_bytes).min(len);
+            out.push(Action::Transmit {
+                stream,
+                message: WireMessage {
+                    hash: o.hash.clone(),
+                    from: from.clone(),
+                    payload: o.payload.slice(start..end),
+                    total: len as u64,
+                    offset: start as u64,
+                },
+            });
+        }
+    } else {
+        let message = WireMessage::whole(o.hash.clone(), from, o.payload.clone());
+        out.push(Action::Transmit { stream, message });
     }
 }
 

@@ -44,7 +44,14 @@ impl fmt::Display for MessageKey {
 }
 
 /// A message this node received, handed to the application once per (sender, hash).
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// With [`Deliveries::Confirmed`](crate::Deliveries::Confirmed) the sender gets its ACK only
+/// when the application calls [`confirm`](Delivery::confirm): that is the promise that the
+/// application has the message (stored it, acted on it). Dropping a delivery without confirming
+/// it (or calling [`decline`](Delivery::decline)) means "not taken": the sender learns it and
+/// sends the message again later, within its TTL. With [`Deliveries::Queue`](crate::Deliveries)
+/// the node ACKs on arrival and `confirm` does nothing.
+#[derive(Debug)]
 pub struct Delivery {
     /// The neighbour (or client) that sent it.
     pub from: NodeId,
@@ -55,6 +62,134 @@ pub struct Delivery {
     /// For a broadcast: the node that started it (`from` is the neighbour that forwarded it).
     /// `None` for a message sent to this node.
     pub origin: Option<NodeId>,
+    /// Set when the node waits for the application's confirmation before it ACKs.
+    receipt: Option<Receipt>,
+}
+
+impl Delivery {
+    /// A delivery that needs no confirmation.
+    pub(crate) fn new(
+        from: NodeId,
+        hash: String,
+        payload: Bytes,
+        origin: Option<NodeId>,
+    ) -> Delivery {
+        Delivery {
+            from,
+            hash,
+            payload,
+            origin,
+            receipt: None,
+        }
+    }
+
+    /// Makes the node wait for [`confirm`](Delivery::confirm) before it ACKs.
+    pub(crate) fn with_receipt(mut self, receipt: Receipt) -> Delivery {
+        self.receipt = Some(receipt);
+        self
+    }
+
+    /// Drops the receipt without answering (the delivery never reached the application).
+    pub(crate) fn forget_receipt(&mut self) {
+        if let Some(mut receipt) = self.receipt.take() {
+            receipt.settled = true;
+        }
+    }
+
+    /// Whether the sender's ACK waits for [`confirm`](Delivery::confirm) (acknowledged
+    /// deliveries of direct messages). False for broadcasts and in the automatic modes.
+    pub fn needs_confirmation(&self) -> bool {
+        self.receipt.is_some()
+    }
+
+    /// The application has the message: the node records it as seen and ACKs it. Call it only
+    /// once the message is safe by the application's standard (written and synced, committed,
+    /// processed), because after the ACK the sender forgets it. Does nothing for deliveries
+    /// that need no confirmation.
+    pub fn confirm(mut self) {
+        if let Some(receipt) = self.receipt.take() {
+            receipt.settle(true);
+        }
+    }
+
+    /// The application does not take the message now: the sender is told to send it again
+    /// later (a peer without the `confirm` feature gets no ACK and retransmits after its own
+    /// timeout). Dropping an unconfirmed delivery does the same.
+    pub fn decline(mut self) {
+        if let Some(receipt) = self.receipt.take() {
+            receipt.settle(false);
+        }
+    }
+}
+
+impl PartialEq for Delivery {
+    /// Compares what was delivered; whether it awaits confirmation does not count.
+    fn eq(&self, other: &Delivery) -> bool {
+        self.from == other.from
+            && self.hash == other.hash
+            && self.payload == other.payload
+            && self.origin == other.origin
+    }
+}
+
+impl Eq for Delivery {}
+
+/// The application's answer about one delivery that needed confirmation.
+#[derive(Debug)]
+pub(crate) struct Settlement {
+    pub(crate) from: NodeId,
+    pub(crate) hash: String,
+    /// Confirmed (true) or declined / dropped (false).
+    pub(crate) taken: bool,
+}
+
+/// Sends the application's answer back to the node exactly once: on `settle`, or as a decline
+/// when dropped unsettled.
+#[derive(Debug)]
+pub(crate) struct Receipt {
+    tx: crossbeam_channel::Sender<Settlement>,
+    from: NodeId,
+    hash: String,
+    settled: bool,
+}
+
+impl Receipt {
+    pub(crate) fn new(
+        tx: crossbeam_channel::Sender<Settlement>,
+        from: NodeId,
+        hash: String,
+    ) -> Receipt {
+        Receipt {
+            tx,
+            from,
+            hash,
+            settled: false,
+        }
+    }
+
+    fn settle(mut self, taken: bool) {
+        self.send(taken);
+    }
+
+    fn send(&mut self, taken: bool) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        // The channel is unbounded (receipts are bounded by `Deliveries::Confirmed`), so this
+        // never blocks; it fails only once the node is gone, when nothing waits for it.
+        let _ = self.tx.send(Settlement {
+            from: self.from.clone(),
+            hash: std::mem::take(&mut self.hash),
+            taken,
+        });
+    }
+}
+
+impl Drop for Receipt {
+    fn drop(&mut self) {
+        self.send(false);
+    }
 }
 
 /// The one completion every sent message gets.

@@ -21,6 +21,14 @@
 //! | `gossip_unknown_acks_total` | counter | | ACKs for messages not in flight |
 //! | `gossip_stalls_total` | counter | | links torn down for not acknowledging |
 //! | `gossip_acks_dropped_total` | counter | reason | ACKs dropped: `stream_closed`, `unrouted` |
+//! | `gossip_deliveries_declined_total` | counter | | deliveries the application declined or dropped unconfirmed (sent again by their senders) |
+//! | `gossip_retry_answers_total` | counter | | `Retry` answers to our messages (sent again later) |
+//! | `gossip_awaiting_confirmation` | gauge | | deliveries waiting for the application's confirmation |
+//! | `gossip_broadcasts_started_total` | counter | | broadcasts this node started |
+//! | `gossip_broadcasts_completed_total` | counter | result | this node's broadcasts completed: `converged` (every offer answered) or `incomplete` (subtrees missing) |
+//! | `gossip_broadcast_reached_total` | counter | | nodes reached, summed over completed broadcasts |
+//! | `gossip_broadcast_missing_total` | counter | | nodes reported missing, summed over completed broadcasts |
+//! | `gossip_broadcast_duplicate_payloads_total` | counter | | broadcast payload copies received and not delivered (already had them) |
 //! | `gossip_slots_in_use` / `gossip_slots` | gauge | | messages in flight / store capacity |
 //! | `gossip_peer_online` | gauge | peer | 1 while the double stream to the neighbour is up |
 //! | `gossip_neighbors_online` | gauge | | neighbours up |
@@ -116,6 +124,54 @@ const FAMILIES: &[Family] = &[
         "gossip_duplicates_total",
         "Received messages that were duplicates (ACKed, not delivered again).",
         COUNTER,
+        &[],
+    ),
+    family(
+        "gossip_broadcasts_started_total",
+        "Broadcasts this node started.",
+        COUNTER,
+        &[],
+    ),
+    family(
+        "gossip_broadcasts_completed_total",
+        "Broadcasts of this node completed: converged (every offer answered) or incomplete.",
+        COUNTER,
+        &["result"],
+    ),
+    family(
+        "gossip_broadcast_reached_total",
+        "Nodes reached, summed over this node's completed broadcasts.",
+        COUNTER,
+        &[],
+    ),
+    family(
+        "gossip_broadcast_missing_total",
+        "Nodes reported missing, summed over this node's completed broadcasts.",
+        COUNTER,
+        &[],
+    ),
+    family(
+        "gossip_broadcast_duplicate_payloads_total",
+        "Broadcast payload copies received and not delivered (this node already had them).",
+        COUNTER,
+        &[],
+    ),
+    family(
+        "gossip_deliveries_declined_total",
+        "Deliveries the application declined or dropped unconfirmed; their senders send them again.",
+        COUNTER,
+        &[],
+    ),
+    family(
+        "gossip_retry_answers_total",
+        "Retry answers to our messages: the receiver did not take them now; sent again later.",
+        COUNTER,
+        &[],
+    ),
+    family(
+        "gossip_awaiting_confirmation",
+        "Deliveries waiting for the application's confirmation.",
+        GAUGE,
         &[],
     ),
     family(
@@ -278,6 +334,19 @@ impl NodeCollector {
             "gossip_retransmissions_total" => vec![self.counter(&[], s.retransmitted)],
             "gossip_duplicates_total" => vec![self.counter(&[], s.duplicates)],
             "gossip_rejected_total" => vec![self.counter(&[], s.rejected)],
+            "gossip_deliveries_declined_total" => vec![self.counter(&[], s.declined)],
+            "gossip_broadcasts_started_total" => vec![self.counter(&[], s.broadcasts_started)],
+            "gossip_broadcasts_completed_total" => vec![
+                self.counter(&[("result", "converged")], s.broadcasts_converged),
+                self.counter(&[("result", "incomplete")], s.broadcasts_incomplete),
+            ],
+            "gossip_broadcast_reached_total" => vec![self.counter(&[], s.broadcast_reached)],
+            "gossip_broadcast_missing_total" => vec![self.counter(&[], s.broadcast_missing)],
+            "gossip_broadcast_duplicate_payloads_total" => {
+                vec![self.counter(&[], s.broadcast_duplicate_payloads)]
+            }
+            "gossip_retry_answers_total" => vec![self.counter(&[], s.retry_answers)],
+            "gossip_awaiting_confirmation" => vec![self.gauge(&[], s.awaiting_confirmation)],
             "gossip_unknown_acks_total" => vec![self.counter(&[], s.unknown_acks)],
             "gossip_stalls_total" => vec![self.counter(&[], s.stalls)],
             "gossip_acks_dropped_total" => vec![
@@ -364,8 +433,15 @@ pub fn render(registry: &Registry) -> Result<String, Error> {
     String::from_utf8(buf).map_err(|e| Error::Io(std::io::Error::other(e)))
 }
 
-/// An HTTP server answering `GET /metrics` with a registry's metrics in Prometheus' text
-/// format (and 404 for any other path), on a thread of its own. Stops when dropped.
+/// Answers whether the process is ready for traffic: `Err` says why not.
+pub type Readiness = Box<dyn Fn() -> Result<(), String> + Send>;
+
+/// An HTTP server on a thread of its own, stopped when dropped:
+/// - `GET /metrics`: a registry's metrics in Prometheus' text format;
+/// - `GET /healthz`: 200 `ok` while the process serves (liveness);
+/// - `GET /readyz`: 200 `ready`, or 503 with the reason (readiness; for a node: listening,
+///   and linked to at least one neighbour or none configured, see [`Node::readiness`]);
+/// - 404 for any other path.
 pub struct MetricsServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -374,17 +450,27 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// Serves `node`'s metrics (and nothing else) on `addr` (port 0 picks one).
+    /// Serves `node`'s metrics and readiness on `addr` (port 0 picks one).
     pub fn for_node(addr: &str, node: Arc<Node>) -> Result<MetricsServer, Error> {
         let registry = Registry::new();
         registry
-            .register(Box::new(NodeCollector::new(node)?))
+            .register(Box::new(NodeCollector::new(node.clone())?))
             .map_err(|e| prometheus_error("registering the node's metrics", e))?;
-        MetricsServer::start(addr, registry)
+        MetricsServer::with_readiness(addr, registry, Box::new(move || node.readiness()))
     }
 
-    /// Serves whatever `registry` gathers on `addr` (port 0 picks one).
+    /// Serves whatever `registry` gathers on `addr` (port 0 picks one); `/readyz` always
+    /// answers ready.
     pub fn start(addr: &str, registry: Registry) -> Result<MetricsServer, Error> {
+        MetricsServer::with_readiness(addr, registry, Box::new(|| Ok(())))
+    }
+
+    /// Serves `registry` on `addr`, with `/readyz` answered by `ready`.
+    pub fn with_readiness(
+        addr: &str,
+        registry: Registry,
+        ready: Readiness,
+    ) -> Result<MetricsServer, Error> {
         let bind_err = |reason: String| Error::Bind {
             addr: addr.to_owned(),
             reason,
@@ -400,7 +486,7 @@ impl MetricsServer {
             let (server, stop) = (server.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("gossip-metrics".into())
-                .spawn(move || serve(&server, &registry, &stop))
+                .spawn(move || serve(&server, &registry, &*ready, &stop))
                 .map_err(Error::Io)?
         };
         info!("metrics on http://{local}/metrics");
@@ -428,7 +514,12 @@ impl Drop for MetricsServer {
     }
 }
 
-fn serve(server: &tiny_http::Server, registry: &Registry, stop: &AtomicBool) {
+fn serve(
+    server: &tiny_http::Server,
+    registry: &Registry,
+    ready: &(dyn Fn() -> Result<(), String> + Send),
+    stop: &AtomicBool,
+) {
     while !stop.load(Ordering::Acquire) {
         let request = match server.recv_timeout(Duration::from_millis(500)) {
             Ok(Some(r)) => r,
@@ -455,8 +546,16 @@ fn serve(server: &tiny_http::Server, registry: &Registry, stop: &AtomicBool) {
                 }
                 Err(e) => tiny_http::Response::from_string(e.to_string()).with_status_code(500),
             },
-            _ => tiny_http::Response::from_string("not found; try GET /metrics\n")
-                .with_status_code(404),
+            (tiny_http::Method::Get, "/healthz") => tiny_http::Response::from_string("ok\n"),
+            (tiny_http::Method::Get, "/readyz") => match ready() {
+                Ok(()) => tiny_http::Response::from_string("ready\n"),
+                Err(why) => tiny_http::Response::from_string(format!("not ready: {why}\n"))
+                    .with_status_code(503),
+            },
+            _ => tiny_http::Response::from_string(
+                "not found; try GET /metrics, /healthz or /readyz\n",
+            )
+            .with_status_code(404),
         };
         if let Err(e) = request.respond(response) {
             warn!("metrics server: answering a scrape: {e}");

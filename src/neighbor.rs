@@ -140,6 +140,7 @@ impl NeighborManager {
         if info.endpoint.is_empty() {
             return Err(Error::Connect {
                 endpoint: info.endpoint,
+                kind: crate::error::ConnectFailure::Unresolvable,
                 reason: "empty endpoint".into(),
             });
         }

@@ -43,8 +43,17 @@ pub struct Counters {
     pub(crate) retransmitted: AtomicU64,
     pub(crate) stalls: AtomicU64,
     pub(crate) acks_dropped: AtomicU64,
+    pub(crate) declined: AtomicU64,
+    pub(crate) retry_answers: AtomicU64,
+    pub(crate) awaiting_confirmation: AtomicU64,
     pub(crate) broadcast_payloads_received: AtomicU64,
     pub(crate) broadcast_bytes_received: AtomicU64,
+    pub(crate) broadcast_delivered: AtomicU64,
+    pub(crate) broadcasts_started: AtomicU64,
+    pub(crate) broadcasts_converged: AtomicU64,
+    pub(crate) broadcasts_incomplete: AtomicU64,
+    pub(crate) broadcast_reached: AtomicU64,
+    pub(crate) broadcast_missing: AtomicU64,
     pub(crate) ack_latency: LatencyHistogram,
     pub(crate) peers: PeerTable,
 }
@@ -249,10 +258,30 @@ pub struct Stats {
     pub stalls: u64,
     /// ACKs dropped because the stream they were for had stopped reading.
     pub acks_dropped: u64,
+    /// Deliveries the application declined or dropped without confirming (acknowledged
+    /// deliveries); their senders were asked to send them again.
+    pub declined: u64,
+    /// `Retry` answers received: messages of ours a receiver did not take, sent again later.
+    pub retry_answers: u64,
+    /// Deliveries waiting for the application's confirmation now (acknowledged deliveries).
+    pub awaiting_confirmation: u64,
     /// Broadcast payload frames received (duplicates included).
     pub broadcast_payloads_received: u64,
     /// Payload bytes of those frames.
     pub broadcast_bytes_received: u64,
+    /// Broadcast payload frames received that were not delivered: copies of broadcasts this
+    /// node already had (or started).
+    pub broadcast_duplicate_payloads: u64,
+    /// Broadcasts this node started.
+    pub broadcasts_started: u64,
+    /// Broadcasts of this node that completed with every offer answered.
+    pub broadcasts_converged: u64,
+    /// Broadcasts of this node that completed with subtrees missing (deadline or lost links).
+    pub broadcasts_incomplete: u64,
+    /// Nodes reached, summed over this node's completed broadcasts.
+    pub broadcast_reached: u64,
+    /// Nodes reported missing, summed over this node's completed broadcasts.
+    pub broadcast_missing: u64,
     /// Messages in flight now (slots in use).
     pub in_flight: u64,
     /// Slots of the store.
@@ -281,8 +310,18 @@ impl Counters {
             retransmitted: g(&self.retransmitted),
             stalls: g(&self.stalls),
             acks_dropped: g(&self.acks_dropped),
+            declined: g(&self.declined),
+            retry_answers: g(&self.retry_answers),
+            awaiting_confirmation: g(&self.awaiting_confirmation),
             broadcast_payloads_received: g(&self.broadcast_payloads_received),
             broadcast_bytes_received: g(&self.broadcast_bytes_received),
+            broadcast_duplicate_payloads: g(&self.broadcast_payloads_received)
+                .saturating_sub(g(&self.broadcast_delivered)),
+            broadcasts_started: g(&self.broadcasts_started),
+            broadcasts_converged: g(&self.broadcasts_converged),
+            broadcasts_incomplete: g(&self.broadcasts_incomplete),
+            broadcast_reached: g(&self.broadcast_reached),
+            broadcast_missing: g(&self.broadcast_missing),
             ..Stats::default()
         }
     }

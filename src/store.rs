@@ -324,6 +324,13 @@ impl SlotStore {
         true
     }
 
+    /// Whether `hash` from `from` is in the seen-cache, without recording it.
+    pub fn has_seen(&self, from: &NodeId, hash: &str, now: Instant) -> bool {
+        let mut seen = self.seen.lock();
+        seen.evict(now);
+        seen.entries.contains_key(&(from.clone(), hash.to_owned()))
+    }
+
     /// Entries in the seen-cache now.
     pub fn seen_len(&self) -> usize {
         self.seen.lock().entries.len()

@@ -4,6 +4,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "cli/crash.rs"]
+mod crash;
+
 const GOSSIP: &str = env!("CARGO_BIN_EXE_gossip");
 
 fn free_port() -> u16 {

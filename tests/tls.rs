@@ -76,6 +76,20 @@ fn node(id: &str, tls: Option<TlsConfig>) -> Node {
     start_with(c, &tls_factory(tls))
 }
 
+/// A gRPC channel to `addr` that presents `tls` and expects the server to be `server`: a client
+/// that is not one of our nodes, so nothing checks its material before it dials.
+fn raw_client(tls: &TlsConfig, server: &str, addr: std::net::SocketAddr) -> grpcio::Channel {
+    let env = Arc::new(grpcio::EnvBuilder::new().cq_count(1).build());
+    let credentials = grpcio::ChannelCredentialsBuilder::new()
+        .root_cert(tls.ca_pem.clone())
+        .cert(tls.cert_pem.clone(), tls.key_pem.clone())
+        .build();
+    grpcio::ChannelBuilder::new(env)
+        .set_credentials(credentials)
+        .override_ssl_target(server)
+        .connect(&addr.to_string())
+}
+
 fn dial(from: &Node, to: &Node) -> Result<(), Error> {
     from.connect_to_neighbor(NeighborInfo::new(
         to.id().as_str(),
@@ -134,23 +148,52 @@ fn mutual_tls_admits_only_certified_peers() {
         ca_pem: ca.cert_pem().into_bytes(),
         ..rogue
     };
-    let outsider = node("outsider", Some(outsider_tls));
-    match dial(&outsider, &server) {
-        Err(Error::Connect { reason, .. }) => assert!(reason.contains("TLS"), "{reason}"),
-        other => panic!("an untrusted peer must not connect: {other:?}"),
-    }
+    // Our own node refuses to start with it, naming the problem...
+    let refused = Node::builder(config("outsider"))
+        .factory(tls_factory(Some(outsider_tls.clone())))
+        .start()
+        .err()
+        .expect("a certificate from another CA is refused at start");
+    assert!(
+        matches!(&refused, Error::Config { field: "tls.cert", reason } if reason.contains("not signed by the CA")),
+        "{refused}"
+    );
+    // ...and a client that is not ours does not get through.
+    let outsider = raw_client(&outsider_tls, "server", server.local_addr());
+    assert!(
+        !futures::executor::block_on(outsider.wait_for_connected(Duration::from_secs(3))),
+        "an untrusted peer must not connect"
+    );
     wait_for_log(&["Handshake failed", "certificate verify failed"]);
     drop(outsider);
 
-    // A certificate from the right CA, but for another name than the id it claims: the
-    // server refuses its streams with PERMISSION_DENIED and says so.
+    // A certificate from the right CA, but for another name than the id it claims: our node
+    // refuses to start with it, and the server refuses the streams of a client that does not
+    // check (PERMISSION_DENIED), saying so.
     LOGS.lock().clear();
     let mallory_tls = ca.node_config("mallory").unwrap();
-    let impostor = node("good", Some(mallory_tls));
-    let _ = dial(&impostor, &server);
+    let refused = Node::builder(config("good"))
+        .factory(tls_factory(Some(mallory_tls.clone())))
+        .start()
+        .err()
+        .expect("another node's certificate is refused at start");
+    assert!(
+        matches!(&refused, Error::Config { field: "tls.cert", reason } if reason.contains("mallory") && reason.contains("\"good\"")),
+        "{refused}"
+    );
+    let impostor = raw_client(&mallory_tls, "server", server.local_addr());
+    let mut headers = grpcio::MetadataBuilder::new();
+    headers.add_str("gossip-node-id", "good").unwrap();
+    let call = grpcio::CallOption::default().headers(headers.build());
+    let client = grpc_gossip::proto::GossipClient::new(impostor);
+    let (_sink, mut answers) = client.ack_stream_opt(call).expect("a call");
+    let ended = futures::executor::block_on(futures::StreamExt::next(&mut answers));
+    assert!(
+        matches!(&ended, Some(Err(grpcio::Error::RpcFailure(s))) if s.code() == grpcio::RpcStatusCode::PERMISSION_DENIED),
+        "{ended:?}"
+    );
     let line = wait_for_log(&[&server_id, "claims to be \"good\"", "mallory"]);
     assert!(line.starts_with("WARN"), "{line}");
-    impostor.shutdown();
 
     // A plaintext peer cannot even complete a connection to a TLS server, which logs that
     // what came was no TLS.

@@ -618,6 +618,7 @@ fn chunked_messages_wait_for_the_feature_and_reassemble() {
         Event::PeerFeatures {
             peer: id("b"),
             chunk: true,
+            confirm: false,
         },
         now,
         &mut out,
@@ -710,6 +711,7 @@ fn oversize_messages_to_peers_without_chunks_fail_with_a_reason() {
         Event::PeerFeatures {
             peer: id("b"),
             chunk: false,
+            confirm: false,
         },
         now,
         &mut out,
@@ -732,5 +734,211 @@ fn oversize_messages_to_peers_without_chunks_fail_with_a_reason() {
             assert!(why.contains("chunked"), "{why}");
         }
         other => panic!("{other:?}"),
+    }
+}
+
+// Acknowledged deliveries: the receiver's side.
+
+impl Harness {
+    fn confirming() -> Harness {
+        let mut h = Harness::new(4);
+        h.m.confirmed = true;
+        h
+    }
+
+    fn features(&mut self, peer: &str, confirm: bool) -> Vec<Action> {
+        self.run(Event::PeerFeatures {
+            peer: id(peer),
+            chunk: true,
+            confirm,
+        })
+    }
+
+    fn settle(&mut self, from: &str, hash: &str, taken: bool) -> Vec<Action> {
+        self.run(Event::Settled {
+            from: id(from),
+            hash: hash.into(),
+            taken,
+        })
+    }
+}
+
+fn delivered(actions: &[Action]) -> usize {
+    actions
+        .iter()
+        .filter(|a| matches!(a, Action::Deliver(_)))
+        .count()
+}
+
+#[test]
+fn confirmed_delivery_acks_only_on_confirmation() {
+    let mut h = Harness::confirming();
+    h.open(IN_MSG, "b", StreamKind::InboundMessages);
+    h.open(IN_ACK, "b", StreamKind::InboundAcks);
+    h.features("b", true);
+    let out = h.receive(IN_MSG, "b", "x");
+    assert_eq!(delivered(&out), 1);
+    assert_eq!(ack_routes(&out), [(IN_ACK, AckStatus::Pending)]);
+    assert_eq!(h.m.awaiting_confirmation(), 1);
+    // Not seen yet: the seen-cache learns it on confirmation only.
+    assert!(!h.m.store().has_seen(&id("b"), "x", h.now));
+
+    // A retransmission while it waits: neither delivered again nor ACKed as a duplicate.
+    let again = h.receive(IN_MSG, "b", "x");
+    assert_eq!(delivered(&again), 0);
+    assert_eq!(ack_routes(&again), [(IN_ACK, AckStatus::Pending)]);
+
+    let out = h.settle("b", "x", true);
+    assert_eq!(ack_routes(&out), [(IN_ACK, AckStatus::Received)]);
+    assert_eq!(h.m.awaiting_confirmation(), 0);
+    assert!(h.m.store().has_seen(&id("b"), "x", h.now));
+
+    // After the confirmation a copy is a duplicate, ACKed as such.
+    let late = h.receive(IN_MSG, "b", "x");
+    assert_eq!(delivered(&late), 0);
+    assert_eq!(ack_routes(&late), [(IN_ACK, AckStatus::Duplicate)]);
+    // A second answer for the same delivery changes nothing.
+    assert!(h.settle("b", "x", true).is_empty());
+}
+
+#[test]
+fn declined_delivery_asks_for_it_again_and_delivers_the_next_copy() {
+    let mut h = Harness::confirming();
+    h.open(IN_MSG, "b", StreamKind::InboundMessages);
+    h.open(IN_ACK, "b", StreamKind::InboundAcks);
+    h.features("b", true);
+    h.receive(IN_MSG, "b", "x");
+    let out = h.settle("b", "x", false);
+    assert_eq!(ack_routes(&out), [(IN_ACK, AckStatus::Retry)]);
+    assert!(!h.m.store().has_seen(&id("b"), "x", h.now));
+    // The next copy is a new delivery.
+    let out = h.receive(IN_MSG, "b", "x");
+    assert_eq!(delivered(&out), 1);
+}
+
+#[test]
+fn original_peers_get_no_interim_answers() {
+    // A peer without the `confirm` feature would read Pending or Retry as a plain ACK.
+    let mut h = Harness::confirming();
+    h.open(IN_MSG, "go", StreamKind::InboundMessages);
+    h.open(IN_ACK, "go", StreamKind::InboundAcks);
+    h.features("go", false);
+    let out = h.receive(IN_MSG, "go", "x");
+    assert_eq!(delivered(&out), 1);
+    assert!(ack_routes(&out).is_empty(), "{out:?}");
+    h.now += Duration::from_secs(2);
+    assert!(ack_routes(&h.run(Event::Tick)).is_empty());
+    // Declined: no ACK at all, so the original retransmits after its own timeout.
+    assert!(ack_routes(&h.settle("go", "x", false)).is_empty());
+    h.receive(IN_MSG, "go", "x");
+    let out = h.settle("go", "x", true);
+    assert_eq!(ack_routes(&out), [(IN_ACK, AckStatus::Received)]);
+}
+
+#[test]
+fn single_stream_confirmation_goes_back_on_the_stream_of_the_last_copy() {
+    let mut h = Harness::confirming();
+    h.open(SINGLE, "c", StreamKind::InboundSingle);
+    h.receive(SINGLE, "c", "x");
+    let out = h.settle("c", "x", true);
+    assert_eq!(ack_routes(&out), [(SINGLE, AckStatus::Received)]);
+}
+
+#[test]
+fn waiting_senders_are_reminded() {
+    let mut h = Harness::confirming();
+    h.open(IN_MSG, "b", StreamKind::InboundMessages);
+    h.open(IN_ACK, "b", StreamKind::InboundAcks);
+    h.features("b", true);
+    h.receive(IN_MSG, "b", "x");
+    h.receive(IN_MSG, "b", "y");
+    assert!(ack_routes(&h.run(Event::Tick)).is_empty(), "not yet");
+    h.now += PENDING_REMINDER;
+    // One reminder per sender, whatever the number of messages waiting.
+    assert_eq!(
+        ack_routes(&h.run(Event::Tick)),
+        [(IN_ACK, AckStatus::Pending)]
+    );
+    h.settle("b", "x", true);
+    h.settle("b", "y", true);
+    h.now += PENDING_REMINDER;
+    assert!(ack_routes(&h.run(Event::Tick)).is_empty());
+}
+
+// Acknowledged deliveries: the sender's side.
+
+#[test]
+fn pending_keeps_the_link_and_retry_sends_again_later() {
+    let mut h = Harness::new(4);
+    h.link("b");
+    h.send("b", "m1");
+    // Pending: not completed, and the silence that follows is no stall.
+    let out = h.ack(OUT_ACK, "b", "m1", AckStatus::Pending);
+    assert!(completions(&out).is_empty());
+    h.now += Duration::from_secs(6);
+    let out = h.run(Event::Tick);
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::LinkDown { .. })),
+        "{out:?}"
+    );
+    // Retry: sent again after the delay, on the same link, and then acknowledged.
+    let out = h.ack(OUT_ACK, "b", "m1", AckStatus::Retry);
+    assert!(completions(&out).is_empty());
+    assert!(h.run(Event::Tick).is_empty(), "not before the delay");
+    h.now += RETRY_FIRST;
+    let out = h.run(Event::Tick);
+    let resent: Vec<_> = out
+        .iter()
+        .filter(
+            |a| matches!(a, Action::Transmit { stream: OUT_MSG, message } if message.hash == "m1"),
+        )
+        .collect();
+    assert_eq!(resent.len(), 1, "{out:?}");
+    let out = h.ack(OUT_ACK, "b", "m1", AckStatus::Received);
+    let done = out
+        .iter()
+        .find_map(|a| match a {
+            Action::Complete(c) => Some(c),
+            _ => None,
+        })
+        .expect("completed");
+    assert!(done.is_acked());
+    assert_eq!(done.attempts, 2);
+}
+
+#[test]
+fn retry_delays_grow_and_the_ttl_still_ends_the_message() {
+    let mut h = Harness::new(4);
+    h.link("b");
+    h.send("b", "m1");
+    let mut delays = Vec::new();
+    for _ in 0..4 {
+        h.ack(OUT_ACK, "b", "m1", AckStatus::Retry);
+        let start = h.now;
+        loop {
+            h.now += Duration::from_millis(50);
+            if h.run(Event::Tick)
+                .iter()
+                .any(|a| matches!(a, Action::Transmit { .. }))
+            {
+                break;
+            }
+        }
+        delays.push(h.now - start);
+    }
+    assert!(delays.windows(2).all(|w| w[1] > w[0]), "{delays:?}");
+    h.ack(OUT_ACK, "b", "m1", AckStatus::Retry);
+    h.now += Duration::from_secs(11);
+    let out = h.run(Event::Tick);
+    assert_eq!(completions(&out), [("m1".to_owned(), Outcome::TimedOut)]);
+}
+
+#[test]
+fn interim_answers_for_untracked_messages_are_ignored() {
+    let mut h = Harness::new(4);
+    h.link("b");
+    for status in [AckStatus::Pending, AckStatus::Retry] {
+        let out = h.ack(OUT_ACK, "b", "nope", status);
+        assert!(out.is_empty(), "{out:?}");
     }
 }

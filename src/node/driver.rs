@@ -2,12 +2,12 @@
 //! actions (frames to writer threads, deliveries, completions). It never blocks on anything but
 //! its inbox, so no reader, writer or application thread can wedge it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{select, Receiver, Sender, TrySendError};
 use log::{debug, warn};
 
 use super::link::Links;
@@ -17,7 +17,7 @@ use crate::config::Limits;
 use crate::error::Error;
 use crate::id::NodeId;
 use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind};
-use crate::message::{Completion, Delivery};
+use crate::message::{Completion, Delivery, Receipt, Settlement};
 use crate::proto::{GossipACK, GossipMessage};
 use crate::stats::{add, bump, Counters};
 use crate::transport::batch::{pack, Batchable};
@@ -44,10 +44,12 @@ pub(crate) enum Input {
     },
     /// A broadcast ACK arrived on a stream.
     BroadcastAck { stream: StreamId, ack: GossipACK },
-    /// The handshake ACK on one of our outbound AckStreams: what the peer understands.
+    /// The handshake ACK on one of our outbound AckStreams: what the peer understands, and
+    /// who it is.
     Hello {
         stream: StreamId,
         features: Features,
+        from: String,
     },
     /// The application starts a broadcast.
     Broadcast {
@@ -76,6 +78,13 @@ pub(crate) struct Driver {
     pub(crate) completions: Sender<Completion>,
     /// `None`: deliveries are discarded (`Deliveries::Discard`).
     pub(crate) deliveries: Option<Sender<Delivery>>,
+    /// Acknowledged deliveries: how many may wait for the application's answer at once.
+    pub(crate) confirm_limit: Option<usize>,
+    /// Receipts handed out and not yet answered.
+    pub(crate) unsettled: usize,
+    /// Where receipts send the application's answers, and where they arrive.
+    pub(crate) settlement_tx: Sender<Settlement>,
+    pub(crate) settlements: Receiver<Settlement>,
     pub(crate) gate: Arc<ReadGate>,
     pub(crate) links: Arc<Links>,
     pub(crate) supervisor: Sender<Notice>,
@@ -100,6 +109,9 @@ pub(crate) struct Driver {
     /// Frames produced during the current wake-up, per stream, in order; sent at its end.
     pub(crate) pending_messages: HashMap<StreamId, Vec<GossipMessage>>,
     pub(crate) pending_acks: HashMap<StreamId, Vec<GossipACK>>,
+    /// Peers that answered (a handshake or an ACK) since their link last went down; the
+    /// supervisor is told once per link, so that its backoff starts over.
+    pub(crate) proven: HashSet<NodeId>,
 }
 
 /// Inputs handled per wake-up before checking timers, so a flood cannot starve TTL checks.
@@ -121,8 +133,9 @@ impl Driver {
             if !self.held.is_empty() {
                 wait = wait.min(HELD_RETRY);
             }
-            match self.inbox.recv_timeout(wait) {
-                Ok(input) => {
+            select! {
+                recv(self.inbox) -> input => {
+                    let Ok(input) = input else { break 'run };
                     if !self.accept(input) {
                         break 'run;
                     }
@@ -135,8 +148,17 @@ impl Driver {
                         }
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break 'run,
+                recv(self.settlements) -> settled => {
+                    // The driver holds a sender itself, so this channel never disconnects.
+                    if let Ok(settled) = settled {
+                        self.settle(settled);
+                    }
+                }
+                default(wait) => {}
+            }
+            // Answers are few (at most `confirm_limit` outstanding) and cheap: take them all.
+            while let Ok(settled) = self.settlements.try_recv() {
+                self.settle(settled);
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -161,6 +183,7 @@ impl Driver {
         match input {
             Input::Event(event) => {
                 match &event {
+                    Event::AckReceived { stream, .. } => self.prove(*stream),
                     // Its writer has nothing left to do; dropping the queue ends it.
                     Event::StreamClosed { stream, .. } => self.forget_writer(*stream),
                     Event::Disconnect { peer } => {
@@ -216,11 +239,25 @@ impl Driver {
                     self.broadcast_step(broadcast::Event::NeighborUp { peer, plain });
                 }
             }
-            Input::Hello { stream, features } => {
-                if let Some((peer, _)) = self.stream_peers.get(&stream) {
-                    let peer = peer.clone();
-                    self.learn_features(peer, features);
+            Input::Hello {
+                stream,
+                features,
+                from,
+            } => {
+                let Some((peer, _)) = self.stream_peers.get(&stream) else {
+                    return true;
+                };
+                let peer = peer.clone();
+                if !from.is_empty() && from != peer.as_str() {
+                    // Our own nodes refuse a stream meant for another id; this catches one
+                    // that did not (an older version): the link is not the peer's.
+                    let reason = format!("the node there is {from:?}, not {:?}", peer.as_str());
+                    warn!("{}: link to {peer}: {reason}", self.local);
+                    self.step(Event::StreamClosed { stream, reason });
+                    return true;
                 }
+                self.prove(stream);
+                self.learn_features(peer, features);
             }
             Input::BroadcastMessage { stream, message } => {
                 self.on_broadcast_message(stream, message)
@@ -234,11 +271,40 @@ impl Driver {
                 // `Node::broadcast` has checked the hash and size.
                 let result =
                     self.run_broadcast(|engine, now, out| engine.start(hash, payload, now, out));
+                if result.is_ok() {
+                    bump(&self.counters.broadcasts_started);
+                }
                 let _ = reply.send(result);
             }
             Input::Shutdown => return false,
         }
         true
+    }
+
+    /// The application answered for a delivery: the manager ACKs it or asks for it again.
+    fn settle(&mut self, settled: Settlement) {
+        self.unsettled = self.unsettled.saturating_sub(1);
+        self.step(Event::Settled {
+            from: settled.from,
+            hash: settled.hash,
+            taken: settled.taken,
+        });
+        self.counters.awaiting_confirmation.store(
+            self.manager.awaiting_confirmation() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The peer at the other end of `stream` answered: its link works.
+    fn prove(&mut self, stream: StreamId) {
+        let Some((peer, _)) = self.manager.stream_peer(stream) else {
+            return;
+        };
+        if !self.proven.contains(peer) {
+            let peer = peer.clone();
+            self.proven.insert(peer.clone());
+            let _ = self.supervisor.send(Notice::Progress(peer));
+        }
     }
 
     fn peer_features(&self, peer: &NodeId) -> Features {
@@ -249,10 +315,11 @@ impl Driver {
     /// protocol and we have a link to it, the engine learns it.
     fn learn_features(&mut self, peer: NodeId, features: Features) {
         let before = self.features.insert(peer.clone(), features);
-        if before.is_none_or(|b| b.chunk != features.chunk) {
+        if before.is_none_or(|b| b.chunk != features.chunk || b.confirm != features.confirm) {
             self.step(Event::PeerFeatures {
                 peer: peer.clone(),
                 chunk: features.chunk,
+                confirm: features.confirm,
             });
         }
         let changed = before.is_none_or(|b| b.broadcast != features.broadcast);
@@ -406,15 +473,18 @@ impl Driver {
                 id, from, payload, ..
             } => {
                 bump(&self.counters.delivered);
+                bump(&self.counters.broadcast_delivered);
                 bump(&self.counters.peers.of(&from).delivered);
-                self.offer(Delivery {
-                    from,
-                    hash: id.hash,
-                    payload,
-                    origin: Some(id.origin),
-                });
+                self.offer(Delivery::new(from, id.hash, payload, Some(id.origin)));
             }
             broadcast::Action::Complete(c) => {
+                let counters = &self.counters;
+                match c.missing.is_empty() {
+                    true => bump(&counters.broadcasts_converged),
+                    false => bump(&counters.broadcasts_incomplete),
+                }
+                add(&counters.broadcast_reached, c.reached as usize);
+                add(&counters.broadcast_missing, c.missing.len());
                 // The node keeps a receiver, so this cannot fail while the node exists.
                 let _ = self.broadcast_completions.send(c);
             }
@@ -458,6 +528,7 @@ impl Driver {
                 reason,
             } => {
                 self.broadcast_step(broadcast::Event::NeighborDown { peer: peer.clone() });
+                self.proven.remove(&peer);
                 if self.links.link_down(&peer, stream, &reason) {
                     let _ = self.supervisor.send(Notice::LinkDown(peer));
                 }
@@ -465,9 +536,10 @@ impl Driver {
         }
     }
 
-    /// Sends an ACK now, or after the deliveries held before it.
+    /// Sends an ACK now, or after the deliveries held before it. (With acknowledged
+    /// deliveries an ACK never runs ahead of its delivery: it waits for the confirmation.)
     fn queue_ack(&mut self, stream: StreamId, ack: GossipACK) {
-        if self.held.is_empty() {
+        if self.held.is_empty() || self.confirm_limit.is_some() {
             self.send_ack(stream, ack);
         } else {
             self.held.push_back(Held::Ack { stream, ack });
@@ -532,17 +604,56 @@ impl Driver {
     }
 
     /// Hands a delivery to the application, or holds it (and closes the read gate) if the
-    /// application's queue is full.
+    /// application's queue is full or enough deliveries wait for its confirmation.
     fn deliver(&mut self, delivery: Delivery) {
-        let Some(tx) = &self.deliveries else { return };
-        match tx.try_send(delivery) {
-            Ok(()) => {}
-            Err(TrySendError::Full(d)) => {
-                self.held.push_back(Held::Deliver(d));
-                self.gate.set_open(false);
+        if let Some(d) = self.try_deliver(delivery) {
+            self.held.push_back(Held::Deliver(d));
+            self.gate.set_open(false);
+        }
+    }
+
+    /// Hands a delivery over, with a receipt when the application must confirm it; gives it
+    /// back when there is no room.
+    fn try_deliver(&mut self, delivery: Delivery) -> Option<Delivery> {
+        let Some(tx) = &self.deliveries else {
+            return None;
+        };
+        // Broadcasts are counted where they are delivered; only direct messages wait.
+        let confirm = self.confirm_limit.filter(|_| delivery.origin.is_none());
+        if confirm.is_some_and(|limit| self.unsettled >= limit) {
+            return Some(delivery);
+        }
+        let delivery = match confirm {
+            Some(_) => {
+                let receipt = Receipt::new(
+                    self.settlement_tx.clone(),
+                    delivery.from.clone(),
+                    delivery.hash.clone(),
+                );
+                delivery.with_receipt(receipt)
             }
-            Err(TrySendError::Disconnected(_)) => {
+            None => delivery,
+        };
+        match tx.try_send(delivery) {
+            Ok(()) => {
+                if confirm.is_some() {
+                    self.unsettled += 1;
+                    self.counters.awaiting_confirmation.store(
+                        self.manager.awaiting_confirmation() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
+                None
+            }
+            Err(TrySendError::Full(mut d)) => {
+                // Not handed over: no answer is owed yet.
+                d.forget_receipt();
+                Some(d)
+            }
+            Err(TrySendError::Disconnected(mut d)) => {
+                d.forget_receipt();
                 warn!("delivery queue closed; message dropped");
+                None
             }
         }
     }
@@ -552,8 +663,7 @@ impl Driver {
             match held {
                 Held::Ack { stream, ack } => self.send_ack(stream, ack),
                 Held::Deliver(d) => {
-                    let Some(tx) = &self.deliveries else { continue };
-                    if let Err(TrySendError::Full(d)) = tx.try_send(d) {
+                    if let Some(d) = self.try_deliver(d) {
                         self.held.push_front(Held::Deliver(d));
                         return;
                     }

@@ -37,8 +37,9 @@ pub(crate) struct Links {
     /// Set at shutdown: connection attempts give up.
     pub(crate) closed: AtomicBool,
     table: Mutex<HashMap<NodeId, Link>>,
-    /// One connection attempt at a time per node (application or supervisor).
-    connecting: Mutex<()>,
+    /// One connection attempt at a time per neighbour (application or supervisor); attempts
+    /// to different neighbours run side by side, so dead ones do not delay the others.
+    connecting: Mutex<HashMap<NodeId, Arc<Mutex<()>>>>,
 }
 
 impl Links {
@@ -62,7 +63,7 @@ impl Links {
             events,
             closed: AtomicBool::new(false),
             table: Mutex::new(HashMap::new()),
-            connecting: Mutex::new(()),
+            connecting: Mutex::new(HashMap::new()),
         }
     }
 
@@ -116,7 +117,26 @@ impl Links {
         endpoint: &str,
         timeout: Duration,
     ) -> Result<(), Error> {
-        let _one_at_a_time = self.connecting.lock();
+        let turn = self
+            .connecting
+            .lock()
+            .entry(peer.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _one_at_a_time = turn.lock();
+            self.establish_now(peer, endpoint, timeout)
+        };
+        // Forget the lock once nobody else waits on it, so the map stays as small as the set of
+        // neighbours being connected.
+        let mut connecting = self.connecting.lock();
+        if Arc::strong_count(&turn) == 2 {
+            connecting.remove(peer);
+        }
+        result
+    }
+
+    fn establish_now(&self, peer: &NodeId, endpoint: &str, timeout: Duration) -> Result<(), Error> {
         if self.is_linked(peer) {
             return Ok(());
         }

@@ -139,7 +139,7 @@ impl Node {
         config.validate()?;
         let factory = factory.unwrap_or_else(StreamFactory::shared);
         if let Some(tls) = &factory.config().tls {
-            tls.validate()?;
+            tls.check_for(&config.id)?;
         }
         let needed = config.limits.grpc_message_limit();
         if needed > factory.config().max_grpc_message_bytes {
@@ -176,7 +176,7 @@ impl Node {
         let (broadcast_tx, broadcast_completions) = unbounded();
         let (events_tx, events) = bounded(EVENTS_CAPACITY);
         let (delivery_tx, deliveries) = match config.deliveries {
-            Deliveries::Queue(n) => bounded(n),
+            Deliveries::Queue(n) | Deliveries::Confirmed(n) => bounded(n),
             Deliveries::Discard => bounded(0),
         };
         let links = Arc::new(Links::new(
@@ -207,19 +207,28 @@ impl Node {
         let (server, local_addr) = server::start(&config.listen, &factory, ctx)?;
 
         let (driver_deliveries, keep_tx) = match config.deliveries {
-            Deliveries::Queue(_) => (Some(delivery_tx), None),
+            Deliveries::Queue(_) | Deliveries::Confirmed(_) => (Some(delivery_tx), None),
             Deliveries::Discard => (None, Some(delivery_tx)),
         };
+        let confirm_limit = match config.deliveries {
+            Deliveries::Confirmed(n) => Some(n),
+            _ => None,
+        };
+        let mut manager = MessageManager::new(
+            id.clone(),
+            store.clone(),
+            config.limits.clone(),
+            counters.clone(),
+            config.ack_timeout,
+        )
+        .with_chunk_bytes(config.chunk_bytes.min(config.limits.max_payload_bytes));
+        if confirm_limit.is_some() {
+            manager = manager.with_confirmed_deliveries();
+        }
+        let (settlement_tx, settlements) = unbounded();
         let (supervisor_tx, supervisor_rx) = unbounded();
         let driver = Driver {
-            manager: MessageManager::new(
-                id.clone(),
-                store.clone(),
-                config.limits.clone(),
-                counters.clone(),
-                config.ack_timeout,
-            )
-            .with_chunk_bytes(config.chunk_bytes.min(config.limits.max_payload_bytes)),
+            manager,
             broadcast: BroadcastEngine::new(
                 id.clone(),
                 broadcast_config(&config),
@@ -232,6 +241,10 @@ impl Node {
             inbox: inbox_rx,
             completions: completion_tx,
             deliveries: driver_deliveries,
+            confirm_limit,
+            unsettled: 0,
+            settlement_tx,
+            settlements,
             gate: gate.clone(),
             links: links.clone(),
             supervisor: supervisor_tx.clone(),
@@ -248,6 +261,7 @@ impl Node {
             stream_peers: HashMap::new(),
             pending_messages: HashMap::new(),
             pending_acks: HashMap::new(),
+            proven: Default::default(),
         };
         let supervisor = Supervisor {
             links: links.clone(),
@@ -310,8 +324,9 @@ impl Node {
     }
 
     /// Messages received from peers, each (sender, hash) once. Bounded by
-    /// [`Deliveries::Queue`]; while full, the node reads no more payloads. Never yields with
-    /// [`Deliveries::Discard`].
+    /// [`Deliveries::Queue`] (or [`Deliveries::Confirmed`], which also counts the deliveries
+    /// the application holds unconfirmed); while full, the node reads no more payloads. Never
+    /// yields with [`Deliveries::Discard`].
     pub fn deliveries(&self) -> Receiver<Delivery> {
         self.deliveries.clone()
     }
@@ -326,6 +341,23 @@ impl Node {
     /// The neighbour records, with their current online state.
     pub fn neighbors(&self) -> Vec<NeighborInfo> {
         self.links.neighbors.list()
+    }
+
+    /// Whether the node is ready for traffic: it is running (listening) and linked to at least
+    /// one neighbour, or has none. `Err` says why not. Served as `/readyz` by
+    /// [`MetricsServer::for_node`](crate::metrics::MetricsServer::for_node).
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.check_open().is_err() {
+            return Err("shut down".into());
+        }
+        let neighbors = self.neighbors();
+        if !neighbors.is_empty() && !neighbors.iter().any(|n| n.online) {
+            return Err(format!(
+                "none of {} neighbours is linked yet",
+                neighbors.len()
+            ));
+        }
+        Ok(())
     }
 
     /// A snapshot of the node's counters.
@@ -409,6 +441,39 @@ impl Node {
                 Err(e)
             }
         }
+    }
+
+    /// Adds a neighbour and returns at once: the node connects to `info.endpoint` in the
+    /// background and keeps retrying with backoff ([`NodeConfig::reconnect`]) until the link is
+    /// up, then keeps it up as after [`connect_to_neighbor`](Node::connect_to_neighbor).
+    /// [`events`](Node::events) reports each failed attempt with its reason
+    /// ([`NeighborEvent::Reconnecting`]) and the link coming up. Messages sent to the
+    /// neighbour meanwhile wait for the link, within their TTL.
+    ///
+    /// Errors: the node is shut down, or `info` is invalid (its id is this node's, or not a
+    /// valid id). An endpoint that cannot be reached is no error here: the node keeps trying.
+    pub fn add_neighbor(&self, info: NeighborInfo) -> Result<(), Error> {
+        self.check_open()?;
+        if info.node_hash == self.id.as_str() {
+            return Err(Error::InvalidId {
+                kind: IdKind::Node,
+                reason: "a node cannot be its own neighbour".into(),
+            });
+        }
+        let peer = self.links.neighbors.add(info)?;
+        self.links
+            .inbox
+            .send(Input::Event(Event::NeighborAdded { peer: peer.clone() }))
+            .map_err(|_| Error::Shutdown)?;
+        if !self.links.is_linked(&peer) {
+            let running = self.running.lock();
+            let supervisor = running.as_ref().ok_or(Error::Shutdown)?;
+            supervisor
+                .supervisor_tx
+                .send(Notice::Connect(peer))
+                .map_err(|_| Error::Shutdown)?;
+        }
+        Ok(())
     }
 
     /// Removes a neighbour: closes its double stream and stops reconnecting to it; messages in

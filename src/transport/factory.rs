@@ -4,6 +4,7 @@
 //! endpoint), because the neighbour's id is the name its certificate must carry.
 
 use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
@@ -17,9 +18,9 @@ use grpcio::{
 };
 use parking_lot::Mutex;
 
-use super::{Features, FEATURES_HEADER, NODE_ID_HEADER};
+use super::{Features, EXPECTED_ID_HEADER, FEATURES_HEADER, NODE_ID_HEADER};
 use crate::config::TransportConfig;
-use crate::error::Error;
+use crate::error::{ConnectFailure, Error};
 use crate::id::NodeId;
 use crate::proto::{GossipACK, GossipClient, GossipMessage};
 
@@ -196,25 +197,51 @@ impl StreamFactory {
         timeout: Duration,
         cancel: &AtomicBool,
     ) -> Result<DoubleStream, Error> {
+        let fail = |kind, reason: String| Error::Connect {
+            endpoint: endpoint.to_owned(),
+            kind,
+            reason,
+        };
+        // Resolved here first: a name that does not resolve fails at once, with its reason,
+        // where gRPC would only keep retrying.
+        let addrs: Vec<SocketAddr> = endpoint
+            .to_socket_addrs()
+            .map_err(|e| fail(ConnectFailure::Unresolvable, e.to_string()))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(fail(ConnectFailure::Unresolvable, "no address".into()));
+        }
         let (channel, lease) = self.lease(endpoint, peer);
         let deadline = Instant::now() + timeout;
+        // Whether a plain TCP connection succeeds, asked once gRPC has not connected at once:
+        // it tells a refused port (fail now) from a handshake that does not complete.
+        let mut tcp: Option<bool> = None;
         loop {
             if cancel.load(Ordering::Acquire) {
                 return Err(Error::Shutdown);
             }
             let now = Instant::now();
             if now >= deadline {
-                let reason = match self.config.tls {
-                    Some(_) => format!(
-                        "not reachable within {timeout:?} (with TLS: or the TLS handshake failed; \
-                         is its certificate for {peer:?} and signed by our CA, and does it \
-                         trust ours?)"
+                return Err(match (tcp, &self.config.tls) {
+                    (Some(true), Some(_)) => fail(
+                        ConnectFailure::Handshake,
+                        format!(
+                            "TCP connects but the TLS handshake did not complete within \
+                             {timeout:?}: is the peer running TLS, is its certificate for \
+                             {peer:?} and signed by our CA, and does it trust ours?"
+                        ),
                     ),
-                    None => format!("not reachable within {timeout:?}"),
-                };
-                return Err(Error::Connect {
-                    endpoint: endpoint.to_owned(),
-                    reason,
+                    (Some(true), None) => fail(
+                        ConnectFailure::Handshake,
+                        format!(
+                            "TCP connects but no gRPC connection within {timeout:?}: is the \
+                             peer a gossip node in plaintext (not TLS)?"
+                        ),
+                    ),
+                    _ => fail(
+                        ConnectFailure::Timeout,
+                        format!("no answer within {timeout:?}"),
+                    ),
                 });
             }
             // Short slices, so that a shutdown does not wait for a whole connect timeout.
@@ -222,12 +249,28 @@ impl StreamFactory {
             if block_on(channel.wait_for_connected(slice)) {
                 break;
             }
+            if tcp.is_none() {
+                // At most a second, so that a shutdown is not held up for long.
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tcp_probe(&addrs, left.min(Duration::from_secs(1))) {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        return Err(fail(ConnectFailure::Refused, e.to_string()))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => tcp = Some(false),
+                    Err(e) => {
+                        log::debug!("probe of {endpoint}: {e}");
+                        tcp = Some(false)
+                    }
+                    Ok(()) => tcp = Some(true),
+                }
+            }
         }
         let client = GossipClient::new(channel);
         let options = || -> Result<CallOption, Error> {
             let mut headers = MetadataBuilder::new();
             headers.add_str(NODE_ID_HEADER, local.as_str())?;
             headers.add_str(FEATURES_HEADER, &Features::ALL.header_value())?;
+            headers.add_str(EXPECTED_ID_HEADER, peer.as_str())?;
             Ok(CallOption::default().headers(headers.build()))
         };
         let mut messages = client.message_stream_opt(options()?)?;
@@ -265,6 +308,20 @@ impl StreamFactory {
             Err(e) => log::warn!("cannot start the channel janitor thread: {e}"),
         }
     }
+}
+
+/// Opens (and closes) one TCP connection to the first of `addrs` that accepts; the error of
+/// the last one otherwise.
+fn tcp_probe(addrs: &[SocketAddr], timeout: Duration) -> std::io::Result<()> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::TimedOut, "no time left to connect");
+    let each = timeout.max(Duration::from_millis(1));
+    for addr in addrs {
+        match std::net::TcpStream::connect_timeout(addr, each) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 impl Drop for StreamFactory {

@@ -27,6 +27,12 @@ use threads::ReadGate;
 /// Request metadata header in which our nodes send their id when they open a stream.
 pub const NODE_ID_HEADER: &str = "gossip-node-id";
 
+/// Request metadata header in which our nodes name the node they mean to reach when they open
+/// a stream; a node of ours with another id refuses the stream (`FAILED_PRECONDITION`, saying
+/// its own id), so that a wrong address never delivers messages to the wrong node. Original
+/// nodes ignore it.
+pub const EXPECTED_ID_HEADER: &str = "gossip-expect-id";
+
 /// Request metadata header in which our nodes list the protocol extensions they understand
 /// (comma-separated). Extensions an original node would misread are only sent to peers that
 /// listed them.
@@ -41,6 +47,10 @@ pub const FEATURE_BROADCAST: &str = "broadcast";
 /// Feature: messages split into chunks (`total_bytes` / `offset`).
 pub const FEATURE_CHUNK: &str = "chunk";
 
+/// Feature: the ACK statuses `ACK_PENDING` and `ACK_RETRY` (acknowledged deliveries: "the
+/// application has not confirmed it yet" and "not taken, send it again later").
+pub const FEATURE_CONFIRM: &str = "confirm";
+
 /// Protocol extensions a peer understands, as listed in [`FEATURES_HEADER`] (or in the
 /// `features` field of the handshake ACK our nodes answer with).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,6 +61,8 @@ pub struct Features {
     pub broadcast: bool,
     /// [`FEATURE_CHUNK`].
     pub chunk: bool,
+    /// [`FEATURE_CONFIRM`].
+    pub confirm: bool,
 }
 
 impl Features {
@@ -59,6 +71,7 @@ impl Features {
         batch: true,
         broadcast: true,
         chunk: true,
+        confirm: true,
     };
 
     /// Parses a comma-separated list; unknown names are ignored.
@@ -69,6 +82,7 @@ impl Features {
                 FEATURE_BATCH => f.batch = true,
                 FEATURE_BROADCAST => f.broadcast = true,
                 FEATURE_CHUNK => f.chunk = true,
+                FEATURE_CONFIRM => f.confirm = true,
                 _ => {}
             }
         }
@@ -77,7 +91,7 @@ impl Features {
 
     /// Whether any feature is listed.
     pub fn any(self) -> bool {
-        self.batch || self.broadcast || self.chunk
+        self.batch || self.broadcast || self.chunk || self.confirm
     }
 
     /// The comma-separated list.
@@ -86,6 +100,7 @@ impl Features {
             (self.batch, FEATURE_BATCH),
             (self.broadcast, FEATURE_BROADCAST),
             (self.chunk, FEATURE_CHUNK),
+            (self.confirm, FEATURE_CONFIRM),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -124,6 +139,8 @@ impl From<WireAck> for GossipACK {
             AckStatus::Received => proto::AckStatus::ACK_RECEIVED,
             AckStatus::Duplicate => proto::AckStatus::ACK_DUPLICATE,
             AckStatus::Rejected => proto::AckStatus::ACK_REJECTED,
+            AckStatus::Pending => proto::AckStatus::ACK_PENDING,
+            AckStatus::Retry => proto::AckStatus::ACK_RETRY,
         };
         g.detail = a.detail;
         g
@@ -213,6 +230,7 @@ impl InboundFrame for GossipACK {
             Input::Hello {
                 stream,
                 features: Features::parse(&self.features),
+                from: self.from_hash,
             }
         } else {
             Input::Event(self.into_event(stream))
@@ -229,6 +247,8 @@ impl InboundFrame for GossipACK {
                     proto::AckStatus::ACK_RECEIVED => AckStatus::Received,
                     proto::AckStatus::ACK_DUPLICATE => AckStatus::Duplicate,
                     proto::AckStatus::ACK_REJECTED => AckStatus::Rejected,
+                    proto::AckStatus::ACK_PENDING => AckStatus::Pending,
+                    proto::AckStatus::ACK_RETRY => AckStatus::Retry,
                 },
                 detail: std::mem::take(&mut self.detail),
             },

@@ -24,7 +24,7 @@ use super::threads::{ReadGate, ThreadSet};
 use super::tls;
 use super::{
     forward, read_loop, write_loop, Features, FrameSink, InboundFrame, StreamEnd, Verdict, Writer,
-    FEATURES_HEADER, NODE_ID_HEADER,
+    EXPECTED_ID_HEADER, FEATURES_HEADER, NODE_ID_HEADER,
 };
 use crate::config::Limits;
 use crate::error::Error;
@@ -217,6 +217,14 @@ fn header_id(ctx: &RpcContext) -> Option<Result<String, String>> {
         })
 }
 
+/// The id the client expects this node to have (header `gossip-expect-id`), if it said.
+fn expected_id(ctx: &RpcContext) -> Option<String> {
+    ctx.request_headers()
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(EXPECTED_ID_HEADER))
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+}
+
 /// The features the client listed in its request headers.
 fn announced_features(ctx: &RpcContext) -> Features {
     let mut all = Features::default();
@@ -230,6 +238,7 @@ fn announced_features(ctx: &RpcContext) -> Features {
             all.batch |= f.batch;
             all.broadcast |= f.broadcast;
             all.chunk |= f.chunk;
+            all.confirm |= f.confirm;
         }
     }
     all
@@ -252,15 +261,21 @@ impl GossipService {
         DuplexSink<Out>: FrameSink<Out>,
     {
         let ctx = self.ctx.clone();
+        let expected = expected_id(rpc);
         let header = header_id(rpc);
         let features = announced_features(rpc);
         let names = tls::peer_names(rpc);
         let peer_addr = rpc.peer();
         let name = format!("gossip-in-{}", ctx.local);
         let run = move || {
-            serve(
-                ctx, kind, header, features, names, peer_addr, requests, sink, writer,
-            )
+            let caller = Caller {
+                header,
+                expected,
+                features,
+                names,
+                addr: peer_addr,
+            };
+            serve(ctx, kind, caller, requests, sink, writer)
         };
         if let Err(e) = self.ctx.threads.spawn(name, run) {
             // The call is dropped (and so cancelled) with the closure.
@@ -269,14 +284,23 @@ impl GossipService {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the request of an inbound call says about its caller.
+struct Caller {
+    /// The id it announced (`gossip-node-id`), if any.
+    header: Option<Result<String, String>>,
+    /// The id it means to reach (`gossip-expect-id`), if it said.
+    expected: Option<String>,
+    features: Features,
+    /// With TLS: the names its certificate holds.
+    names: Option<Vec<String>>,
+    /// Its address, for logs.
+    addr: String,
+}
+
 fn serve<In, Out>(
     ctx: Arc<Context>,
     kind: StreamKind,
-    header: Option<Result<String, String>>,
-    features: Features,
-    names: Option<Vec<String>>,
-    peer_addr: String,
+    caller: Caller,
     mut requests: RequestStream<In>,
     sink: DuplexSink<Out>,
     writer: Option<fn(Sender<Out>) -> Writer>,
@@ -285,10 +309,23 @@ fn serve<In, Out>(
     Out: Send + 'static,
     DuplexSink<Out>: FrameSink<Out>,
 {
+    let Caller {
+        header,
+        expected,
+        features,
+        names,
+        addr: peer_addr,
+    } = caller;
     let refuse = |sink: DuplexSink<Out>, code: RpcStatusCode, why: String| {
         warn!("{}: refused {kind:?} from {peer_addr}: {why}", ctx.local);
         sink.finish(Some(RpcStatus::with_message(code, why)));
     };
+    if let Some(expected) = expected.filter(|e| e != ctx.local.as_str()) {
+        // A dialler configured with the wrong address: say who is here, before any of its
+        // messages could be delivered to the wrong node.
+        let why = format!("this is node {:?}, not {expected:?}", ctx.local.as_str());
+        return refuse(sink, RpcStatusCode::FAILED_PRECONDITION, why);
+    }
     // Who is at the other end: the header, or else the first frame (within a deadline).
     let (claimed, first) = match header {
         Some(Ok(id)) => (id, None),

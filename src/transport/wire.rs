@@ -129,6 +129,9 @@ pub(crate) fn broadcast_ack_of(
         AckStatus::ACK_RECEIVED => true,
         AckStatus::ACK_DUPLICATE => false,
         AckStatus::ACK_REJECTED => return Err(format!("broadcast refused: {}", a.detail)),
+        AckStatus::ACK_PENDING | AckStatus::ACK_RETRY => {
+            return Err(format!("status {:?} is not a broadcast answer", a.status))
+        }
     };
     let missing = a
         .missing

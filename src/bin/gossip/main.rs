@@ -12,10 +12,21 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `gossip --version`: the crate version, the commit and features it was built from, and the
+/// transport it links.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("GOSSIP_GIT_COMMIT"),
+    "; cargo features: ",
+    env!("GOSSIP_FEATURES"),
+    "; gRPC C core via grpcio 0.13, TLS via OpenSSL)"
+);
+
 #[derive(Parser)]
 #[command(
     name = "gossip",
-    version,
+    version = VERSION,
     about = "Large-message gossip over gRPC double streams"
 )]
 struct Cli {

@@ -4,29 +4,35 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use crossbeam_channel::{select, unbounded, Receiver, RecvTimeoutError};
+use crossbeam_channel::{select, unbounded, Receiver};
 use grpc_gossip::broadcast::BroadcastCompletion;
 use grpc_gossip::metrics::MetricsServer;
 use grpc_gossip::{
     Completion, Delivery, Error, Message, NeighborEvent, NeighborInfo, Node, StreamFactory,
 };
 use log::{info, warn};
+use std::collections::{HashMap, VecDeque};
 
 use crate::settings::{NodeArgs, Settings};
 
 /// `gossip node --help`'s epilogue: the stdin and stdout formats.
 pub const NODE_HELP: &str = "\
-Stdin, one command per line (read once every peer is connected):
+Stdin, one command per line (read at once; messages to a peer that is not up yet wait for it):
   PEER some text       send `some text` to neighbour PEER
   PEER @path/to/file   send the file's bytes to PEER
-  * some text          broadcast `some text` to the whole cluster (multi-hop)
+  * some text          broadcast `some text` to the whole cluster (multi-hop); right after
+                       start it waits until each --peer has come up once (at most the
+                       connect timeout)
   (empty or #...)      nothing
+While a peer's share of slots is full, its commands wait in a queue of up to 1024 per peer
+(`error peer=.. queue full` beyond); commands to an unknown peer get `error peer=..` at once.
 
-Stdout, one line per event:
+Stdout, one line per event (with --timestamps, each starts with its RFC 3339 UTC time):
   listening id=.. addr=.. tls=on|off   metrics addr=..
   connected peer=.. addr=..
   sent hash=.. peer=..                 completed hash=.. peer=.. outcome=\"..\" attempts=.. elapsed_ms=..
@@ -40,13 +46,32 @@ Every message sent ends in exactly one `completed` (or, for a broadcast, `conver
 with outcome \"acked by PEER\", \"timed out\", or \"failed: <reason>\". Hashes are
 ID-BOOT-SEQ, BOOT being the process's start time, so a restarted node never reuses one.
 
-With --deliver-dir DIR, each delivered payload is written to DIR/FROM.HASH (through a temporary
-file and a rename, so a reader never sees half a file).
+With --deliver-dir DIR, each delivered payload is written to DIR/ORIGIN.HASH (ORIGIN: the
+sender, or the node that started a broadcast) through a temporary file that is synced, renamed
+and its directory synced; only then is the message ACKed, so a message its sender saw ACKed is
+on disk even if this process is killed. A message delivered but not yet ACKed when the process
+died is sent again and written again under the same name. Temporary files left by a crash are
+removed at start.
 
 Logs go to stderr, one line per event (--log-level, or RUST_LOG=debug for more).
 Configuration: --config FILE.toml (see examples/node.toml); flags win over the file.
 Memory: the process sets glibc malloc to keep blocks up to 16 MiB on the heap, trim past 32 MiB
 and use 2 arenas, unless GLIBC_TUNABLES sets malloc tunables itself.";
+
+/// Set by `--timestamps`: stdout lines start with their time.
+static TIMESTAMPS: AtomicBool = AtomicBool::new(false);
+
+/// Prints one stdout line, with its RFC 3339 time first under `--timestamps`.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        if TIMESTAMPS.load(std::sync::atomic::Ordering::Relaxed) {
+            println!("{} {line}", humantime::format_rfc3339_millis(SystemTime::now()));
+        } else {
+            println!("{line}");
+        }
+    }};
+}
 
 /// One line of stdin, parsed.
 enum StdinCommand {
@@ -74,12 +99,22 @@ fn parse_line(line: &str) -> Result<Option<StdinCommand>, String> {
     }))
 }
 
+/// An id or hash as printed: as it is when it holds only plain characters, quoted (with
+/// escapes) otherwise, so that an original node's id with spaces cannot split a line's fields.
+fn shown(id: &str) -> std::borrow::Cow<'_, str> {
+    if grpc_gossip::id::is_plain_id(id) {
+        id.into()
+    } else {
+        format!("{id:?}").into()
+    }
+}
+
 fn preview(payload: &[u8]) -> String {
     let text = String::from_utf8_lossy(&payload[..payload.len().min(64)]);
     text.replace(['\n', '\r', '\t'], " ")
 }
 
-/// A file name for a delivery: `FROM.HASH`, with anything but `[A-Za-z0-9_-]` percent-encoded
+/// A file name for a delivery: `ORIGIN.HASH`, with anything but `[A-Za-z0-9_-]` percent-encoded
 /// (so no id or hash can reach outside the directory).
 fn delivery_file_name(from: &str, hash: &str) -> String {
     let encode = |s: &str| {
@@ -93,19 +128,41 @@ fn delivery_file_name(from: &str, hash: &str) -> String {
     format!("{}.{}", encode(from), encode(hash))
 }
 
-/// Writes `payload` to `dir/name` so that the file appears whole or not at all.
-fn write_atomically(dir: &Path, name: &str, payload: &[u8]) -> std::io::Result<PathBuf> {
+/// Temporary files are `.NAME.tmp`; real deliveries never start with a dot.
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Writes `payload` to `dir/name` so that the file appears whole or not at all, and is on disk
+/// (as far as `fsync` promises) when this returns: file synced, renamed, directory synced.
+fn write_durably(dir: &Path, name: &str, payload: &[u8]) -> std::io::Result<PathBuf> {
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let tmp = dir.join(format!(".{name}{TMP_SUFFIX}"));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(payload)?;
     f.sync_all()?;
+    drop(f);
     std::fs::rename(&tmp, &path)?;
+    // The rename is durable only once the directory entry is.
+    std::fs::File::open(dir)?.sync_all()?;
     Ok(path)
 }
 
+/// Removes the temporary files a killed process left in `dir`; returns how many.
+fn remove_stale_temporaries(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(TMP_SUFFIX) && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 fn print_completion(c: &Completion) {
-    println!(
+    say!(
         "completed hash={} peer={} outcome={:?} attempts={} elapsed_ms={:.3}",
         c.key.hash,
         c.key.peer,
@@ -117,7 +174,7 @@ fn print_completion(c: &Completion) {
 
 fn print_convergence(c: &BroadcastCompletion) {
     let missing: Vec<&str> = c.missing.iter().map(|m| m.as_str()).collect();
-    println!(
+    say!(
         "converged hash={} reached={} missing={} elapsed_ms={:.3}",
         c.id.hash,
         c.reached,
@@ -128,57 +185,21 @@ fn print_convergence(c: &BroadcastCompletion) {
 
 fn print_event(e: NeighborEvent) {
     match e {
-        NeighborEvent::Up { peer } => println!("neighbor peer={peer} state=up"),
+        NeighborEvent::Up { peer } => say!("neighbor peer={peer} state=up"),
         NeighborEvent::Down { peer, reason } => {
-            println!("neighbor peer={peer} state=down reason={reason:?}")
+            say!("neighbor peer={peer} state=down reason={reason:?}")
         }
         NeighborEvent::Reconnecting {
             peer,
             attempt,
             retry_in,
             error,
-        } => println!(
+        } => say!(
             "neighbor peer={peer} state=reconnecting attempt={attempt} retry_in_ms={} error={error:?}",
             retry_in.as_millis()
         ),
-        NeighborEvent::Removed { peer } => println!("neighbor peer={peer} state=removed"),
+        NeighborEvent::Removed { peer } => say!("neighbor peer={peer} state=removed"),
     }
-}
-
-/// Connects to each peer in the background, retrying with backoff until it is up (after that
-/// the node keeps the link up itself). Each success is reported on the returned channel.
-fn connect_all(
-    node: &Arc<Node>,
-    peers: &[(String, String)],
-    quit: &Receiver<()>,
-) -> (Receiver<()>, Vec<std::thread::JoinHandle<()>>) {
-    let (connected_tx, connected_rx) = unbounded::<()>();
-    let connectors = peers
-        .iter()
-        .cloned()
-        .map(|(id, addr)| {
-            let (node, quit, connected) = (node.clone(), quit.clone(), connected_tx.clone());
-            std::thread::spawn(move || {
-                let mut backoff = Duration::from_millis(200);
-                loop {
-                    match node.connect_to_neighbor(NeighborInfo::new(id.clone(), addr.clone())) {
-                        Ok(()) => {
-                            println!("connected peer={id} addr={addr}");
-                            let _ = connected.send(());
-                            return;
-                        }
-                        Err(Error::Shutdown) => return,
-                        Err(e) => warn!("connect to {id} at {addr}: {e}; retrying in {backoff:?}"),
-                    }
-                    if quit.recv_timeout(backoff) != Err(RecvTimeoutError::Timeout) {
-                        return;
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            })
-        })
-        .collect();
-    (connected_rx, connectors)
 }
 
 /// Stdin's lines, read on a thread of their own; the channel closes at end of input.
@@ -195,6 +216,9 @@ fn stdin_lines() -> Receiver<String> {
     rx
 }
 
+/// Commands that may wait per peer while its slots are busy.
+const PEER_COMMAND_QUEUE: usize = 1024;
+
 /// The running service: the node and what it owes.
 struct Daemon {
     node: Arc<Node>,
@@ -202,8 +226,15 @@ struct Daemon {
     /// Distinguishes this process's hashes from those of earlier runs with the same id.
     boot: u128,
     seq: u64,
-    /// Messages and broadcasts sent whose completion has not been printed yet.
+    /// Messages and broadcasts sent (or queued) whose completion has not been printed yet.
     pending: usize,
+    /// Per peer, messages waiting for a free slot, in command order.
+    queued: HashMap<String, VecDeque<Message>>,
+    /// Configured peers not reached yet: `connected` is printed the first time each comes up.
+    unreached: HashMap<String, String>,
+    /// Broadcasts given before the configured peers were up, and until when they may wait.
+    held_broadcasts: VecDeque<Message>,
+    broadcast_grace: Instant,
 }
 
 impl Daemon {
@@ -215,52 +246,140 @@ impl Daemon {
     fn command(&mut self, line: &str) {
         match parse_line(line) {
             Ok(None) => {}
-            Err(e) => println!("error {e}"),
+            Err(e) => say!("error {e}"),
             Ok(Some(StdinCommand::Send { target, payload })) => {
-                let hash = self.next_hash();
-                match self.node.send_message(&target, Message::new(hash, payload)) {
+                let message = Message::new(self.next_hash(), payload);
+                let queue = self.queued.entry(target.clone()).or_default();
+                if !queue.is_empty() {
+                    // Behind earlier commands to the same peer, to keep their order.
+                    if queue.len() >= PEER_COMMAND_QUEUE {
+                        return say!(
+                            "error peer={target} queue full ({PEER_COMMAND_QUEUE} commands wait)"
+                        );
+                    }
+                    queue.push_back(message);
+                    self.pending += 1;
+                    return;
+                }
+                match self.node.try_send_message(&target, message.clone()) {
                     Ok(key) => {
                         self.pending += 1;
-                        println!("sent hash={} peer={}", key.hash, key.peer);
+                        say!("sent hash={} peer={}", key.hash, key.peer);
                     }
-                    Err(e) => println!("error peer={target} {e}"),
+                    Err(Error::Full { .. } | Error::PeerFull { .. }) => {
+                        queue.push_back(message);
+                        self.pending += 1;
+                    }
+                    Err(e) => say!("error peer={target} {e}"),
                 }
             }
             Ok(Some(StdinCommand::Broadcast(payload))) => {
-                let hash = self.next_hash();
-                match self.node.broadcast(Message::new(hash, payload)) {
-                    Ok(id) => {
-                        self.pending += 1;
-                        println!("broadcast hash={} origin={}", id.hash, id.origin);
+                let message = Message::new(self.next_hash(), payload);
+                if self.broadcasts_held() || !self.held_broadcasts.is_empty() {
+                    if self.held_broadcasts.len() >= PEER_COMMAND_QUEUE {
+                        return say!("error broadcast queue full ({PEER_COMMAND_QUEUE} wait)");
                     }
-                    Err(e) => println!("error broadcast {e}"),
+                    self.pending += 1;
+                    return self.held_broadcasts.push_back(message);
                 }
+                self.pending += 1;
+                self.start_broadcast(message);
             }
         }
     }
 
+    /// Whether broadcasts still wait for the configured peers: until each has come up once,
+    /// or the start-up grace (the connect timeout) has passed, so that a broadcast given right
+    /// at start reaches the cluster rather than no one.
+    fn broadcasts_held(&self) -> bool {
+        !self.unreached.is_empty() && Instant::now() < self.broadcast_grace
+    }
+
+    fn start_broadcast(&mut self, message: Message) {
+        match self.node.broadcast(message) {
+            Ok(id) => say!("broadcast hash={} origin={}", id.hash, id.origin),
+            Err(e) => {
+                self.pending = self.pending.saturating_sub(1);
+                say!("error broadcast {e}")
+            }
+        }
+    }
+
+    /// Hands queued messages to the node while their peers have free slots, and held
+    /// broadcasts once the peers are up.
+    fn send_queued(&mut self) {
+        if !self.broadcasts_held() {
+            while let Some(message) = self.held_broadcasts.pop_front() {
+                self.start_broadcast(message);
+            }
+        }
+        for (target, queue) in &mut self.queued {
+            while let Some(message) = queue.front() {
+                match self.node.try_send_message(target, message.clone()) {
+                    Ok(key) => say!("sent hash={} peer={}", key.hash, key.peer),
+                    Err(Error::Full { .. } | Error::PeerFull { .. }) => break,
+                    Err(e) => {
+                        self.pending = self.pending.saturating_sub(1);
+                        say!("error peer={target} {e}");
+                    }
+                }
+                queue.pop_front();
+            }
+        }
+        self.queued.retain(|_, q| !q.is_empty());
+    }
+
+    /// Prints `connected` the first time a configured peer comes up.
+    fn event(&mut self, e: NeighborEvent) {
+        let mut reached = false;
+        if let NeighborEvent::Up { peer } = &e {
+            if let Some(addr) = self.unreached.remove(peer.as_str()) {
+                say!("connected peer={peer} addr={addr}");
+                reached = true;
+            }
+        }
+        print_event(e);
+        if reached {
+            self.send_queued();
+        }
+    }
+
+    /// Prints (or writes) a delivery, then confirms it: with --deliver-dir only once its file
+    /// is on disk, so that the ACK means the bytes are safe.
     fn deliver(&self, d: Delivery) {
         let origin = d
             .origin
             .as_ref()
-            .map(|o| format!(" origin={o}"))
+            .map(|o| format!(" origin={}", shown(o.as_str())))
             .unwrap_or_default();
         let head = format!(
             "delivered from={} hash={}{origin} bytes={}",
-            d.from,
-            d.hash,
+            shown(d.from.as_str()),
+            shown(&d.hash),
             d.payload.len()
         );
         match &self.deliver_dir {
-            None => println!("{head} text={:?}", preview(&d.payload)),
+            None => {
+                say!("{head} text={:?}", preview(&d.payload));
+                d.confirm();
+            }
             Some(dir) => {
-                let name = delivery_file_name(d.from.as_str(), &d.hash);
-                match write_atomically(dir, &name, &d.payload) {
-                    Ok(path) => println!("{head} file={}", path.display()),
+                let origin = d.origin.as_ref().unwrap_or(&d.from);
+                let name = delivery_file_name(origin.as_str(), &d.hash);
+                match write_durably(dir, &name, &d.payload) {
+                    Ok(path) => {
+                        d.confirm();
+                        say!("{head} file={}", path.display());
+                    }
                     Err(e) => {
-                        // The message is ACKed already; say loudly that its bytes are lost.
-                        log::error!("delivery {} from {} not written: {e}", d.hash, d.from);
-                        println!("{head} error={:?}", e.to_string());
+                        // Not confirmed: the sender is asked to send it again later.
+                        log::error!(
+                            "delivery {} from {} not written, not ACKed: {e}",
+                            d.hash,
+                            d.from
+                        );
+                        say!("{head} error={:?}", e.to_string());
+                        d.decline();
                     }
                 }
             }
@@ -272,13 +391,21 @@ impl Daemon {
 pub fn run(args: NodeArgs) -> Result<ExitCode, Error> {
     let settings = Settings::resolve(args)?;
     crate::init_logging(&settings.log_level);
+    TIMESTAMPS.store(settings.timestamps, std::sync::atomic::Ordering::Relaxed);
+    if let Some(dir) = &settings.deliver_dir {
+        match remove_stale_temporaries(dir) {
+            Ok(0) => {}
+            Ok(n) => info!("removed {n} temporary files left in {}", dir.display()),
+            Err(e) => warn!("could not clean {}: {e}", dir.display()),
+        }
+    }
     let tls = settings.transport.tls.is_some();
     let node = Arc::new(
         Node::builder(settings.node.clone())
             .factory(StreamFactory::new(settings.transport.clone()))
             .start()?,
     );
-    println!(
+    say!(
         "listening id={} addr={} tls={}",
         node.id(),
         node.local_addr(),
@@ -287,7 +414,7 @@ pub fn run(args: NodeArgs) -> Result<ExitCode, Error> {
     let _metrics = match &settings.metrics_addr {
         Some(addr) => {
             let server = MetricsServer::for_node(addr, node.clone())?;
-            println!("metrics addr={}", server.local_addr());
+            say!("metrics addr={}", server.local_addr());
             Some(server)
         }
         None => None,
@@ -298,9 +425,10 @@ pub fn run(args: NodeArgs) -> Result<ExitCode, Error> {
         let _ = signal_tx.send(());
     })
     .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-    // Dropped on exit: wakes the connector threads.
-    let (quit_tx, quit_rx) = crossbeam_channel::bounded::<()>(0);
-    let (connected, connectors) = connect_all(&node, &settings.peers, &quit_rx);
+    // The node connects in the background and keeps retrying; commands need not wait.
+    for (id, addr) in &settings.peers {
+        node.add_neighbor(NeighborInfo::new(id.clone(), addr.clone()))?;
+    }
     let lines = stdin_lines();
 
     let boot = SystemTime::now()
@@ -313,6 +441,10 @@ pub fn run(args: NodeArgs) -> Result<ExitCode, Error> {
         boot,
         seq: 0,
         pending: 0,
+        queued: HashMap::new(),
+        unreached: settings.peers.iter().cloned().collect(),
+        held_broadcasts: VecDeque::new(),
+        broadcast_grace: Instant::now() + settings.node.connect_timeout,
     };
     let completions = node.completions();
     let broadcasts = node.broadcast_completions();
@@ -322,7 +454,6 @@ pub fn run(args: NodeArgs) -> Result<ExitCode, Error> {
     let never = crossbeam_channel::never::<String>();
     let started = Instant::now();
     let mut stdin_open = true;
-    let mut unconnected = settings.peers.len();
     // Set by the first signal: stop taking commands, finish what is in flight by then.
     let mut drain_until: Option<Instant> = None;
     loop {
@@ -337,9 +468,8 @@ pub fn run(args: NodeArgs) -> Result<ExitCode, Error> {
             );
             break;
         }
-        // Commands wait until every peer is connected (so the first lines do not fail), and
-        // stop with a drain.
-        let input = if unconnected == 0 && drain_until.is_none() && stdin_open {
+        // Commands stop with a drain.
+        let input = if drain_until.is_none() && stdin_open {
             &lines
         } else {
             &never
@@ -351,15 +481,14 @@ pub fn run(args: NodeArgs) -> Result<ExitCode, Error> {
                     break;
                 }
                 drain_until = Some(Instant::now() + settings.drain_timeout);
-                println!(
+                say!(
                     "draining pending={} timeout_ms={}",
                     daemon.pending,
                     settings.drain_timeout.as_millis()
                 );
                 info!("draining {} in-flight messages (up to {:?})", daemon.pending, settings.drain_timeout);
             },
-            recv(ticker) -> _ => {},
-            recv(connected) -> _ => unconnected = unconnected.saturating_sub(1),
+            recv(ticker) -> _ => daemon.send_queued(),
             recv(input) -> line => match line {
                 Ok(line) => daemon.command(&line),
                 Err(_) => stdin_open = false,
@@ -371,16 +500,30 @@ pub fn run(args: NodeArgs) -> Result<ExitCode, Error> {
             recv(completions) -> c => if let Ok(c) = c {
                 daemon.pending = daemon.pending.saturating_sub(1);
                 print_completion(&c);
+                daemon.send_queued();
             },
-            recv(events) -> e => if let Ok(e) = e { print_event(e) },
+            recv(events) -> e => if let Ok(e) = e { daemon.event(e) },
             recv(deliveries) -> d => if let Ok(d) = d { daemon.deliver(d) },
         }
     }
     info!("stopping after {:?}", started.elapsed());
-    drop(quit_tx);
     node.shutdown();
-    for c in connectors {
-        let _ = c.join();
+    // Commands still queued were never sent.
+    for message in std::mem::take(&mut daemon.held_broadcasts) {
+        daemon.pending = daemon.pending.saturating_sub(1);
+        say!(
+            "error broadcast hash={} not sent: node stopped",
+            message.hash
+        );
+    }
+    for (target, queue) in std::mem::take(&mut daemon.queued) {
+        for message in queue {
+            daemon.pending = daemon.pending.saturating_sub(1);
+            say!(
+                "error peer={target} hash={} not sent: node stopped",
+                message.hash
+            );
+        }
     }
     // What the shutdown itself completed (messages still in flight fail, saying why).
     for c in completions.try_iter() {
@@ -394,7 +537,7 @@ pub fn run(args: NodeArgs) -> Result<ExitCode, Error> {
     for d in deliveries.try_iter() {
         daemon.deliver(d);
     }
-    println!("stopped id={} pending={}", node.id(), daemon.pending);
+    say!("stopped id={} pending={}", node.id(), daemon.pending);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -416,13 +559,22 @@ mod tests {
     fn files_appear_whole() {
         let dir = std::env::temp_dir().join(format!("gossip-deliver-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = write_atomically(&dir, "a.b", b"payload").unwrap();
+        let path = write_durably(&dir, "a.b", b"payload").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"payload");
-        let names: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("a.b")]);
+        let names = |dir: &Path| {
+            let mut names: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(&dir), ["a.b"]);
+        // What a process killed mid-write leaves behind is removed; deliveries stay.
+        std::fs::write(dir.join(".a.c.tmp"), b"half").unwrap();
+        std::fs::write(dir.join("notes.tmp"), b"not ours").unwrap();
+        assert_eq!(remove_stale_temporaries(&dir).unwrap(), 1);
+        assert_eq!(names(&dir), ["a.b", "notes.tmp"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

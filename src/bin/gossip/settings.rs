@@ -6,10 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use grpc_gossip::transport::tls::TlsConfig;
-use grpc_gossip::{Error, NodeConfig, TransportConfig};
+use grpc_gossip::{Deliveries, Error, NodeConfig, TransportConfig};
 use serde::Deserialize;
 
 use crate::parse_size;
+
+/// With `deliver_dir`, how many delivered messages may wait for their file to be written
+/// (each is held in memory until then).
+pub const DELIVER_DIR_UNCONFIRMED: usize = 64;
 
 /// Arguments of `gossip node`. Each one overrides the same setting of the `--config` file.
 #[derive(clap::Args, Default)]
@@ -62,6 +66,9 @@ pub struct NodeArgs {
     /// Exit once stdin is closed and every message sent has completed.
     #[arg(long)]
     pub exit_when_done: bool,
+    /// Start every stdout line with its RFC 3339 time (UTC, milliseconds).
+    #[arg(long)]
+    pub timestamps: bool,
 }
 
 fn parse_peer(s: &str) -> Result<(String, String), String> {
@@ -163,6 +170,8 @@ pub struct Settings {
     pub deliver_dir: Option<PathBuf>,
     /// Exit once stdin is closed and everything sent has completed.
     pub exit_when_done: bool,
+    /// Prefix stdout lines with their time.
+    pub timestamps: bool,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
@@ -312,6 +321,8 @@ impl Settings {
         if let Some(dir) = &deliver_dir {
             std::fs::create_dir_all(dir)
                 .map_err(|e| invalid("deliver_dir", format!("{}: {e}", dir.display())))?;
+            // A message is ACKed only once its file is on disk.
+            node.deliveries = Deliveries::Confirmed(DELIVER_DIR_UNCONFIRMED);
         }
         Ok(Settings {
             node,
@@ -322,6 +333,7 @@ impl Settings {
             drain_timeout,
             deliver_dir,
             exit_when_done: args.exit_when_done,
+            timestamps: args.timestamps,
         })
     }
 }
