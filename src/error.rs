@@ -73,11 +73,13 @@ pub enum Error {
         /// What went wrong, in words.
         reason: String,
     },
-    /// The node could not listen on its address.
-    #[error("cannot listen on {addr}: {reason}")]
+    /// The node could not listen on an address.
+    #[error("cannot listen on {addr} ({purpose}): {reason}")]
     Bind {
         /// The requested listen address.
         addr: String,
+        /// What the address is for, and where it is set (e.g. "gRPC, `listen`").
+        purpose: &'static str,
         /// What went wrong.
         reason: String,
     },

@@ -473,6 +473,7 @@ impl MetricsServer {
     ) -> Result<MetricsServer, Error> {
         let bind_err = |reason: String| Error::Bind {
             addr: addr.to_owned(),
+            purpose: "the metrics server, `metrics_addr`",
             reason,
         };
         let server = tiny_http::Server::http(addr).map_err(|e| bind_err(e.to_string()))?;

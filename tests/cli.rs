@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 #[path = "cli/crash.rs"]
 mod crash;
+#[path = "cli/operations.rs"]
+mod operations;
 
 const GOSSIP: &str = env!("CARGO_BIN_EXE_gossip");
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use grpc_gossip::{Error, FailReason, Message, Outcome};
+use grpc_gossip::{ConnectFailure, Error, FailReason, Message, Outcome};
 
 /// The seed's `TwoNodesBasicCommunication`: 15,000 small messages, all ACKed, each delivered once.
 #[test]
@@ -385,11 +385,125 @@ fn connect_to_nothing_is_a_clear_error() {
         "ghost",
         format!("127.0.0.1:{port}"),
     ));
-    assert!(matches!(r, Err(Error::Connect { .. })), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(Error::Connect {
+                kind: ConnectFailure::Refused,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
     assert!(
         a.neighbors().is_empty(),
         "a failed connect leaves no record"
     );
+}
+
+/// Each way a connection fails has its own kind, and the OS's answers come at once instead of
+/// after the whole connect timeout.
+#[test]
+fn connect_failures_are_classified_and_fast_when_the_os_says_so() {
+    let f = factory();
+    let mut c = config("a");
+    c.connect_timeout = Duration::from_secs(30);
+    let a = start_with(c, &f);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kind_of = |endpoint: String| {
+        let started = std::time::Instant::now();
+        let r = a.connect_to_neighbor(grpc_gossip::NeighborInfo::new("x", endpoint));
+        let took = started.elapsed();
+        match r {
+            Err(Error::Connect { kind, .. }) => (kind, took),
+            other => panic!("{other:?}"),
+        }
+    };
+    let (kind, took) = kind_of(format!("127.0.0.1:{port}"));
+    assert_eq!(kind, ConnectFailure::Refused);
+    assert!(
+        took < Duration::from_secs(20),
+        "refused at once, took {took:?}"
+    );
+    let (kind, took) = kind_of("no-such-host.invalid:7001".into());
+    assert_eq!(kind, ConnectFailure::Unresolvable);
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let (kind, _) = kind_of("not an address".into());
+    assert_eq!(kind, ConnectFailure::Unresolvable);
+}
+
+/// `add_neighbor` returns at once; the node keeps trying, reports each failure, and a message
+/// sent meanwhile waits for the link and is delivered once the neighbour comes up.
+#[test]
+fn add_neighbor_connects_in_the_background() {
+    let f = factory();
+    let mut c = config("a");
+    c.reconnect.initial = Duration::from_millis(20);
+    c.reconnect.max = Duration::from_millis(200);
+    let a = start_with(c, &f);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    a.add_neighbor(grpc_gossip::NeighborInfo::new(
+        "b",
+        format!("127.0.0.1:{port}"),
+    ))
+    .unwrap();
+    a.send_message("b", Message::new("early", "waits for b"))
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let events = a.events();
+    let failure = loop {
+        match events.recv_timeout(PATIENCE).expect("an event") {
+            grpc_gossip::NeighborEvent::Reconnecting { error, .. } => break error,
+            _ => continue,
+        }
+    };
+    assert!(failure.contains("refused"), "{failure}");
+    // b comes up at that address: the link follows, and so does the message.
+    let mut cb = config("b");
+    cb.listen = format!("127.0.0.1:{port}");
+    let b = start_with(cb, &f);
+    let done = a
+        .completions()
+        .recv_timeout(PATIENCE)
+        .expect("a completion");
+    assert!(done.is_acked(), "{done:?}");
+    let got = b.deliveries().recv_timeout(PATIENCE).expect("delivered");
+    assert_eq!(got.hash, "early");
+}
+
+/// A neighbour configured at the address of another node: that node refuses the streams,
+/// saying who it is, and delivers nothing meant for the configured one.
+#[test]
+fn a_wrong_address_never_delivers_to_the_wrong_node() {
+    let f = factory();
+    let a = start("a", &f);
+    let r = start("r", &f);
+    // `q` is expected at r's address.
+    let _ = a.connect_to_neighbor(grpc_gossip::NeighborInfo::new(
+        "q",
+        r.local_addr().to_string(),
+    ));
+    let _ = a.send_message("q", Message::new("for-q", "not for r"));
+    let events = a.events();
+    let reason = loop {
+        match events.recv_timeout(PATIENCE).expect("an event") {
+            grpc_gossip::NeighborEvent::Down { reason, .. } => break reason,
+            _ => continue,
+        }
+    };
+    assert!(reason.contains("this is node \"r\", not \"q\""), "{reason}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(r.stats().delivered, 0);
+    assert!(r.deliveries().try_recv().is_err());
 }
 
 /// The `batch` extension on the wire: a peer that announces it gets merged ACKs and may send
@@ -493,4 +607,64 @@ fn large_messages_travel_in_chunks() {
     assert!(got.payload == payload, "the same bytes, in order");
     assert_quiet(&b.deliveries());
     assert_eq!(b.stats().received, 1, "one message, however many chunks");
+}
+
+/// Acknowledged deliveries over gRPC: the ACK waits for the application's confirmation; a
+/// slow application does not look like a dead link; a declined delivery comes again.
+#[test]
+fn confirmed_deliveries_ack_when_the_application_says_so() {
+    let f = factory();
+    let mut ca = config("a");
+    // Far shorter than the application takes to confirm: the receiver's `Pending` answers
+    // must keep the link up.
+    ca.ack_timeout = Duration::from_millis(300);
+    let a = start_with(ca, &f);
+    let mut cb = config("b");
+    cb.deliveries = grpc_gossip::Deliveries::Confirmed(2);
+    let b = start_with(cb, &f);
+    connect(&a, &b);
+    for i in 0..3 {
+        a.send_message("b", Message::new(format!("m{i}"), "x"))
+            .unwrap();
+    }
+    let deliveries = b.deliveries();
+    let first = deliveries.recv_timeout(PATIENCE).expect("delivered");
+    let second = deliveries.recv_timeout(PATIENCE).expect("delivered");
+    assert!(first.needs_confirmation() && second.needs_confirmation());
+    // At most two wait unconfirmed: the third is held back.
+    assert!(deliveries.recv_timeout(Duration::from_millis(300)).is_err());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        a.completions().try_recv().is_err(),
+        "no ACK before confirmation"
+    );
+    assert_eq!(a.stats().stalls, 0, "a slow application is not a dead link");
+    assert_eq!(b.stats().awaiting_confirmation, 2);
+
+    first.confirm();
+    let done = a
+        .completions()
+        .recv_timeout(PATIENCE)
+        .expect("a completion");
+    assert_eq!((done.key.hash.as_str(), done.attempts), ("m0", 1));
+    assert!(done.is_acked());
+
+    // Declined (dropped unconfirmed): the sender is asked to send it again, and it comes back.
+    assert_eq!(second.hash, "m1");
+    drop(second);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let d = deliveries.recv_timeout(PATIENCE).expect("delivered");
+        seen.push(d.hash.clone());
+        d.confirm();
+    }
+    seen.sort();
+    assert_eq!(seen, ["m1", "m2"]);
+    let mut rest = collect(&a.completions(), 2);
+    rest.sort_by(|x, y| x.key.hash.cmp(&y.key.hash));
+    assert!(rest.iter().all(|c| c.is_acked()), "{rest:?}");
+    assert_eq!(rest[0].attempts, 2, "m1 went twice: {:?}", rest[0]);
+    assert_eq!(b.stats().declined, 1);
+    assert!(a.stats().retry_answers >= 1);
+    assert_eq!(a.stats().stalls, 0);
 }

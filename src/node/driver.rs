@@ -289,6 +289,11 @@ impl Driver {
             hash: settled.hash,
             taken: settled.taken,
         });
+        self.publish_awaiting();
+    }
+
+    /// Updates the gauge of deliveries waiting for the application's confirmation.
+    fn publish_awaiting(&self) {
         self.counters.awaiting_confirmation.store(
             self.manager.awaiting_confirmation() as u64,
             std::sync::atomic::Ordering::Relaxed,
@@ -638,10 +643,7 @@ impl Driver {
             Ok(()) => {
                 if confirm.is_some() {
                     self.unsettled += 1;
-                    self.counters.awaiting_confirmation.store(
-                        self.manager.awaiting_confirmation() as u64,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
+                    self.publish_awaiting();
                 }
                 None
             }

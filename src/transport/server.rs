@@ -164,14 +164,21 @@ pub(crate) fn start(
 ) -> Result<(Server, SocketAddr), Error> {
     let bind_err = |reason: String| Error::Bind {
         addr: listen.to_owned(),
+        purpose: "the node's gRPC server, `listen`",
         reason,
     };
-    let ip = listen
+    let addr = listen
         .to_socket_addrs()
         .map_err(|e| bind_err(e.to_string()))?
         .next()
-        .ok_or_else(|| bind_err("address resolves to nothing".into()))?
-        .ip();
+        .ok_or_else(|| bind_err("address resolves to nothing".into()))?;
+    let ip = addr.ip();
+    if addr.port() != 0 {
+        // Asked of the OS first: gRPC's own error for a taken port is a blob of its internals.
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Err(bind_err(e.to_string()));
+        }
+    }
     // gRPC sets SO_REUSEPORT by default: two nodes could then share a port and split its
     // connections between them. A taken port must be an error instead.
     let args = factory

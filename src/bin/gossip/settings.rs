@@ -174,6 +174,27 @@ pub struct Settings {
     pub timestamps: bool,
 }
 
+/// Renames a library configuration error's field to the flag and key an operator sets.
+fn as_operator_key(e: Error) -> Error {
+    let Error::Config { field, reason } = e else {
+        return e;
+    };
+    let field = match field {
+        "id" => "id (--id)",
+        "slots" => "store.slots (--slots)",
+        "ttl" => "store.ttl (--ttl)",
+        "max_payload_bytes" | "limits.max_payload_bytes" => "limits.max_payload (--max-payload)",
+        "max_message_bytes" => "limits.max_payload (--max-payload; the largest message)",
+        "peer_max_messages" => "limits.peer_max_messages",
+        "peer_max_bytes" => "limits.peer_max_bytes",
+        "connect_timeout" => "connection.connect_timeout",
+        "ack_timeout" => "connection.ack_timeout",
+        "reconnect.max" => "connection.reconnect_max",
+        other => other,
+    };
+    Error::Config { field, reason }
+}
+
 fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
     Error::Config {
         field,
@@ -259,7 +280,7 @@ impl Settings {
         if let Some(d) = duration("connection.reconnect_max", &c.reconnect_max)? {
             node.reconnect.max = d;
         }
-        node.validate()?;
+        node.validate().map_err(as_operator_key)?;
 
         let mut transport = TransportConfig {
             max_grpc_message_bytes: node.limits.grpc_message_limit(),
@@ -482,7 +503,11 @@ mod tests {
     fn bad_values_name_their_field() {
         let with = |text: &str| Settings::merge(NodeArgs::default(), parse(text).unwrap());
         assert_eq!(field_of(with("listen = \"x\"")), "id");
-        assert_eq!(field_of(with("id = \"a\"\n[store]\nslots = 0")), "slots");
+        assert_eq!(
+            field_of(with("id = \"a\"\n[store]\nslots = 0")),
+            "store.slots (--slots)"
+        );
+        assert_eq!(field_of(with("id = \"a b\"")), "id (--id)");
         assert_eq!(
             field_of(with("id = \"a\"\n[store]\nttl = \"soon\"")),
             "store.ttl"
