@@ -47,9 +47,22 @@
 //!
 //! Links heal on their own: a broken stream, a connection that keepalive finds dead, or a
 //! neighbour that stops ACKing brings its link down; the node reconnects with jittered
-//! exponential backoff ([`Backoff`]) and sends every unacknowledged message again, in order.
-//! [`Node::events`] reports it. A message fails only when its TTL runs out, its neighbour is
-//! removed, or the node shuts down.
+//! exponential backoff ([`Backoff`], which starts over only once a link has proved itself) and
+//! sends every unacknowledged message again, in order. [`Node::events`] reports it.
+//! [`Node::add_neighbor`] lets the node make the first connection the same way, in the
+//! background; [`Node::connect_to_neighbor`] dials at once and says why it failed
+//! ([`ConnectFailure`]). A message fails only when its TTL runs out, its neighbour is removed,
+//! or the node shuts down.
+//!
+//! ## Acknowledged deliveries
+//!
+//! By default a node ACKs a message once it is queued for the application. With
+//! [`Deliveries::Confirmed`] the ACK waits for [`Delivery::confirm`], so an ACK means the
+//! application has the message, even if the process crashes right after; a delivery dropped
+//! unconfirmed (or [`Delivery::decline`]d) is sent again by its sender. The receiver tells
+//! senders that understand it `ACK_PENDING` meanwhile, so a slow application never looks like
+//! a dead link, and `ACK_RETRY` for a decline. `examples/durable_receiver.rs` stores messages
+//! in an fsync'ed journal this way; `gossip node --deliver-dir` writes files.
 //!
 //! ACK routing follows the original: the receiver of a message from X ACKs over its own
 //! outbound AckStream to X when it has one, otherwise on the response side of the AckStream X

@@ -516,15 +516,14 @@ impl MessageManager {
     /// support for chunks is unknown it (and what follows it) waits, and a peer without it
     /// gets the message refused.
     fn pump(&mut self, peer: &NodeId, now: Instant, out: &mut Vec<Action>) {
-        let Some(entry) = self.peers.get_mut(peer) else {
+        let Some(route) = self.route_to(peer) else {
             return;
         };
-        let (Some(stream), Some(queue)) = (entry.out_messages, self.outstanding.get_mut(peer))
+        let (Some(entry), Some(queue)) = (self.peers.get_mut(peer), self.outstanding.get_mut(peer))
         else {
             return;
         };
         let mut refused = Vec::new();
-        let counted = self.counters.peers.of(peer);
         while let Some(o) = queue.get_mut(entry.sent_on_link) {
             let oversize = o.payload.len() > self.limits.max_payload_bytes;
             match entry.chunking {
@@ -536,14 +535,6 @@ impl MessageManager {
                 }
                 _ => {}
             }
-            let route = Route {
-                stream,
-                chunking: entry.chunking,
-                chunk_bytes: self.chunk_bytes,
-                local: &self.local,
-                counters: &self.counters,
-                peer: &counted,
-            };
             transmit(o, &route, out);
             entry.sent_on_link += 1;
         }
@@ -562,23 +553,27 @@ impl MessageManager {
         }
     }
 
-    /// Sends again, on the current link, the messages to `peer` whose `Retry` delay is over.
-    fn retry_due(&mut self, peer: &NodeId, now: Instant, out: &mut Vec<Action>) {
-        let Some(entry) = self.peers.get_mut(peer) else {
-            return;
-        };
-        let (Some(stream), Some(queue)) = (entry.out_messages, self.outstanding.get_mut(peer))
-        else {
-            return;
-        };
-        let counted = self.counters.peers.of(peer);
-        let route = Route {
-            stream,
+    /// Where `peer`'s messages go now; `None` while its link is down.
+    fn route_to(&self, peer: &NodeId) -> Option<Route> {
+        let entry = self.peers.get(peer)?;
+        Some(Route {
+            stream: entry.out_messages?,
             chunking: entry.chunking,
             chunk_bytes: self.chunk_bytes,
-            local: &self.local,
-            counters: &self.counters,
-            peer: &counted,
+            from: self.local.to_string(),
+            counters: self.counters.clone(),
+            peer: self.counters.peers.of(peer),
+        })
+    }
+
+    /// Sends again, on the current link, the messages to `peer` whose `Retry` delay is over.
+    fn retry_due(&mut self, peer: &NodeId, now: Instant, out: &mut Vec<Action>) {
+        let Some(route) = self.route_to(peer) else {
+            return;
+        };
+        let (Some(entry), Some(queue)) = (self.peers.get(peer), self.outstanding.get_mut(peer))
+        else {
+            return;
         };
         for o in queue.iter_mut().take(entry.sent_on_link) {
             if o.retry_at.is_some_and(|t| t <= now) {
@@ -1146,20 +1141,20 @@ impl MessageManager {
 }
 
 /// Where and how a peer's messages go out: its current MessageStream and whether it takes
-/// chunks, with the counters to charge.
-struct Route<'a> {
+/// chunks, with our id for `from_hash` and the counters to charge.
+struct Route {
     stream: StreamId,
     chunking: Option<bool>,
     chunk_bytes: usize,
-    local: &'a NodeId,
-    counters: &'a Counters,
-    peer: &'a crate::stats::PeerCounters,
+    from: String,
+    counters: Arc<Counters>,
+    peer: Arc<crate::stats::PeerCounters>,
 }
 
 /// Puts one outstanding message on the route's stream: whole, or in chunks to a peer that
 /// takes them. Counts the transmission and forgets any earlier `Pending` / `Retry` answer.
-fn transmit(o: &mut Outstanding, route: &Route<'_>, out: &mut Vec<Action>) {
-    let counters = route.counters;
+fn transmit(o: &mut Outstanding, route: &Route, out: &mut Vec<Action>) {
+    let counters = &route.counters;
     if o.attempts > 0 {
         bump(&counters.retransmitted);
     }
@@ -1170,7 +1165,7 @@ fn transmit(o: &mut Outstanding, route: &Route<'_>, out: &mut Vec<Action>) {
     add(&counters.bytes_sent, o.payload.len());
     bump(&route.peer.sent);
     add(&route.peer.bytes_sent, o.payload.len());
-    let from = route.local.to_string();
+    let from = route.from.clone();
     let len = o.payload.len();
     let stream = route.stream;
     if route.chunking == Some(true) && len > route.chunk_bytes {

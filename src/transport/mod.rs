@@ -271,7 +271,7 @@ impl StreamEnd {
             reason: if malformed {
                 format!("malformed frame: {e}")
             } else {
-                e.to_string()
+                describe(&e)
             },
             malformed,
         }
@@ -374,6 +374,17 @@ impl<T: Send> FrameSink<T> for DuplexSink<T> {
     }
 }
 
+/// A gRPC error in words: the peer's status code and message as it sent them (so that a
+/// refusal such as `FAILED_PRECONDITION: this is node "r", not "q"` reads as written).
+pub(crate) fn describe(e: &grpcio::Error) -> String {
+    match e {
+        grpcio::Error::RpcFailure(status) | grpcio::Error::RpcFinished(Some(status)) => {
+            format!("{:?}: {}", status.code(), status.message())
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Writes every frame from `frames` to `sink`, batching what is queued and flushing when the
 /// queue is empty. Ends when `frames` is closed (the node dropped the writer) or a write fails
 /// (reported to the manager as the stream closing).
@@ -398,7 +409,7 @@ pub(crate) fn write_loop<T, K>(
             }
         }
         if let Err(e) = result.and_then(|()| block_on(sink.flush())) {
-            break Some(e.to_string());
+            break Some(describe(&e));
         }
     };
     if let Some(reason) = failure {

@@ -41,6 +41,16 @@ fn config(dir: &Path, id: &str, listen: &str, peers: &[(&str, &str)]) -> PathBuf
     path
 }
 
+/// Starts run `run` of a receiver, its stderr in `dir/r-RUN.log` for a failure's post-mortem.
+fn start_logged(mut command: Command, dir: &Path, run: usize) -> Child {
+    let log = std::fs::File::create(dir.join(format!("r-{run}.log"))).unwrap();
+    command
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start the receiver")
+}
+
 fn files_in(inbox: &Path) -> Vec<String> {
     std::fs::read_dir(inbox)
         .map(|d| {
@@ -173,18 +183,14 @@ fn sigkilled_deliver_dir_receiver_loses_nothing_it_acked() {
     let listen_r = format!("127.0.0.1:{}", free_port());
     let r_config = config(&dir, "r", &listen_r, &[]);
     let spawn = |run: usize| {
-        let log = std::fs::File::create(dir.join(format!("r-{run}.log"))).unwrap();
-        Command::new(GOSSIP)
-            .arg("node")
+        let mut node = Command::new(GOSSIP);
+        node.arg("node")
             .arg("--config")
             .arg(&r_config)
             .arg("--deliver-dir")
             .arg(&inbox)
-            .stdin(Stdio::piped()) // kept open: the node runs until killed
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start the receiver")
+            .stdin(Stdio::piped()); // kept open: the node runs until killed
+        start_logged(node, &dir, run)
     };
     let stored = || delivered_count(&inbox);
     let hashes = send_through_crashes(
@@ -251,14 +257,9 @@ fn sigkilled_library_receiver_loses_nothing_it_acked() {
     let bin = durable_receiver();
     assert!(bin.exists(), "{bin:?} (cargo test builds the examples)");
     let spawn = |run: usize| {
-        let log = std::fs::File::create(dir.join(format!("r-{run}.log"))).unwrap();
-        Command::new(&bin)
-            .args(["r", &listen_r])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start the receiver")
+        let mut receiver = Command::new(&bin);
+        receiver.args(["r", &listen_r]).arg(&path);
+        start_logged(receiver, &dir, run)
     };
     let stored = || journal(&path).len();
     let hashes = send_through_crashes(

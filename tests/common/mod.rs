@@ -77,3 +77,16 @@ pub fn thread_count() -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// Waits (up to [`PATIENCE`]) for the first neighbour event that `pick` maps to a value.
+pub fn first_event<T>(
+    events: &Receiver<grpc_gossip::NeighborEvent>,
+    mut pick: impl FnMut(grpc_gossip::NeighborEvent) -> Option<T>,
+) -> T {
+    loop {
+        let event = events.recv_timeout(PATIENCE).expect("a neighbour event");
+        if let Some(value) = pick(event) {
+            return value;
+        }
+    }
+}

@@ -50,7 +50,8 @@ pub struct NodeArgs {
     /// [default: 10s]; a second signal stops at once.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
-    /// Write each delivered payload to a file in DIR (instead of a text preview on stdout).
+    /// Write each delivered payload to DIR/ORIGIN.HASH (synced) and ACK it only then, instead
+    /// of a text preview on stdout.
     #[arg(long, value_name = "DIR")]
     pub deliver_dir: Option<PathBuf>,
     /// CA certificate (PEM) that peers' certificates must chain to; with --tls-cert and
