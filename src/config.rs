@@ -18,6 +18,16 @@ pub struct Limits {
     /// Largest message sent or accepted in chunks (see [`NodeConfig::chunk_bytes`]), in bytes.
     /// A receiver holds at most one partly received message per stream.
     pub max_message_bytes: usize,
+    /// Bytes of partly received (chunked) messages a node holds at once, from all peers
+    /// together: a message's announced size is charged when its first chunk arrives and
+    /// released when it completes or is abandoned. A message beyond it is refused with "retry
+    /// later" (`ACK_RETRY`; `ACK_REJECTED` to a peer without the `confirm` feature) and its
+    /// chunks are dropped; the sender sends it again later. Default 1 GiB: room for one
+    /// largest message.
+    pub partial_bytes: usize,
+    /// The share of [`partial_bytes`](Limits::partial_bytes) one peer may hold. Default: all
+    /// of it. At least `max_message_bytes`, so that a largest message can always arrive.
+    pub peer_partial_bytes: usize,
 }
 
 impl Default for Limits {
@@ -26,6 +36,8 @@ impl Default for Limits {
             max_payload_bytes: 64 * 1024 * 1024,
             max_id_bytes: 256,
             max_message_bytes: 1 << 30,
+            partial_bytes: 1 << 30,
+            peer_partial_bytes: 1 << 30,
         }
     }
 }
@@ -57,6 +69,21 @@ impl Limits {
             return Err(Error::Config {
                 field: "max_message_bytes",
                 reason: "must be at least max_payload_bytes".into(),
+            });
+        }
+        if self.peer_partial_bytes < self.max_message_bytes {
+            return Err(Error::Config {
+                field: "peer_partial_bytes",
+                reason: format!(
+                    "{} is below max_message_bytes ({}): a largest message could never arrive",
+                    self.peer_partial_bytes, self.max_message_bytes
+                ),
+            });
+        }
+        if self.partial_bytes < self.peer_partial_bytes {
+            return Err(Error::Config {
+                field: "partial_bytes",
+                reason: "must be at least peer_partial_bytes".into(),
             });
         }
         if self.grpc_message_limit() > i32::MAX as usize {

@@ -27,6 +27,9 @@ use crate::id::{validate_id, IdKind, NodeId};
 use crate::message::{Completion, Delivery, FailReason, MessageKey, Outcome};
 use crate::stats::{add, bump, Counters};
 use crate::store::{SlotStore, Tracked};
+use reassembly::{Reassembler, Reassembly};
+
+mod reassembly;
 
 /// Identifies one gRPC stream of this node (unique for the node's lifetime).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -241,24 +244,9 @@ struct PeerStreams {
     chunking: Option<bool>,
     /// Whether the peer understands `Pending` and `Retry` ACKs.
     confirm: bool,
-}
-
-/// A chunked message being received on one stream.
-#[derive(Debug)]
-struct Partial {
-    hash: String,
-    total: u64,
-    buf: bytes::BytesMut,
-}
-
-/// What a chunk frame completed.
-enum Reassembly {
-    /// More chunks to come.
-    Incomplete,
-    /// The whole message.
-    Complete(WireMessage),
-    /// The chunk does not fit; message `hash` is refused for `reason`.
-    Invalid { hash: String, reason: String },
+    /// When a warning about this peer was last logged, and how many were held back since.
+    warned: Option<Instant>,
+    quiet: u64,
 }
 
 /// A message sent to a peer and not yet completed, kept for retransmission.
@@ -295,6 +283,9 @@ const PENDING_REMINDER: Duration = Duration::from_millis(500);
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// At most one warning per peer and kind of trouble in this interval (see `warn_limited`).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// ACKs waiting for a route to their target, per target at most this many.
 const UNROUTED_ACKS_PER_PEER: usize = 4096;
 
@@ -310,7 +301,7 @@ pub struct MessageManager {
     outstanding: HashMap<NodeId, VecDeque<Outstanding>>,
     unrouted: HashMap<NodeId, VecDeque<(Instant, WireAck)>>,
     chunk_bytes: usize,
-    partial: HashMap<StreamId, Partial>,
+    reassembler: Reassembler,
     /// Acknowledged deliveries: ACK only on [`Event::Settled`].
     confirmed: bool,
     awaiting: HashMap<NodeId, Awaiting>,
@@ -328,6 +319,7 @@ impl MessageManager {
         ack_timeout: Duration,
     ) -> MessageManager {
         MessageManager {
+            reassembler: Reassembler::new(&limits),
             local,
             store,
             limits,
@@ -338,7 +330,6 @@ impl MessageManager {
             outstanding: HashMap::new(),
             unrouted: HashMap::new(),
             chunk_bytes: 1024 * 1024,
-            partial: HashMap::new(),
             confirmed: false,
             awaiting: HashMap::new(),
         }
@@ -626,7 +617,8 @@ impl MessageManager {
     }
 
     fn on_stream_closed(&mut self, stream: StreamId, reason: String, out: &mut Vec<Action>) {
-        self.partial.remove(&stream);
+        self.reassembler.close(stream);
+        self.publish_partial();
         let Some((peer, kind)) = self.streams.remove(&stream) else {
             return;
         };
@@ -717,13 +709,18 @@ impl MessageManager {
         let mut rejection = None;
         let chunked = message.total > 0;
         if chunked {
-            match self.reassemble(stream, message) {
-                Reassembly::Incomplete => return,
+            let added = self.reassembler.add(stream, &peer, message);
+            self.publish_partial();
+            match added {
+                Reassembly::Incomplete | Reassembly::Dropped => return,
                 Reassembly::Complete(whole) => message = whole,
                 Reassembly::Invalid { hash, reason } => {
                     // Answer for the hash, so the sender learns why rather than timing out.
                     message = WireMessage::whole(hash, String::new(), Bytes::new());
                     rejection = Some(reason);
+                }
+                Reassembly::Busy { hash, reason } => {
+                    return self.refuse_busy(&peer, kind, stream, hash, reason, now, out);
                 }
             }
         }
@@ -781,6 +778,64 @@ impl MessageManager {
             detail,
         };
         self.route_ack(&peer, kind, stream, ack, now, out);
+    }
+
+    fn publish_partial(&self) {
+        let held = self.reassembler.held_bytes() as u64;
+        self.counters
+            .partial_bytes
+            .store(held, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A message refused for want of room now: "retry later" to a peer that understands it,
+    /// a final refusal to one that does not (it would read an unknown status as received).
+    #[allow(clippy::too_many_arguments)]
+    fn refuse_busy(
+        &mut self,
+        peer: &NodeId,
+        kind: StreamKind,
+        stream: StreamId,
+        hash: String,
+        reason: String,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        bump(&self.counters.refused_busy);
+        self.warn_limited(peer, now, || {
+            format!("message {hash:?} from {peer} refused: {reason}")
+        });
+        let understands = self.peers.get(peer).is_some_and(|p| p.confirm);
+        let status = if understands {
+            AckStatus::Retry
+        } else {
+            AckStatus::Rejected
+        };
+        let ack = self.ack(hash, status, reason);
+        self.route_ack(peer, kind, stream, ack, now, out);
+    }
+
+    /// Logs a warning about `peer` unless one was logged in the last [`WARN_EVERY`]: a peer
+    /// that repeats a refused pattern costs one log line per interval, not one per frame.
+    fn warn_limited(&mut self, peer: &NodeId, now: Instant, line: impl FnOnce() -> String) {
+        let entry = self.peers.entry(peer.clone()).or_default();
+        if entry
+            .warned
+            .is_some_and(|t| now.saturating_duration_since(t) < WARN_EVERY)
+        {
+            entry.quiet += 1;
+            return;
+        }
+        let quiet = std::mem::take(&mut entry.quiet);
+        entry.warned = Some(now);
+        if quiet > 0 {
+            warn!(
+                "{}: {} ({quiet} more like it not logged)",
+                self.local,
+                line()
+            );
+        } else {
+            warn!("{}: {}", self.local, line());
+        }
     }
 
     /// A valid message under acknowledged deliveries: a duplicate of a confirmed one is ACKed
@@ -912,61 +967,6 @@ impl MessageManager {
         for (peer, hash, kind, stream) in due {
             self.tell_pending(&peer, kind, stream, hash, out);
         }
-    }
-
-    /// Adds a chunk to the message being received on `stream`. Chunks arrive in order on one
-    /// stream, so each stream holds at most one partial message; a chunk at offset 0 starts a
-    /// new one (a retransmission after a reconnection starts over).
-    fn reassemble(&mut self, stream: StreamId, chunk: WireMessage) -> Reassembly {
-        let invalid = |hash: String, reason: String| Reassembly::Invalid { hash, reason };
-        let limit = self.limits.max_message_bytes as u64;
-        if chunk.total > limit {
-            self.partial.remove(&stream);
-            let why = format!(
-                "message of {} bytes exceeds the limit of {limit}",
-                chunk.total
-            );
-            return invalid(chunk.hash, why);
-        }
-        if chunk.offset == 0 {
-            // Reserved up front: pages are only touched as chunks arrive, and growing by
-            // doubling would copy the message and hold it twice.
-            let total = usize::try_from(chunk.total).unwrap_or(usize::MAX);
-            let partial = Partial {
-                hash: chunk.hash.clone(),
-                total: chunk.total,
-                buf: bytes::BytesMut::with_capacity(total),
-            };
-            self.partial.insert(stream, partial);
-        }
-        let Some(p) = self.partial.get_mut(&stream) else {
-            let why = format!("chunk at offset {} without its start", chunk.offset);
-            return invalid(chunk.hash, why);
-        };
-        let fits = p.hash == chunk.hash
-            && p.total == chunk.total
-            && p.buf.len() as u64 == chunk.offset
-            && chunk.offset + chunk.payload.len() as u64 <= chunk.total;
-        if !fits {
-            let why = format!(
-                "chunk of {:?} at offset {} (of {}) does not follow {} bytes of {:?}",
-                chunk.hash,
-                chunk.offset,
-                chunk.total,
-                p.buf.len(),
-                p.hash
-            );
-            self.partial.remove(&stream);
-            return invalid(chunk.hash, why);
-        }
-        p.buf.extend_from_slice(&chunk.payload);
-        if (p.buf.len() as u64) < p.total {
-            return Reassembly::Incomplete;
-        }
-        let Some(done) = self.partial.remove(&stream) else {
-            return Reassembly::Incomplete;
-        };
-        Reassembly::Complete(WireMessage::whole(done.hash, chunk.from, done.buf.freeze()))
     }
 
     fn route_ack(

@@ -21,6 +21,8 @@
 //! | `gossip_unknown_acks_total` | counter | | ACKs for messages not in flight |
 //! | `gossip_stalls_total` | counter | | links torn down for not acknowledging |
 //! | `gossip_acks_dropped_total` | counter | reason | ACKs dropped: `stream_closed`, `unrouted` |
+//! | `gossip_refusals_total` | counter | reason | messages refused for want of room, to be sent again: `partial_budget` |
+//! | `gossip_partial_bytes` | gauge | | bytes of partly received (chunked) messages held, as announced |
 //! | `gossip_deliveries_declined_total` | counter | | deliveries the application declined or dropped unconfirmed (sent again by their senders) |
 //! | `gossip_retry_answers_total` | counter | | `Retry` answers to our messages (sent again later) |
 //! | `gossip_awaiting_confirmation` | gauge | | deliveries waiting for the application's confirmation |
@@ -154,6 +156,18 @@ const FAMILIES: &[Family] = &[
         "gossip_broadcast_duplicate_payloads_total",
         "Broadcast payload copies received and not delivered (this node already had them).",
         COUNTER,
+        &[],
+    ),
+    family(
+        "gossip_refusals_total",
+        "Messages refused for want of room now (the sender sends them again), by budget.",
+        COUNTER,
+        &["reason"],
+    ),
+    family(
+        "gossip_partial_bytes",
+        "Bytes of partly received (chunked) messages held, as announced by their senders.",
+        GAUGE,
         &[],
     ),
     family(
@@ -335,6 +349,10 @@ impl NodeCollector {
             "gossip_duplicates_total" => vec![self.counter(&[], s.duplicates)],
             "gossip_rejected_total" => vec![self.counter(&[], s.rejected)],
             "gossip_deliveries_declined_total" => vec![self.counter(&[], s.declined)],
+            "gossip_refusals_total" => {
+                vec![self.counter(&[("reason", "partial_budget")], s.refused_busy)]
+            }
+            "gossip_partial_bytes" => vec![self.gauge(&[], s.partial_bytes)],
             "gossip_broadcasts_started_total" => vec![self.counter(&[], s.broadcasts_started)],
             "gossip_broadcasts_completed_total" => vec![
                 self.counter(&[("result", "converged")], s.broadcasts_converged),

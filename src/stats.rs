@@ -44,6 +44,8 @@ pub struct Counters {
     pub(crate) stalls: AtomicU64,
     pub(crate) acks_dropped: AtomicU64,
     pub(crate) declined: AtomicU64,
+    pub(crate) refused_busy: AtomicU64,
+    pub(crate) partial_bytes: AtomicU64,
     pub(crate) retry_answers: AtomicU64,
     pub(crate) awaiting_confirmation: AtomicU64,
     pub(crate) broadcast_payloads_received: AtomicU64,
@@ -261,6 +263,11 @@ pub struct Stats {
     /// Deliveries the application declined or dropped without confirming (acknowledged
     /// deliveries); their senders were asked to send them again.
     pub declined: u64,
+    /// Messages refused for want of room (the partly received messages' byte budget): told
+    /// to retry later.
+    pub refused_busy: u64,
+    /// Bytes of partly received (chunked) messages held now, as announced by their senders.
+    pub partial_bytes: u64,
     /// `Retry` answers received: messages of ours a receiver did not take, sent again later.
     pub retry_answers: u64,
     /// Deliveries waiting for the application's confirmation now (acknowledged deliveries).
@@ -311,6 +318,8 @@ impl Counters {
             stalls: g(&self.stalls),
             acks_dropped: g(&self.acks_dropped),
             declined: g(&self.declined),
+            refused_busy: g(&self.refused_busy),
+            partial_bytes: g(&self.partial_bytes),
             retry_answers: g(&self.retry_answers),
             awaiting_confirmation: g(&self.awaiting_confirmation),
             broadcast_payloads_received: g(&self.broadcast_payloads_received),

@@ -4,6 +4,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "cli/budgets.rs"]
+mod budgets;
 #[path = "cli/crash.rs"]
 mod crash;
 #[path = "cli/operations.rs"]

@@ -568,6 +568,8 @@ fn small_frames(name: &str) -> MessageManager {
         max_payload_bytes: 8,
         max_id_bytes: 64,
         max_message_bytes: 64,
+        partial_bytes: 64,
+        peer_partial_bytes: 64,
     };
     let store = Arc::new(SlotStore::new(4, Duration::from_secs(10), 64));
     MessageManager::new(

@@ -442,6 +442,7 @@ mod tests {
             max_payload_bytes: 64,
             max_id_bytes: 16,
             max_message_bytes: 1024,
+            ..Limits::default()
         };
         let me = crate::id::NodeId::new("me", &limits).unwrap();
         let mut m = MessageManager::new(me, store, limits, Arc::default(), Duration::from_secs(5));

@@ -122,7 +122,7 @@ fn bad_ids_and_taken_ports_are_refused_naming_the_flag_and_the_address() {
 }
 
 /// `GET path` on `addr`: (status, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
+pub(super) fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();

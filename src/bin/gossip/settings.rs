@@ -127,6 +127,9 @@ enum Size {
 #[serde(deny_unknown_fields)]
 struct FileLimits {
     max_payload: Option<Size>,
+    max_message: Option<Size>,
+    partial_budget: Option<Size>,
+    peer_partial_budget: Option<Size>,
     peer_max_messages: Option<usize>,
     peer_max_bytes: Option<Size>,
 }
@@ -185,7 +188,9 @@ fn as_operator_key(e: Error) -> Error {
         "slots" => "store.slots (--slots)",
         "ttl" => "store.ttl (--ttl)",
         "max_payload_bytes" | "limits.max_payload_bytes" => "limits.max_payload (--max-payload)",
-        "max_message_bytes" => "limits.max_payload (--max-payload; the largest message)",
+        "max_message_bytes" => "limits.max_message",
+        "partial_bytes" => "limits.partial_budget",
+        "peer_partial_bytes" => "limits.peer_partial_budget",
         "peer_max_messages" => "limits.peer_max_messages",
         "peer_max_bytes" => "limits.peer_max_bytes",
         "connect_timeout" => "connection.connect_timeout",
@@ -261,6 +266,18 @@ impl Settings {
             .or(size("limits.max_payload", &file.limits.max_payload)?)
         {
             node.limits.max_payload_bytes = max;
+        }
+        let limits = &file.limits;
+        if let Some(n) = size("limits.max_message", &limits.max_message)? {
+            node.limits.max_message_bytes = n;
+        }
+        if let Some(n) = size("limits.partial_budget", &limits.partial_budget)? {
+            node.limits.partial_bytes = n;
+            // The share defaults to the whole budget.
+            node.limits.peer_partial_bytes = n;
+        }
+        if let Some(n) = size("limits.peer_partial_budget", &limits.peer_partial_budget)? {
+            node.limits.peer_partial_bytes = n;
         }
         if let Some(n) = file.limits.peer_max_messages {
             node.peer_max_messages = n;
