@@ -700,9 +700,10 @@ impl MessageManager {
         add(&self.counters.bytes_received, message.payload.len());
         add(&counted.bytes_received, message.payload.len());
         if let Err(e) = validate_id(IdKind::Message, &message.hash, &self.limits) {
-            // Without a usable hash there is nothing to ACK; the sender's TTL will tell it.
+            // Without a usable hash there is nothing to ACK; the sender's TTL will tell it. (A
+            // peer that announced our features has had its call ended by the transport.)
             bump(&self.counters.rejected);
-            warn!("{}: frame from {} dropped: {}", self.local, peer, e);
+            self.warn_limited(&peer, now, || format!("frame from {peer} dropped: {e}"));
             return;
         }
         let mut message = message;

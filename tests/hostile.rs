@@ -157,6 +157,46 @@ fn empty_and_over_long_ids_get_invalid_argument() {
     t.still_serves("after-bad-ids");
 }
 
+/// A frame no ACK could name (empty or over-long hash): a peer that announced our features has
+/// its call ended with the reason; an original-style peer (no features) has the frame dropped,
+/// counted, and its call goes on.
+#[test]
+fn frames_without_a_usable_hash_end_the_call_of_peers_that_know_better() {
+    let t = target(|_| {});
+    let mut md = MetadataBuilder::new();
+    md.add_str("gossip-node-id", "modern").unwrap();
+    md.add_str("gossip-features", "batch,chunk").unwrap();
+    let call = CallOption::default().headers(md.build());
+    for hash in [String::new(), "h".repeat(300)] {
+        let (mut tx, mut rx) = t.client.message_stream_opt(call.clone()).unwrap();
+        let mut m = GossipMessage::new();
+        m.hash = hash.clone();
+        m.from_hash = "modern".into();
+        let _ = block_on(tx.send((m, WriteFlags::default())));
+        match block_on(rx.next()) {
+            Some(Err(grpcio::Error::RpcFailure(s))) => {
+                assert_eq!(s.code(), RpcStatusCode::INVALID_ARGUMENT);
+                assert!(s.message().contains("hash"), "{}", s.message());
+            }
+            other => panic!("hash {hash:?}: {other:?}"),
+        }
+    }
+
+    // Without features: dropped alone, counted; the same call then delivers a good frame.
+    let (_acks_tx, mut acks_rx) = t.client.ack_stream_opt(with_id("old")).unwrap();
+    let (mut tx, _rx) = t.client.message_stream_opt(with_id("old")).unwrap();
+    for hash in ["", "fine"] {
+        let mut m = GossipMessage::new();
+        m.hash = hash.into();
+        m.from_hash = "old".into();
+        block_on(tx.send((m, WriteFlags::default()))).unwrap();
+    }
+    let ack: GossipACK = block_on(acks_rx.next()).unwrap().unwrap();
+    assert_eq!(ack.hash, "fine");
+    assert_eq!(t.node.stats().rejected, 1);
+    t.still_serves("after-hashless");
+}
+
 #[test]
 fn from_hash_that_is_not_the_stream_sender_is_rejected() {
     let t = target(|_| {});

@@ -161,7 +161,7 @@ impl Links {
     {
         let inbox = self.inbox.clone();
         self.threads.spawn(name, move || {
-            let end = read_loop(&mut stream, id, &inbox, None);
+            let end = read_loop(&mut stream, id, &inbox, None, None);
             let _ = inbox.send(Input::Event(Event::StreamClosed {
                 stream: id,
                 reason: end.reason,

@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 use grpcio::{ClientDuplexSender, DuplexSink, RpcStatus, WriteFlags};
 
+use crate::config::Limits;
+use crate::id::{validate_id, IdKind};
 use crate::manager::{AckStatus, Event, StreamId, WireAck, WireMessage};
 use crate::node::driver::Input;
 use crate::proto::{self, GossipACK, GossipMessage};
@@ -163,6 +165,9 @@ pub(crate) trait InboundFrame: Send + 'static {
     fn into_input(self, stream: StreamId) -> Input
     where
         Self: Sized;
+    /// Why this frame (or one it carries) cannot be answered at all, if so: a payload without
+    /// a valid hash has nothing an ACK could name.
+    fn unanswerable(&self, limits: &Limits) -> Option<String>;
 }
 
 /// Sends the events of a received frame, and of the frames batched in it, in order.
@@ -183,6 +188,14 @@ pub(crate) fn forward<T: InboundFrame>(mut frame: T, id: StreamId, inbox: &Sende
 impl InboundFrame for GossipMessage {
     fn sender(&self) -> &str {
         &self.from_hash
+    }
+
+    fn unanswerable(&self, limits: &Limits) -> Option<String> {
+        std::iter::once(self)
+            .chain(self.batch.iter())
+            .filter(|m| m.kind == proto::FrameKind::DIRECT)
+            .find_map(|m| validate_id(IdKind::Message, &m.hash, limits).err())
+            .map(|e| format!("a message frame whose hash cannot be acknowledged: {e}"))
     }
 
     fn take_batch(&mut self) -> Vec<Self> {
@@ -217,6 +230,10 @@ impl InboundFrame for GossipMessage {
 impl InboundFrame for GossipACK {
     fn sender(&self) -> &str {
         &self.from_hash
+    }
+
+    fn unanswerable(&self, _: &Limits) -> Option<String> {
+        None // an ACK answers; a bad one is counted and ignored by the manager
     }
 
     fn take_batch(&mut self) -> Vec<Self> {
@@ -287,11 +304,17 @@ impl StreamEnd {
 
 /// Reads frames until the stream ends, forwarding each to the manager. Waits at `gate` (if any)
 /// before each read. Returns why the stream ended.
+///
+/// With `strict` (a peer that announced our features), a frame that cannot be answered ends the
+/// call as malformed (`INVALID_ARGUMENT` with the reason) instead of vanishing without an
+/// answer; an original node, which never reopens a closed stream, gets it refused alone by the
+/// manager.
 pub(crate) fn read_loop<S, T>(
     stream: &mut S,
     id: StreamId,
     inbox: &Sender<Input>,
     gate: Option<&ReadGate>,
+    strict: Option<&Limits>,
 ) -> StreamEnd
 where
     S: Stream<Item = grpcio::Result<T>> + Unpin,
@@ -303,6 +326,12 @@ where
         }
         match block_on(stream.next()) {
             Some(Ok(frame)) => {
+                if let Some(reason) = strict.and_then(|limits| frame.unanswerable(limits)) {
+                    return StreamEnd {
+                        reason,
+                        malformed: true,
+                    };
+                }
                 if !forward(frame, id, inbox) {
                     return StreamEnd::closed("node stopped");
                 }

@@ -415,9 +415,19 @@ fn serve<In, Out>(
     if ctx.inbox.send(open).is_err() {
         return;
     }
+    // A peer that speaks our extensions gets a protocol violation back as a status.
+    let strict = features.any().then_some(&ctx.limits);
+    let mut end = None;
     if let Some(frame) = first {
-        if !forward(frame, stream, &ctx.inbox) {
-            return;
+        match strict.and_then(|limits| frame.unanswerable(limits)) {
+            Some(reason) => {
+                end = Some(StreamEnd {
+                    reason,
+                    malformed: true,
+                })
+            }
+            None if !forward(frame, stream, &ctx.inbox) => return,
+            None => {}
         }
     }
     let gate = matches!(
@@ -425,7 +435,10 @@ fn serve<In, Out>(
         StreamKind::InboundMessages | StreamKind::InboundSingle
     )
     .then_some(&*ctx.gate);
-    let end = read_loop(&mut requests, stream, &ctx.inbox, gate);
+    let end = match end {
+        Some(end) => end,
+        None => read_loop(&mut requests, stream, &ctx.inbox, gate, strict),
+    };
     let status = end.malformed.then(|| {
         warn!("{}: {kind:?} from {peer_addr}: {}", ctx.local, end.reason);
         RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, end.reason.clone())
