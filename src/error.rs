@@ -60,6 +60,15 @@ pub enum Error {
     /// Nothing was sent.
     #[error("too many broadcasts in flight ({0})")]
     TooManyBroadcasts(usize),
+    /// The broadcast payloads this node holds would exceed
+    /// [`BroadcastConfig::max_held_bytes`](crate::broadcast::BroadcastConfig). Nothing was sent.
+    #[error("broadcast payloads held take {held} of {limit} bytes; try again later")]
+    BroadcastBudget {
+        /// Payload bytes held now.
+        held: usize,
+        /// The budget.
+        limit: usize,
+    },
     /// The target is not a neighbour of this node.
     #[error("unknown neighbour {0:?}")]
     UnknownNeighbor(String),

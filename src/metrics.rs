@@ -21,7 +21,7 @@
 //! | `gossip_unknown_acks_total` | counter | | ACKs for messages not in flight |
 //! | `gossip_stalls_total` | counter | | links torn down for not acknowledging |
 //! | `gossip_acks_dropped_total` | counter | reason | ACKs dropped: `stream_closed`, `unrouted` |
-//! | `gossip_refusals_total` | counter | reason | messages refused for want of room, to be sent again: `partial_budget` |
+//! | `gossip_refusals_total` | counter | reason | refused for want of room: `partial_budget` (a chunked message, sent again later), `broadcast_budget` (a broadcast, counted missing) |
 //! | `gossip_partial_bytes` | gauge | | bytes of partly received (chunked) messages held, as announced |
 //! | `gossip_deliveries_declined_total` | counter | | deliveries the application declined or dropped unconfirmed (sent again by their senders) |
 //! | `gossip_retry_answers_total` | counter | | `Retry` answers to our messages (sent again later) |
@@ -160,7 +160,7 @@ const FAMILIES: &[Family] = &[
     ),
     family(
         "gossip_refusals_total",
-        "Messages refused for want of room now (the sender sends them again), by budget.",
+        "Messages and broadcasts refused for want of room, by budget.",
         COUNTER,
         &["reason"],
     ),
@@ -349,9 +349,10 @@ impl NodeCollector {
             "gossip_duplicates_total" => vec![self.counter(&[], s.duplicates)],
             "gossip_rejected_total" => vec![self.counter(&[], s.rejected)],
             "gossip_deliveries_declined_total" => vec![self.counter(&[], s.declined)],
-            "gossip_refusals_total" => {
-                vec![self.counter(&[("reason", "partial_budget")], s.refused_busy)]
-            }
+            "gossip_refusals_total" => vec![
+                self.counter(&[("reason", "partial_budget")], s.refused_busy),
+                self.counter(&[("reason", "broadcast_budget")], s.refused_broadcast),
+            ],
             "gossip_partial_bytes" => vec![self.gauge(&[], s.partial_bytes)],
             "gossip_broadcasts_started_total" => vec![self.counter(&[], s.broadcasts_started)],
             "gossip_broadcasts_completed_total" => vec![

@@ -45,6 +45,7 @@ pub struct Counters {
     pub(crate) acks_dropped: AtomicU64,
     pub(crate) declined: AtomicU64,
     pub(crate) refused_busy: AtomicU64,
+    pub(crate) refused_broadcast: AtomicU64,
     pub(crate) partial_bytes: AtomicU64,
     pub(crate) retry_answers: AtomicU64,
     pub(crate) awaiting_confirmation: AtomicU64,
@@ -266,6 +267,9 @@ pub struct Stats {
     /// Messages refused for want of room (the partly received messages' byte budget): told
     /// to retry later.
     pub refused_busy: u64,
+    /// Broadcasts refused because their payloads would exceed the broadcast byte budget
+    /// (`BroadcastConfig::max_held_bytes`); they count as missing at the node that offered them.
+    pub refused_broadcast: u64,
     /// Bytes of partly received (chunked) messages held now, as announced by their senders.
     pub partial_bytes: u64,
     /// `Retry` answers received: messages of ours a receiver did not take, sent again later.
@@ -319,6 +323,7 @@ impl Counters {
             acks_dropped: g(&self.acks_dropped),
             declined: g(&self.declined),
             refused_busy: g(&self.refused_busy),
+            refused_broadcast: g(&self.refused_broadcast),
             partial_bytes: g(&self.partial_bytes),
             retry_answers: g(&self.retry_answers),
             awaiting_confirmation: g(&self.awaiting_confirmation),

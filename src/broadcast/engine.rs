@@ -103,7 +103,7 @@ impl Tracked {
 /// The broadcast state machine of one node. See the module docs.
 pub struct BroadcastEngine {
     local: NodeId,
-    config: BroadcastConfig,
+    pub(super) config: BroadcastConfig,
     router: Box<dyn Router>,
     neighbors: BTreeMap<NodeId, Neighbor>,
     tracked: HashMap<BroadcastId, Tracked>,
@@ -165,6 +165,12 @@ impl BroadcastEngine {
         self.make_room();
         if self.tracked.len() >= self.config.max_tracked {
             return Err(Error::TooManyBroadcasts(self.config.max_tracked));
+        }
+        if let Err(held) = self.room_for(payload.len()) {
+            return Err(Error::BroadcastBudget {
+                held,
+                limit: self.config.max_held_bytes,
+            });
         }
         let mut t = Tracked::new(now);
         t.payload = Some(payload);
@@ -239,6 +245,10 @@ impl BroadcastEngine {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        // A peer's numbers are taken up to ours: nobody makes us hold a broadcast longer, or
+        // send it farther, than we would our own.
+        let hop_limit = hop_limit.min(self.config.hop_limit);
+        let budget = budget.min(self.config.deadline);
         let large = self.is_large(&payload);
         if self.tracked.get(&id).is_some_and(|t| t.delivered) {
             // A duplicate: answer at once; for large payloads the link leaves the tree.
@@ -249,6 +259,20 @@ impl BroadcastEngine {
                 self.set_lazy(&from, true);
             }
             let ack = self.duplicate_ack(id, large);
+            out.push(Action::Send {
+                to: from,
+                frame: Frame::Ack(ack),
+            });
+            return;
+        }
+        if let Err(held) = self.room_for(payload.len()) {
+            let why = format!(
+                "busy: broadcast payloads held here take {held} of {} bytes",
+                self.config.max_held_bytes
+            );
+            debug!("{}: broadcast {id} from {from} refused: {why}", self.local);
+            let mut ack = self.duplicate_ack(id, false);
+            ack.refused = Some(why);
             out.push(Action::Send {
                 to: from,
                 frame: Frame::Ack(ack),
@@ -307,6 +331,7 @@ impl BroadcastEngine {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        let budget = budget.min(self.config.deadline);
         if !self.tracked.contains_key(&id) {
             self.make_room();
             if self.tracked.len() >= self.config.max_tracked {
@@ -375,7 +400,14 @@ impl BroadcastEngine {
             return; // late, or an answer to an offer we never made
         }
         unload(&mut self.load, &from);
-        t.has.insert(from);
+        if ack.refused.is_some() {
+            // It does not have it, and will not forward it: its subtree is missing.
+            if t.missing.len() < max_missing {
+                t.missing.insert(from);
+            }
+        } else {
+            t.has.insert(from);
+        }
         if ack.first {
             t.reached = t.reached.saturating_add(ack.reached);
             for m in ack.missing {
@@ -405,6 +437,7 @@ impl BroadcastEngine {
                 reached: 1,
                 missing: Vec::new(),
                 prune: false,
+                refused: None,
             };
             self.on_ack(from, ack, now, out);
         }
@@ -627,6 +660,7 @@ impl BroadcastEngine {
                     reached: t.reached.saturating_add(1),
                     missing,
                     prune: false,
+                    refused: None,
                 };
                 out.push(Action::Send {
                     to: parent,
@@ -644,7 +678,36 @@ impl BroadcastEngine {
             reached: 0,
             missing: Vec::new(),
             prune,
+            refused: None,
         }
+    }
+
+    /// Payload bytes held now, by every tracked broadcast.
+    pub fn held_bytes(&self) -> usize {
+        self.tracked
+            .values()
+            .filter_map(|t| t.payload.as_ref())
+            .map(Bytes::len)
+            .sum()
+    }
+
+    /// Whether `more` payload bytes fit the budget; `Err` with what is held when not. Payloads
+    /// that only linger for late GRAFTs are given up first.
+    fn room_for(&mut self, more: usize) -> Result<(), usize> {
+        let limit = self.config.max_held_bytes;
+        let mut held = self.held_bytes();
+        if held.saturating_add(more) <= limit {
+            return Ok(());
+        }
+        for (_, id) in &self.finished {
+            if let Some(payload) = self.tracked.get_mut(id).and_then(|t| t.payload.take()) {
+                held -= payload.len();
+                if held.saturating_add(more) <= limit {
+                    return Ok(());
+                }
+            }
+        }
+        Err(held)
     }
 
     fn set_lazy(&mut self, peer: &NodeId, lazy: bool) {

@@ -82,6 +82,10 @@ pub struct BroadcastConfig {
     /// the origin) or dropped unanswered (elsewhere), and the oldest finished ones are forgotten
     /// first.
     pub max_tracked: usize,
+    /// Payload bytes of broadcasts a node holds at once (until each finishes and lingers).
+    /// Beyond it a new broadcast is refused: with [`Error::BroadcastBudget`](crate::Error) at
+    /// the origin, with a refusal that counts as missing elsewhere. Default 1 GiB.
+    pub max_held_bytes: usize,
 }
 
 impl Default for BroadcastConfig {
@@ -97,6 +101,7 @@ impl Default for BroadcastConfig {
             linger: Duration::from_secs(2),
             remember: Duration::from_secs(60),
             max_tracked: 4096,
+            max_held_bytes: 1 << 30,
         }
     }
 }
@@ -150,6 +155,9 @@ pub struct BroadcastAck {
     pub missing: Vec<NodeId>,
     /// With a duplicate: make the link lazy (Plumtree PRUNE).
     pub prune: bool,
+    /// The answering node refused the broadcast (it holds too many payload bytes); why. It
+    /// counts as missing where it was offered.
+    pub refused: Option<String>,
 }
 
 /// Inputs of the engine.

@@ -249,3 +249,81 @@ fn large_payloads_settle_into_a_tree() {
         assert_eq!(net.delivered_at(n).len(), 2, "{n}: each broadcast once");
     }
 }
+
+#[test]
+fn payloads_beyond_the_byte_budget_are_refused_and_counted_missing() {
+    // b holds at most 8 payload bytes. h1 stays held there (c is silent, so h1 is still
+    // converging); h2 is refused meanwhile, and its origin counts b as missing.
+    let mut net = Net::new(&["a", "b", "c"], &[("a", "b"), ("b", "c")]);
+    net.engines
+        .get_mut(&node("b"))
+        .unwrap()
+        .config
+        .max_held_bytes = 8;
+    net.silent.insert(node("c"));
+    let payload = Bytes::from_static(b"12345678");
+    net.broadcast("a", "h1", payload.clone());
+    net.pump();
+    net.broadcast("a", "h2", payload.clone());
+    net.pump();
+    assert_eq!(net.delivered_at("b"), vec![1], "h2 not delivered at b");
+    let completed = |net: &Net, hash: &str| {
+        net.completions
+            .iter()
+            .map(|(_, c)| c)
+            .find(|c| c.id.hash == hash)
+            .cloned()
+    };
+    let h2 = completed(&net, "h2").expect("h2 completed at once");
+    assert_eq!((h2.reached, h2.missing), (0, vec![node("b")]));
+    // At the node itself, the same budget refuses the call.
+    let b = net.engines.get_mut(&node("b")).unwrap();
+    let mut out = Vec::new();
+    let refused = b.start("own".into(), payload, net.now, &mut out);
+    assert!(
+        matches!(refused, Err(Error::BroadcastBudget { held: 8, limit: 8 })),
+        "{refused:?}"
+    );
+    // Once h1 is over (c counted missing), its payload may go: there is room again.
+    net.advance(Duration::from_secs(11));
+    assert!(completed(&net, "h1").is_some());
+    net.broadcast("a", "h3", Bytes::from_static(b"12345678"));
+    net.pump();
+    assert_eq!(net.delivered_at("b"), vec![1, 1]);
+}
+
+#[test]
+fn a_peers_hop_limit_and_budget_are_taken_up_to_ours() {
+    let mut net = Net::new(&["a", "b", "c"], &[("a", "b"), ("b", "c")]);
+    let id = BroadcastId {
+        origin: node("a"),
+        hash: "greedy".into(),
+    };
+    // A peer asks for a month and a million hops.
+    net.handle(
+        "b",
+        Event::Received {
+            from: node("a"),
+            frame: Frame::Payload {
+                id,
+                hops: 0,
+                hop_limit: 1_000_000,
+                budget: Duration::from_secs(30 * 24 * 3600),
+                payload: small(),
+            },
+        },
+    );
+    let forwarded = net
+        .queue
+        .iter()
+        .find_map(|(_, to, f)| match f {
+            Frame::Payload {
+                hop_limit, budget, ..
+            } if *to == node("c") => Some((*hop_limit, *budget)),
+            _ => None,
+        })
+        .expect("forwarded to c");
+    let ours = BroadcastConfig::default();
+    assert_eq!(forwarded.0, ours.hop_limit);
+    assert!(forwarded.1 <= ours.deadline, "{:?}", forwarded.1);
+}

@@ -464,6 +464,9 @@ impl Driver {
                 to,
                 frame: Frame::Ack(ack),
             } => {
+                if ack.refused.is_some() {
+                    bump(&self.counters.refused_broadcast);
+                }
                 // Without a route the answer is lost; the parent counts us missing.
                 match self.manager.ack_stream_to(&to) {
                     Some(stream) => {

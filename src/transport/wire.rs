@@ -68,11 +68,14 @@ pub(crate) fn ack_of(local: &NodeId, ack: BroadcastAck) -> GossipACK {
     a.from_hash = local.to_string();
     a.broadcast = true;
     a.origin = ack.id.origin.to_string();
-    a.status = if ack.first {
+    a.status = if ack.refused.is_some() {
+        AckStatus::ACK_REJECTED
+    } else if ack.first {
         AckStatus::ACK_RECEIVED
     } else {
         AckStatus::ACK_DUPLICATE
     };
+    a.detail = ack.refused.unwrap_or_default();
     a.reached = ack.reached;
     a.missing = ack.missing.iter().map(|m| m.to_string()).collect();
     a.prune = ack.prune;
@@ -125,10 +128,14 @@ pub(crate) fn broadcast_ack_of(
     max_missing: usize,
 ) -> Result<BroadcastAck, String> {
     let id = id_of(&a.origin, std::mem::take(&mut a.hash), limits)?;
+    let mut refused = None;
     let first = match a.status {
         AckStatus::ACK_RECEIVED => true,
         AckStatus::ACK_DUPLICATE => false,
-        AckStatus::ACK_REJECTED => return Err(format!("broadcast refused: {}", a.detail)),
+        AckStatus::ACK_REJECTED => {
+            refused = Some(std::mem::take(&mut a.detail));
+            false
+        }
         AckStatus::ACK_PENDING | AckStatus::ACK_RETRY => {
             return Err(format!("status {:?} is not a broadcast answer", a.status))
         }
@@ -145,6 +152,7 @@ pub(crate) fn broadcast_ack_of(
         reached: if first { a.reached.max(1) } else { 0 },
         missing,
         prune: a.prune,
+        refused,
     })
 }
 
@@ -194,6 +202,7 @@ mod tests {
             reached: 7,
             missing: vec![node("x"), node("y")],
             prune: false,
+            refused: None,
         };
         let a = ack_of(&node("a"), ack.clone());
         assert_eq!(broadcast_ack_of(a, &limits, 64).unwrap(), ack);
