@@ -289,6 +289,22 @@ fn streams_per_peer_are_capped_and_silent_ones_reclaimed() {
         }
     }
     assert_eq!((kept.len(), refused), (4, 6));
+    // A refusal costs no thread: a flood past the cap leaves the thread count where it was.
+    let threads = t.node.stream_threads();
+    let flood: Vec<_> = (0..50)
+        .map(|_| t.client.message_stream_opt(with_id("greedy")).unwrap())
+        .collect();
+    for (_tx, mut rx) in flood {
+        assert_eq!(
+            status_of(block_on(rx.next())),
+            RpcStatusCode::RESOURCE_EXHAUSTED
+        );
+    }
+    assert_eq!(
+        t.node.stream_threads(),
+        threads,
+        "no thread per refused call"
+    );
 
     // Streams that never say who they are (no header, no frame) are closed after the handshake
     // timeout, and their threads are reclaimed.

@@ -196,11 +196,11 @@ impl Node {
             stream_ids,
             threads,
             gate: gate.clone(),
-            guards: server::StreamGuards::new(
+            guards: Arc::new(server::StreamGuards::new(
                 config.max_streams_per_peer,
                 config.max_inbound_streams,
                 config.max_unidentified_streams,
-            ),
+            )),
             handshake_timeout: config.handshake_timeout,
             tls: factory.config().tls.is_some(),
         });

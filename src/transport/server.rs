@@ -41,7 +41,7 @@ pub(crate) struct Context {
     pub(crate) stream_ids: Arc<AtomicU64>,
     pub(crate) threads: Arc<ThreadSet>,
     pub(crate) gate: Arc<ReadGate>,
-    pub(crate) guards: StreamGuards,
+    pub(crate) guards: Arc<StreamGuards>,
     pub(crate) handshake_timeout: Duration,
     /// Whether the server requires client certificates; then a peer's claimed id must be one
     /// of its certificate's names.
@@ -60,12 +60,12 @@ pub(crate) struct StreamGuards {
 }
 
 /// Releases a stream's place under the caps when it ends.
-enum Place<'a> {
-    Unidentified(&'a StreamGuards),
-    Peer(&'a StreamGuards, NodeId),
+enum Place {
+    Unidentified(Arc<StreamGuards>),
+    Peer(Arc<StreamGuards>, NodeId),
 }
 
-impl Drop for Place<'_> {
+impl Drop for Place {
     fn drop(&mut self) {
         match self {
             Place::Unidentified(g) => {
@@ -101,13 +101,13 @@ impl StreamGuards {
         }
     }
 
-    fn unidentified(&self) -> Option<Place<'_>> {
+    fn unidentified(self: &Arc<Self>) -> Option<Place> {
         let n = self.unidentified.fetch_add(1, Ordering::AcqRel);
-        let place = Place::Unidentified(self);
+        let place = Place::Unidentified(self.clone());
         (n < self.max_unidentified).then_some(place)
     }
 
-    fn peer(&self, peer: &NodeId) -> Result<Place<'_>, String> {
+    fn peer(self: &Arc<Self>, peer: &NodeId) -> Result<Place, String> {
         let mut map = self.per_peer.lock();
         if self.total.load(Ordering::Acquire) >= self.max_total {
             return Err(format!("{} streams open, the limit", self.max_total));
@@ -121,7 +121,7 @@ impl StreamGuards {
         }
         *n += 1;
         self.total.fetch_add(1, Ordering::AcqRel);
-        Ok(Place::Peer(self, peer.clone()))
+        Ok(Place::Peer(self.clone(), peer.clone()))
     }
 }
 
@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn caps_per_peer_in_total_and_unidentified_and_releases_on_drop() {
-        let g = StreamGuards::new(2, 3, 1);
+        let g = Arc::new(StreamGuards::new(2, 3, 1));
         let a1 = g.peer(&id("a")).unwrap();
         let _a2 = g.peer(&id("a")).unwrap();
         assert!(g.peer(&id("a")).is_err(), "per peer");
@@ -251,10 +251,82 @@ fn announced_features(ctx: &RpcContext) -> Features {
     all
 }
 
+/// Why an inbound call is refused: the status it ends with.
+type Refusal = (RpcStatusCode, String);
+
+/// Where an inbound call stands once its request headers are read.
+enum Admission {
+    /// It named a valid id and has its place under the caps.
+    Identified(NodeId, Place),
+    /// It named none: its first frame will (within `handshake_timeout`); it holds one of the
+    /// places for streams that have not identified themselves.
+    Unidentified(Place),
+}
+
+/// Checks a claimed id: valid, certified when TLS is on, and within the stream caps.
+fn admit(
+    ctx: &Context,
+    claimed: &str,
+    names: Option<&[String]>,
+) -> Result<(NodeId, Place), Refusal> {
+    let peer = NodeId::new(claimed, &ctx.limits)
+        .map_err(|e| (RpcStatusCode::INVALID_ARGUMENT, format!("sender id: {e}")))?;
+    if ctx.tls {
+        match names {
+            Some(names) if tls::certifies(names, peer.as_str()) => {}
+            Some(names) => {
+                let why = format!(
+                    "claims to be {peer:?} but its certificate is for {}",
+                    names.join(",")
+                );
+                return Err((RpcStatusCode::PERMISSION_DENIED, why));
+            }
+            None => {
+                let why = "no verified client certificate".to_owned();
+                return Err((RpcStatusCode::UNAUTHENTICATED, why));
+            }
+        }
+    }
+    let place = ctx
+        .guards
+        .peer(&peer)
+        .map_err(|why| (RpcStatusCode::RESOURCE_EXHAUSTED, why))?;
+    Ok((peer, place))
+}
+
+/// What the request headers alone decide, before any thread is spent on the call.
+fn admission(ctx: &Context, caller: &Caller) -> Result<Admission, Refusal> {
+    if let Some(expected) = caller
+        .expected
+        .as_ref()
+        .filter(|e| *e != ctx.local.as_str())
+    {
+        // A dialler configured with the wrong address: say who is here, before any of its
+        // messages could be delivered to the wrong node.
+        let why = format!("this is node {:?}, not {expected:?}", ctx.local.as_str());
+        return Err((RpcStatusCode::FAILED_PRECONDITION, why));
+    }
+    match &caller.header {
+        Some(Ok(id)) => {
+            let (peer, place) = admit(ctx, id, caller.names.as_deref())?;
+            Ok(Admission::Identified(peer, place))
+        }
+        Some(Err(why)) => Err((RpcStatusCode::INVALID_ARGUMENT, why.clone())),
+        None => match ctx.guards.unidentified() {
+            Some(place) => Ok(Admission::Unidentified(place)),
+            None => Err((
+                RpcStatusCode::RESOURCE_EXHAUSTED,
+                "too many streams waiting to identify themselves".to_owned(),
+            )),
+        },
+    }
+}
+
 impl GossipService {
-    /// Serves one inbound call on a thread of its own: learns who the peer is (header, or the
-    /// first frame's `from_hash`), registers the stream, starts a writer if we answer on it,
-    /// and reads until the call ends.
+    /// Serves one inbound call: what its headers decide (expected id, claimed id, TLS names,
+    /// stream caps) is checked here, and a refusal costs no thread; an admitted call gets a
+    /// thread of its own that learns who an unnamed peer is (the first frame's `from_hash`),
+    /// registers the stream, starts a writer if we answer on it, and reads until the call ends.
     fn accept<In, Out>(
         &self,
         rpc: &RpcContext,
@@ -268,22 +340,30 @@ impl GossipService {
         DuplexSink<Out>: FrameSink<Out>,
     {
         let ctx = self.ctx.clone();
-        let expected = expected_id(rpc);
-        let header = header_id(rpc);
-        let features = announced_features(rpc);
-        let names = tls::peer_names(rpc);
-        let peer_addr = rpc.peer();
-        let name = format!("gossip-in-{}", ctx.local);
-        let run = move || {
-            let caller = Caller {
-                header,
-                expected,
-                features,
-                names,
-                addr: peer_addr,
-            };
-            serve(ctx, kind, caller, requests, sink, writer)
+        let caller = Caller {
+            header: header_id(rpc),
+            expected: expected_id(rpc),
+            features: announced_features(rpc),
+            names: tls::peer_names(rpc),
+            addr: rpc.peer(),
         };
+        let admitted = match admission(&ctx, &caller) {
+            Ok(admitted) => admitted,
+            Err((code, why)) => {
+                warn!(
+                    "{}: refused {kind:?} from {}: {why}",
+                    ctx.local, caller.addr
+                );
+                // Ended on the completion queue: no thread waits for it.
+                let failing = sink.fail(RpcStatus::with_message(code, why));
+                rpc.spawn(async move {
+                    let _ = failing.await;
+                });
+                return;
+            }
+        };
+        let name = format!("gossip-in-{}", ctx.local);
+        let run = move || serve(ctx, kind, caller, admitted, requests, sink, writer);
         if let Err(e) = self.ctx.threads.spawn(name, run) {
             // The call is dropped (and so cancelled) with the closure.
             warn!("{}: cannot start a stream thread: {e}", self.ctx.local);
@@ -308,6 +388,7 @@ fn serve<In, Out>(
     ctx: Arc<Context>,
     kind: StreamKind,
     caller: Caller,
+    admitted: Admission,
     mut requests: RequestStream<In>,
     sink: DuplexSink<Out>,
     writer: Option<fn(Sender<Out>) -> Writer>,
@@ -317,72 +398,38 @@ fn serve<In, Out>(
     DuplexSink<Out>: FrameSink<Out>,
 {
     let Caller {
-        header,
-        expected,
         features,
         names,
         addr: peer_addr,
+        ..
     } = caller;
-    let refuse = |sink: DuplexSink<Out>, code: RpcStatusCode, why: String| {
+    let refuse = |sink: DuplexSink<Out>, (code, why): Refusal| {
         warn!("{}: refused {kind:?} from {peer_addr}: {why}", ctx.local);
         sink.finish(Some(RpcStatus::with_message(code, why)));
     };
-    if let Some(expected) = expected.filter(|e| e != ctx.local.as_str()) {
-        // A dialler configured with the wrong address: say who is here, before any of its
-        // messages could be delivered to the wrong node.
-        let why = format!("this is node {:?}, not {expected:?}", ctx.local.as_str());
-        return refuse(sink, RpcStatusCode::FAILED_PRECONDITION, why);
-    }
     // Who is at the other end: the header, or else the first frame (within a deadline).
-    let (claimed, first) = match header {
-        Some(Ok(id)) => (id, None),
-        Some(Err(why)) => return refuse(sink, RpcStatusCode::INVALID_ARGUMENT, why),
-        None => {
-            let Some(_waiting) = ctx.guards.unidentified() else {
-                let why = "too many streams waiting to identify themselves".to_owned();
-                return refuse(sink, RpcStatusCode::RESOURCE_EXHAUSTED, why);
-            };
+    let (peer, _place, first) = match admitted {
+        Admission::Identified(peer, place) => (peer, place, None),
+        Admission::Unidentified(waiting) => {
             let timeout = Delay::new(ctx.handshake_timeout);
-            match block_on(future::select(requests.next(), timeout)) {
-                Either::Left((Some(Ok(frame)), _)) => (frame.sender().to_owned(), Some(frame)),
+            let frame = match block_on(future::select(requests.next(), timeout)) {
+                Either::Left((Some(Ok(frame)), _)) => frame,
                 Either::Left((Some(Err(e)), _)) => {
                     let end = StreamEnd::from_error(e);
-                    return refuse(sink, RpcStatusCode::INVALID_ARGUMENT, end.reason);
+                    return refuse(sink, (RpcStatusCode::INVALID_ARGUMENT, end.reason));
                 }
                 Either::Left((None, _)) => return,
                 Either::Right(_) => {
                     let why = format!("no frame within {:?}", ctx.handshake_timeout);
-                    return refuse(sink, RpcStatusCode::DEADLINE_EXCEEDED, why);
+                    return refuse(sink, (RpcStatusCode::DEADLINE_EXCEEDED, why));
                 }
+            };
+            drop(waiting);
+            match admit(&ctx, frame.sender(), names.as_deref()) {
+                Ok((peer, place)) => (peer, place, Some(frame)),
+                Err(refusal) => return refuse(sink, refusal),
             }
         }
-    };
-    let peer = match NodeId::new(&claimed, &ctx.limits) {
-        Ok(p) => p,
-        Err(e) => {
-            let why = format!("sender id: {e}");
-            return refuse(sink, RpcStatusCode::INVALID_ARGUMENT, why);
-        }
-    };
-    if ctx.tls {
-        match &names {
-            Some(names) if tls::certifies(names, peer.as_str()) => {}
-            Some(names) => {
-                let why = format!(
-                    "claims to be {peer:?} but its certificate is for {}",
-                    names.join(",")
-                );
-                return refuse(sink, RpcStatusCode::PERMISSION_DENIED, why);
-            }
-            None => {
-                let why = "no verified client certificate".to_owned();
-                return refuse(sink, RpcStatusCode::UNAUTHENTICATED, why);
-            }
-        }
-    }
-    let _place = match ctx.guards.peer(&peer) {
-        Ok(place) => place,
-        Err(why) => return refuse(sink, RpcStatusCode::RESOURCE_EXHAUSTED, why),
     };
     let stream = StreamId(ctx.stream_ids.fetch_add(1, Ordering::Relaxed));
     let verdict: Arc<Verdict> = Arc::default();
