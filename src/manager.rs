@@ -881,7 +881,7 @@ impl MessageManager {
             bump(&self.counters.duplicates);
         }
         waiting.told = now;
-        self.tell_pending(&peer, kind, stream, message.hash, out);
+        self.tell_pending(&peer, kind, stream, message.hash, now, out);
     }
 
     /// Tells `peer` (if it understands it) that `hash` waits for the application.
@@ -891,22 +891,17 @@ impl MessageManager {
         kind: StreamKind,
         stream: StreamId,
         hash: String,
+        now: Instant,
         out: &mut Vec<Action>,
     ) {
         let understands = self.peers.get(peer).is_some_and(|p| p.confirm);
         if !understands {
             return;
         }
-        // A sign of life only: without a route now it would be stale by the time one comes.
-        let route = if kind == StreamKind::InboundSingle {
-            Some(stream)
-        } else {
-            self.ack_stream_to(peer)
-        };
-        if let Some(stream) = route {
-            let ack = self.ack(hash, AckStatus::Pending, String::new());
-            out.push(Action::SendAck { stream, ack });
-        }
+        // Routed like any ACK: it waits (bounded) for a route if the peer's AckStream is not
+        // registered yet, so that the first sign of life is not lost to a race.
+        let ack = self.ack(hash, AckStatus::Pending, String::new());
+        self.route_ack(peer, kind, stream, ack, now, out);
     }
 
     fn ack(&self, hash: String, status: AckStatus, detail: String) -> WireAck {
@@ -966,7 +961,7 @@ impl MessageManager {
             })
             .collect();
         for (peer, hash, kind, stream) in due {
-            self.tell_pending(&peer, kind, stream, hash, out);
+            self.tell_pending(&peer, kind, stream, hash, now, out);
         }
     }
 

@@ -354,10 +354,12 @@ impl GossipService {
                     "{}: refused {kind:?} from {}: {why}",
                     ctx.local, caller.addr
                 );
-                // Ended on the completion queue: no thread waits for it.
+                // Ended on the completion queue: no thread waits for it. The request stream
+                // lives until the status is out: dropping it would cancel the call first.
                 let failing = sink.fail(RpcStatus::with_message(code, why));
                 rpc.spawn(async move {
                     let _ = failing.await;
+                    drop(requests);
                 });
                 return;
             }

@@ -11,9 +11,9 @@ use serde::Deserialize;
 
 use crate::parse_size;
 
-/// With `deliver_dir`, how many delivered messages may wait for their file to be written
-/// (each is held in memory until then).
-pub const DELIVER_DIR_UNCONFIRMED: usize = 64;
+/// How many delivered messages may wait to be printed or written to `deliver_dir` (each is
+/// held in memory until then, and only then ACKed).
+pub const UNCONFIRMED_DELIVERIES: usize = 64;
 
 /// Arguments of `gossip node`. Each one overrides the same setting of the `--config` file.
 #[derive(clap::Args, Default)]
@@ -360,9 +360,9 @@ impl Settings {
         if let Some(dir) = &deliver_dir {
             std::fs::create_dir_all(dir)
                 .map_err(|e| invalid("deliver_dir", format!("{}: {e}", dir.display())))?;
-            // A message is ACKed only once its file is on disk.
-            node.deliveries = Deliveries::Confirmed(DELIVER_DIR_UNCONFIRMED);
         }
+        // A message is ACKed only once it is printed (or, with deliver_dir, on disk).
+        node.deliveries = Deliveries::Confirmed(UNCONFIRMED_DELIVERIES);
         Ok(Settings {
             node,
             transport,
