@@ -107,6 +107,9 @@ pub struct BroadcastEngine {
     router: Box<dyn Router>,
     neighbors: BTreeMap<NodeId, Neighbor>,
     tracked: HashMap<BroadcastId, Tracked>,
+    /// The origins of tracked broadcasts by hash: an original neighbour's plain ACK names only
+    /// the hash, and a lookup must not scan every tracked broadcast (bogus ACKs are cheap).
+    pub(super) origins: HashMap<String, BTreeSet<NodeId>>,
     /// Finished broadcasts, oldest first, for forgetting.
     finished: VecDeque<(Instant, BroadcastId)>,
     /// Offers outstanding per neighbour: the router's cost.
@@ -122,6 +125,7 @@ impl BroadcastEngine {
             router,
             neighbors: BTreeMap::new(),
             tracked: HashMap::new(),
+            origins: HashMap::new(),
             finished: VecDeque::new(),
             load: HashMap::new(),
         }
@@ -177,7 +181,7 @@ impl BroadcastEngine {
         t.delivered = true;
         t.hop_limit = self.config.hop_limit;
         t.deadline = now + self.config.deadline;
-        self.tracked.insert(id.clone(), t);
+        self.track(id.clone(), t);
         self.forward(&id, now, out);
         Ok(id)
     }
@@ -285,7 +289,7 @@ impl BroadcastEngine {
                 debug!("{}: broadcast {id} dropped: table full", self.local);
                 return;
             }
-            self.tracked.insert(id.clone(), Tracked::new(now));
+            self.track(id.clone(), Tracked::new(now));
         }
         let Some(t) = self.tracked.get_mut(&id) else {
             return;
@@ -337,7 +341,7 @@ impl BroadcastEngine {
             if self.tracked.len() >= self.config.max_tracked {
                 return;
             }
-            self.tracked.insert(id.clone(), Tracked::new(now));
+            self.track(id.clone(), Tracked::new(now));
         }
         let graft_timeout = self.config.graft_timeout;
         let Some(t) = self.tracked.get_mut(&id) else {
@@ -426,10 +430,19 @@ impl BroadcastEngine {
         // A plain neighbour was sent the payload under the broadcast's hash; which origin's
         // broadcast it answers is the one that has an offer pending to it.
         let id = self
-            .tracked
-            .iter()
-            .find(|(id, t)| id.hash == hash && t.pending.contains_key(&from))
-            .map(|(id, _)| id.clone());
+            .origins
+            .get(&hash)
+            .into_iter()
+            .flatten()
+            .map(|origin| BroadcastId {
+                origin: origin.clone(),
+                hash: hash.clone(),
+            })
+            .find(|id| {
+                self.tracked
+                    .get(id)
+                    .is_some_and(|t| t.pending.contains_key(&from))
+            });
         if let Some(id) = id {
             let ack = BroadcastAck {
                 id,
@@ -682,6 +695,11 @@ impl BroadcastEngine {
         }
     }
 
+    /// Broadcasts tracked now (converging, or finished and remembered).
+    pub fn tracked_len(&self) -> usize {
+        self.tracked.len()
+    }
+
     /// Payload bytes held now, by every tracked broadcast.
     pub fn held_bytes(&self) -> usize {
         self.tracked
@@ -736,15 +754,42 @@ impl BroadcastEngine {
                 break;
             }
             if let Some((_, id)) = self.finished.pop_front() {
-                self.tracked.remove(&id);
+                self.untrack(&id);
             }
         }
-        self.tracked.retain(|_, t| {
-            t.delivered
-                || t.heard
-                    .iter()
-                    .any(|h| now.saturating_duration_since(h.at) < h.budget.max(remember))
-        });
+        let stale: Vec<BroadcastId> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| {
+                !t.delivered
+                    && !t
+                        .heard
+                        .iter()
+                        .any(|h| now.saturating_duration_since(h.at) < h.budget.max(remember))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.untrack(&id);
+        }
+    }
+
+    fn track(&mut self, id: BroadcastId, t: Tracked) {
+        self.origins
+            .entry(id.hash.clone())
+            .or_default()
+            .insert(id.origin.clone());
+        self.tracked.insert(id, t);
+    }
+
+    fn untrack(&mut self, id: &BroadcastId) {
+        self.tracked.remove(id);
+        if let Some(origins) = self.origins.get_mut(&id.hash) {
+            origins.remove(&id.origin);
+            if origins.is_empty() {
+                self.origins.remove(&id.hash);
+            }
+        }
     }
 
     /// Forgets the oldest finished broadcasts while the table is full.
@@ -753,7 +798,7 @@ impl BroadcastEngine {
             let Some((_, id)) = self.finished.pop_front() else {
                 break;
             };
-            self.tracked.remove(&id);
+            self.untrack(&id);
         }
     }
 }

@@ -327,3 +327,37 @@ fn a_peers_hop_limit_and_budget_are_taken_up_to_ours() {
     assert_eq!(forwarded.0, ours.hop_limit);
     assert!(forwarded.1 <= ours.deadline, "{:?}", forwarded.1);
 }
+
+#[test]
+fn plain_acks_find_their_broadcast_by_hash_and_the_index_empties() {
+    // An original neighbour answers a broadcast with a plain ACK naming only the hash.
+    let mut net = Net::new(&["a", "b"], &[]);
+    let mut out = Vec::new();
+    let a = net.engines.get_mut(&node("a")).unwrap();
+    let up = Event::NeighborUp {
+        peer: node("go"),
+        plain: true,
+    };
+    a.handle(up, net.now, &mut out);
+    a.start("h".into(), small(), net.now, &mut out).unwrap();
+    assert!(out
+        .iter()
+        .any(|x| matches!(x, Action::Send { to, .. } if *to == node("go"))));
+    out.clear();
+    // A plain ACK for a hash nobody broadcast, then the real one.
+    for hash in ["bogus", "h"] {
+        let ack = Event::PlainAck {
+            from: node("go"),
+            hash: hash.into(),
+        };
+        a.handle(ack, net.now, &mut out);
+    }
+    assert!(
+        matches!(&out[..], [Action::Complete(c)] if c.reached == 1 && c.id.hash == "h"),
+        "{out:?}"
+    );
+    // Forgotten after `remember`, index included.
+    let later = net.now + BroadcastConfig::default().remember + Duration::from_secs(1);
+    a.handle(Event::Tick, later, &mut out);
+    assert!(a.origins.is_empty() && a.tracked_len() == 0);
+}
