@@ -214,6 +214,13 @@ pub enum Action {
         /// The hash it acknowledges.
         hash: String,
     },
+    /// Nothing is kept for this peer any more (no stream, not a neighbour, nothing in flight
+    /// or waiting): whatever the node keeps beside the manager for it can go too. So ids that
+    /// a client merely claimed leave no state behind.
+    Forget {
+        /// The peer.
+        peer: NodeId,
+    },
     /// The outbound double stream to a neighbour is gone.
     LinkDown {
         /// The neighbour.
@@ -247,6 +254,11 @@ struct PeerStreams {
     /// When a warning about this peer was last logged, and how many were held back since.
     warned: Option<Instant>,
     quiet: u64,
+    /// Streams of this peer registered now, of every kind.
+    streams: usize,
+    /// A neighbour of ours (we link to it, or the application added it): kept while its link
+    /// is down.
+    neighbor: bool,
 }
 
 /// A message sent to a peer and not yet completed, kept for retransmission.
@@ -404,7 +416,11 @@ impl MessageManager {
             }
             Event::AckReceived { stream, ack } => self.on_ack(stream, ack, now, out),
             Event::Disconnect { peer } => self.on_disconnect(peer, now, out),
-            Event::NeighborAdded { peer } => self.peers.entry(peer).or_default().removed = false,
+            Event::NeighborAdded { peer } => {
+                let entry = self.peers.entry(peer).or_default();
+                entry.removed = false;
+                entry.neighbor = true;
+            }
             Event::PeerFeatures {
                 peer,
                 chunk,
@@ -585,8 +601,11 @@ impl MessageManager {
             "{}: stream {:?} {:?} with {}",
             self.local, stream, kind, peer
         );
-        self.streams.insert(stream, (peer.clone(), kind));
+        let new = self.streams.insert(stream, (peer.clone(), kind)).is_none();
         let entry = self.peers.entry(peer.clone()).or_default();
+        if new {
+            entry.streams += 1;
+        }
         let replaced = match kind {
             StreamKind::OutboundMessages => entry.out_messages.replace(stream),
             StreamKind::OutboundAcks => entry.out_acks.replace(stream),
@@ -602,6 +621,7 @@ impl MessageManager {
         }
         if kind == StreamKind::OutboundMessages {
             entry.removed = false;
+            entry.neighbor = true;
             entry.last_progress = Some(now);
             entry.sent_on_link = 0;
             // Everything not yet acknowledged goes (again) on the new link, in send order.
@@ -619,7 +639,7 @@ impl MessageManager {
     fn on_stream_closed(&mut self, stream: StreamId, reason: String, out: &mut Vec<Action>) {
         self.reassembler.close(stream);
         self.publish_partial();
-        let Some((peer, kind)) = self.streams.remove(&stream) else {
+        let Some((peer, kind)) = self.unregister(stream) else {
             return;
         };
         debug!(
@@ -630,19 +650,49 @@ impl MessageManager {
             return;
         };
         let slot = match kind {
-            StreamKind::OutboundMessages => &mut entry.out_messages,
-            StreamKind::OutboundAcks => &mut entry.out_acks,
+            StreamKind::OutboundMessages => Some(&mut entry.out_messages),
+            StreamKind::OutboundAcks => Some(&mut entry.out_acks),
             StreamKind::InboundAcks => {
                 entry.in_acks.retain(|s| *s != stream);
-                return;
+                None
             }
-            StreamKind::InboundMessages | StreamKind::InboundSingle => return,
+            StreamKind::InboundMessages | StreamKind::InboundSingle => None,
         };
-        if *slot != Some(stream) {
-            return; // an old, superseded stream
+        // The outbound double stream lives and dies as one link (an old, superseded stream
+        // takes nothing with it).
+        if slot.is_some_and(|slot| *slot == Some(stream)) {
+            self.tear_down_link(&peer, reason, out);
         }
-        // The outbound double stream lives and dies as one link.
-        self.tear_down_link(&peer, reason, out);
+        self.prune(&peer, out);
+    }
+
+    /// Forgets a stream; returns whose it was and what it was.
+    fn unregister(&mut self, stream: StreamId) -> Option<(NodeId, StreamKind)> {
+        let (peer, kind) = self.streams.remove(&stream)?;
+        if let Some(entry) = self.peers.get_mut(&peer) {
+            entry.streams = entry.streams.saturating_sub(1);
+        }
+        Some((peer, kind))
+    }
+
+    /// Drops what is kept for `peer` once nothing needs it: no stream, not a neighbour,
+    /// nothing outstanding to it or waiting for the application from it.
+    fn prune(&mut self, peer: &NodeId, out: &mut Vec<Action>) {
+        let idle = self
+            .peers
+            .get(peer)
+            .is_some_and(|e| e.streams == 0 && !e.neighbor)
+            && !self.outstanding.contains_key(peer)
+            && !self.awaiting.contains_key(peer);
+        if idle {
+            self.peers.remove(peer);
+            out.push(Action::Forget { peer: peer.clone() });
+        }
+    }
+
+    /// Peers the manager keeps state for now.
+    pub fn known_peers(&self) -> usize {
+        self.peers.len()
     }
 
     /// Closes both outbound streams to `peer` and reports the link down. Outstanding messages
@@ -652,8 +702,9 @@ impl MessageManager {
             return;
         };
         let messages = entry.out_messages.take();
-        for s in [messages, entry.out_acks.take()].into_iter().flatten() {
-            if self.streams.remove(&s).is_some() {
+        let acks = entry.out_acks.take();
+        for s in [messages, acks].into_iter().flatten() {
+            if self.unregister(s).is_some() {
                 out.push(Action::CloseStream(s));
             }
         }
@@ -667,19 +718,20 @@ impl MessageManager {
     }
 
     fn on_disconnect(&mut self, peer: NodeId, now: Instant, out: &mut Vec<Action>) {
+        let mut closing = Vec::new();
         if let Some(entry) = self.peers.get_mut(&peer) {
             entry.removed = true;
-            for s in [entry.out_messages.take(), entry.out_acks.take()]
-                .into_iter()
-                .flatten()
-            {
-                self.streams.remove(&s);
-                out.push(Action::CloseStream(s));
-            }
+            entry.neighbor = false;
+            closing.extend([entry.out_messages.take(), entry.out_acks.take()]);
+        }
+        for s in closing.into_iter().flatten() {
+            self.unregister(s);
+            out.push(Action::CloseStream(s));
         }
         for (key, t) in self.store.remove_peer(&peer) {
             self.complete(key, t, Outcome::Failed(FailReason::Disconnected), now, out);
         }
+        self.prune(&peer, out);
     }
 
     fn on_message(
@@ -934,16 +986,19 @@ impl MessageManager {
         if taken {
             self.store.observe(&from, &hash, now);
             let ack = self.ack(hash, AckStatus::Received, String::new());
-            return self.route_ack(&from, kind, stream, ack, now, out);
-        }
-        bump(&self.counters.declined);
-        let understands = self.peers.get(&from).is_some_and(|p| p.confirm);
-        if understands {
-            let why = "not taken by the receiving application; send it again later".to_owned();
-            let ack = self.ack(hash, AckStatus::Retry, why);
             self.route_ack(&from, kind, stream, ack, now, out);
+        } else {
+            bump(&self.counters.declined);
+            let understands = self.peers.get(&from).is_some_and(|p| p.confirm);
+            if understands {
+                let why = "not taken by the receiving application; send it again later".to_owned();
+                let ack = self.ack(hash, AckStatus::Retry, why);
+                self.route_ack(&from, kind, stream, ack, now, out);
+            }
+            // An original peer gets no ACK and sends it again after its own timeout.
         }
-        // An original peer gets no ACK and sends it again after its own timeout.
+        // A client whose streams ended while the application held its message.
+        self.prune(&from, out);
     }
 
     /// Reminds each sender with messages waiting for the application here that they wait, so

@@ -634,3 +634,42 @@ fn confirmed_deliveries_ack_when_the_application_says_so() {
     assert!(a.stats().retry_answers >= 1);
     assert_eq!(a.stats().stalls, 0);
 }
+
+/// Without TLS anyone can claim an id: a stream that claims to be `b` and announces no
+/// features must not make `a` treat `b` as an original node (no broadcasts, no chunks).
+#[test]
+fn a_claimed_id_cannot_downgrade_a_linked_peer() {
+    use futures::executor::block_on;
+    use futures::SinkExt;
+    let f = factory();
+    let a = start("a", &f);
+    let b = start("b", &f);
+    connect(&a, &b);
+    connect(&b, &a);
+    // Both links up and answered: a knows what b understands from b's handshake.
+    a.send_message("b", Message::new("ready", "x")).unwrap();
+    assert!(a.completions().recv_timeout(PATIENCE).unwrap().is_acked());
+    b.deliveries().recv_timeout(PATIENCE).unwrap();
+
+    let channel = grpcio::ChannelBuilder::new(f.env().clone()).connect(&a.local_addr().to_string());
+    let client = grpc_gossip::proto::GossipClient::new(channel);
+    let mut md = grpcio::MetadataBuilder::new();
+    md.add_str("gossip-node-id", "b").unwrap();
+    let call = grpcio::CallOption::default().headers(md.build());
+    let (mut tx, _rx) = client.message_stream_opt(call).unwrap();
+    let mut m = grpc_gossip::proto::GossipMessage::new();
+    m.hash = "from-impostor".into();
+    m.from_hash = "b".into();
+    block_on(tx.send((m, grpcio::WriteFlags::default()))).unwrap();
+    let d = a.deliveries().recv_timeout(PATIENCE).unwrap();
+    assert_eq!(d.hash, "from-impostor");
+
+    a.broadcast(Message::new("news", "for everyone")).unwrap();
+    let got = b.deliveries().recv_timeout(PATIENCE).unwrap();
+    assert_eq!(got.hash, "news");
+    assert_eq!(
+        got.origin.as_ref().map(|o| o.as_str()),
+        Some("a"),
+        "still a broadcast, not a plain message"
+    );
+}

@@ -944,3 +944,42 @@ fn interim_answers_for_untracked_messages_are_ignored() {
         assert!(out.is_empty(), "{out:?}");
     }
 }
+
+#[test]
+fn claimed_ids_leave_no_state_behind_but_neighbours_stay() {
+    let mut h = Harness::new(4);
+    // A client that claims an id, opens streams, sends a message and leaves.
+    h.open(IN_MSG, "passer-by", StreamKind::InboundMessages);
+    h.open(IN_ACK, "passer-by", StreamKind::InboundAcks);
+    h.receive(IN_MSG, "passer-by", "x");
+    let closed = |h: &mut Harness, stream| {
+        h.run(Event::StreamClosed {
+            stream,
+            reason: "gone".into(),
+        })
+    };
+    assert!(closed(&mut h, IN_MSG).is_empty(), "one stream left");
+    let out = closed(&mut h, IN_ACK);
+    assert!(
+        matches!(&out[..], [Action::Forget { peer }] if *peer == id("passer-by")),
+        "{out:?}"
+    );
+    assert_eq!(h.m.known_peers(), 0);
+
+    // A neighbour whose link breaks is kept: messages to it wait for the link.
+    h.link("b");
+    h.run(Event::StreamClosed {
+        stream: OUT_MSG,
+        reason: "cut".into(),
+    });
+    assert_eq!(h.m.known_peers(), 1);
+    let out = h.send("b", "waits");
+    assert!(completions(&out).is_empty(), "{out:?}");
+    // Removed by the application: gone once its message has failed.
+    let out = h.run(Event::Disconnect { peer: id("b") });
+    assert!(
+        out.iter().any(|a| matches!(a, Action::Forget { .. })),
+        "{out:?}"
+    );
+    assert_eq!(h.m.known_peers(), 0);
+}

@@ -109,6 +109,9 @@ pub(crate) struct Driver {
     /// Frames produced during the current wake-up, per stream, in order; sent at its end.
     pub(crate) pending_messages: HashMap<StreamId, Vec<GossipMessage>>,
     pub(crate) pending_acks: HashMap<StreamId, Vec<GossipACK>>,
+    /// Peers whose features came from the handshake on our own link to them: what a stream
+    /// claiming their id announces does not override that (without TLS anyone can claim an id).
+    pub(crate) heard_hello: HashSet<NodeId>,
     /// Peers that answered (a handshake or an ACK) since their link last went down; the
     /// supervisor is told once per link, so that its backoff starts over.
     pub(crate) proven: HashSet<NodeId>,
@@ -225,7 +228,9 @@ impl Driver {
                     kind,
                 });
                 if inbound {
-                    self.learn_features(peer, features);
+                    if !self.heard_hello.contains(&peer) {
+                        self.learn_features(peer, features);
+                    }
                 } else if kind == StreamKind::OutboundMessages {
                     if !self.features.contains_key(&peer) {
                         // Wait for the handshake, or find out that there is none.
@@ -257,6 +262,7 @@ impl Driver {
                     return true;
                 }
                 self.prove(stream);
+                self.heard_hello.insert(peer.clone());
                 self.learn_features(peer, features);
             }
             Input::BroadcastMessage { stream, message } => {
@@ -530,6 +536,12 @@ impl Driver {
                 let _ = self.completions.send(completion);
             }
             Action::CloseStream(stream) => self.forget_writer(stream),
+            Action::Forget { peer } => {
+                self.features.remove(&peer);
+                self.heard_hello.remove(&peer);
+                self.unresolved.remove(&peer);
+                self.proven.remove(&peer);
+            }
             Action::LinkDown {
                 peer,
                 stream,
@@ -537,6 +549,7 @@ impl Driver {
             } => {
                 self.broadcast_step(broadcast::Event::NeighborDown { peer: peer.clone() });
                 self.proven.remove(&peer);
+                self.heard_hello.remove(&peer);
                 if self.links.link_down(&peer, stream, &reason) {
                     let _ = self.supervisor.send(Notice::LinkDown(peer));
                 }

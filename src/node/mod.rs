@@ -262,6 +262,7 @@ impl Node {
             pending_messages: HashMap::new(),
             pending_acks: HashMap::new(),
             proven: Default::default(),
+            heard_hello: Default::default(),
         };
         let supervisor = Supervisor {
             links: links.clone(),
