@@ -46,6 +46,7 @@ pub struct Counters {
     pub(crate) declined: AtomicU64,
     pub(crate) refused_busy: AtomicU64,
     pub(crate) refused_broadcast: AtomicU64,
+    pub(crate) broadcast_frames_dropped: AtomicU64,
     pub(crate) partial_bytes: AtomicU64,
     pub(crate) retry_answers: AtomicU64,
     pub(crate) awaiting_confirmation: AtomicU64,
@@ -270,6 +271,9 @@ pub struct Stats {
     /// Broadcasts refused because their payloads would exceed the broadcast byte budget
     /// (`BroadcastConfig::max_held_bytes`); they count as missing at the node that offered them.
     pub refused_broadcast: u64,
+    /// Broadcast frames not queued for a neighbour whose writer already held too much (it
+    /// reads slower than broadcasts come); their offers count as missing.
+    pub broadcast_frames_dropped: u64,
     /// Bytes of partly received (chunked) messages held now, as announced by their senders.
     pub partial_bytes: u64,
     /// `Retry` answers received: messages of ours a receiver did not take, sent again later.
@@ -324,6 +328,7 @@ impl Counters {
             declined: g(&self.declined),
             refused_busy: g(&self.refused_busy),
             refused_broadcast: g(&self.refused_broadcast),
+            broadcast_frames_dropped: g(&self.broadcast_frames_dropped),
             partial_bytes: g(&self.partial_bytes),
             retry_answers: g(&self.retry_answers),
             awaiting_confirmation: g(&self.awaiting_confirmation),

@@ -128,6 +128,33 @@ fn peer_that_never_acks() {
     let _ = futures::executor::block_on(server.shutdown());
 }
 
+/// A peer that stops reading what we send (its streams are accepted, never read): broadcasts
+/// to it are no message outstanding, so only the writer can tell. Its link is taken down after
+/// `ack_timeout` without progress, and its queue does not grow past its bound meanwhile.
+#[test]
+fn a_peer_that_stops_reading_is_taken_down() {
+    let f = factory();
+    let (mut server, addr) = common::silent::start_deaf(&f);
+    let mut ca = config("a");
+    ca.ack_timeout = Duration::from_millis(500);
+    let a = start_with(ca, &f);
+    a.connect_to_neighbor(NeighborInfo::new("deaf", addr))
+        .unwrap();
+    let payload = bytes::Bytes::from(vec![0u8; 512 * 1024]);
+    for i in 0..40 {
+        a.broadcast(Message::new(format!("b{i}"), payload.clone()))
+            .unwrap();
+    }
+    let reason = first_event(&a.events(), |e| match e {
+        grpc_gossip::NeighborEvent::Down { reason, .. } => Some(reason),
+        _ => None,
+    });
+    assert!(reason.contains("stopped reading"), "{reason}");
+    assert!(a.stats().stalls >= 1);
+    a.shutdown();
+    let _ = futures::executor::block_on(server.shutdown());
+}
+
 /// A neighbour that never ACKs fills its own share of the store, not everyone's: sends to it
 /// block (or fail with `PeerFull`), sends to the others go on.
 #[test]

@@ -22,7 +22,7 @@ use crate::proto::{GossipACK, GossipMessage};
 use crate::stats::{add, bump, Counters};
 use crate::transport::batch::{pack, Batchable};
 use crate::transport::threads::ReadGate;
-use crate::transport::{wire, Features, Writer};
+use crate::transport::{wire, Features, Outbox, Writer};
 
 /// What the manager thread's inbox carries.
 pub(crate) enum Input {
@@ -89,6 +89,8 @@ pub(crate) struct Driver {
     pub(crate) links: Arc<Links>,
     pub(crate) supervisor: Sender<Notice>,
     pub(crate) tick: Duration,
+    /// A peer whose writer takes nothing for this long has stopped reading.
+    pub(crate) ack_timeout: Duration,
     pub(crate) max_queued_acks: usize,
     pub(crate) counters: Arc<Counters>,
     pub(crate) writers: HashMap<StreamId, Writer>,
@@ -125,6 +127,10 @@ const FEATURES_WAIT: Duration = Duration::from_secs(2);
 /// Broadcast frames held per peer while its features are unknown; more are dropped (their
 /// offers then count as missing).
 const UNRESOLVED_FRAMES: usize = 4096;
+/// A broadcast frame is not queued for a neighbour whose writer already holds this many bytes
+/// or frames (direct messages are bounded by the neighbour's share of the store instead).
+const BROADCAST_BACKLOG_BYTES: usize = 64 * 1024 * 1024;
+const BROADCAST_BACKLOG_FRAMES: usize = 16 * 1024;
 /// How often held deliveries are retried while the application's queue is full.
 const HELD_RETRY: Duration = Duration::from_millis(1);
 
@@ -166,6 +172,7 @@ impl Driver {
             let now = Instant::now();
             if now >= next_tick {
                 self.step(Event::Tick);
+                self.check_writers(now);
                 self.resolve_overdue(now);
                 self.broadcast_step(broadcast::Event::Tick);
                 next_tick = now + self.tick;
@@ -306,6 +313,35 @@ impl Driver {
         );
     }
 
+    /// Takes down a link whose peer stopped reading: frames wait in its MessageStream writer
+    /// and none has been taken for `ack_timeout` (gRPC flow control holds them). Covers what the
+    /// ACK stall check cannot see, e.g. broadcast frames to a peer with no message outstanding.
+    fn check_writers(&mut self, now: Instant) {
+        let stuck: Vec<(StreamId, Duration)> = self
+            .writers
+            .iter()
+            .filter_map(|(stream, w)| match w {
+                Writer::Messages(out) => Some((*stream, out.backlog().stuck_for(now))),
+                Writer::Acks(_) => None,
+            })
+            .filter(|(_, waited)| *waited >= self.ack_timeout)
+            .collect();
+        for (stream, waited) in stuck {
+            let Some((peer, StreamKind::OutboundMessages)) =
+                self.manager.stream_peer(stream).cloned()
+            else {
+                continue;
+            };
+            bump(&self.counters.stalls);
+            warn!(
+                "{}: {peer} has taken nothing from us for {waited:?}; reconnecting",
+                self.local
+            );
+            let reason = format!("peer stopped reading for {waited:?}");
+            self.step(Event::StreamClosed { stream, reason });
+        }
+    }
+
     /// The peer at the other end of `stream` answered: its link works.
     fn prove(&mut self, stream: StreamId) {
         let Some((peer, _)) = self.manager.stream_peer(stream) else {
@@ -371,7 +407,17 @@ impl Driver {
         let Some(stream) = self.manager.message_stream_to(&to) else {
             return; // the link is down; the engine hears of it and counts it missing
         };
-        if !self.writers.contains_key(&stream) {
+        let Some(Writer::Messages(writer)) = self.writers.get(&stream) else {
+            return;
+        };
+        let backlog = writer.backlog();
+        if backlog.bytes() >= BROADCAST_BACKLOG_BYTES
+            || backlog.frames() >= BROADCAST_BACKLOG_FRAMES
+        {
+            // The peer reads slower than broadcasts come: they wait no further. Offers count
+            // as missing at their deadline; if it stops reading altogether, the stall check
+            // takes the link down.
+            bump(&self.counters.broadcast_frames_dropped);
             return;
         }
         let Some(features) = self.features.get(&to).copied() else {
@@ -582,11 +628,12 @@ impl Driver {
         let Some(Writer::Acks(tx)) = self.writers.get(&stream) else {
             return;
         };
+        let queued = tx.backlog().frames();
         let pending = self.pending_acks.entry(stream).or_default();
-        if tx.len() + pending.len() >= self.max_queued_acks {
+        if queued + pending.len() >= self.max_queued_acks {
             // The peer is not reading its ACKs; it will retransmit and be ACKed again.
             bump(&self.counters.acks_dropped);
-            if tx.len() + pending.len() == self.max_queued_acks {
+            if queued + pending.len() == self.max_queued_acks {
                 warn!("ACK queue of stream {stream:?} is full; dropping ACKs");
             }
             return;
@@ -694,10 +741,14 @@ impl Driver {
 
 /// Sends `frames` to a writer: packed into gRPC messages of at most `batch_budget` bytes when
 /// given (the peer understands batches), one by one otherwise.
-fn hand_over<T: Batchable>(tx: &Sender<T>, frames: Vec<T>, batch_budget: Option<usize>) {
+fn hand_over<T: Batchable>(tx: &Outbox<T>, frames: Vec<T>, batch_budget: Option<usize>) {
     // A closed writer means its stream is ending; what it carried is retransmitted or counted.
     match batch_budget {
-        Some(budget) => pack(frames, budget, |f| drop(tx.send(f))),
-        None => frames.into_iter().for_each(|f| drop(tx.send(f))),
+        Some(budget) => pack(frames, budget, |f| {
+            tx.send(f);
+        }),
+        None => frames.into_iter().for_each(|f| {
+            tx.send(f);
+        }),
     }
 }

@@ -17,7 +17,7 @@ use crate::manager::{Event, StreamId, StreamKind};
 use crate::neighbor::{NeighborEvent, NeighborManager};
 use crate::transport::factory::{ChannelLease, DoubleStream, StreamFactory};
 use crate::transport::threads::ThreadSet;
-use crate::transport::{read_loop, write_loop, Features, InboundFrame, Writer};
+use crate::transport::{outbox, read_loop, write_loop, Features, InboundFrame, Writer};
 
 /// An outbound double stream: the lease on its channel and the id of its MessageStream.
 struct Link {
@@ -177,8 +177,8 @@ impl Links {
             lease,
         } = double;
         let (msg_id, ack_id) = (self.next_stream_id(), self.next_stream_id());
-        let (msg_tx, msg_rx) = crossbeam_channel::unbounded();
-        let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+        let (msg_tx, msg_rx) = outbox();
+        let (ack_tx, ack_rx) = outbox();
         // The link is recorded before the manager hears of it, so that a failure it reports
         // finds the link to take down.
         self.table.lock().insert(

@@ -249,6 +249,7 @@ impl Node {
             links: links.clone(),
             supervisor: supervisor_tx.clone(),
             tick: config.tick,
+            ack_timeout: config.ack_timeout,
             max_queued_acks: config.max_queued_acks,
             counters: counters.clone(),
             writers: HashMap::new(),

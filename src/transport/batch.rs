@@ -18,6 +18,8 @@ pub(crate) trait Batchable: Sized {
     fn cost(&self) -> usize;
     /// Appends `item` to the frames this one carries.
     fn carry(&mut self, item: Self);
+    /// Frames it holds (itself and those it carries) and their cost, for queue accounting.
+    fn weight(&self) -> (usize, usize);
 }
 
 impl Batchable for GossipMessage {
@@ -28,6 +30,11 @@ impl Batchable for GossipMessage {
     fn carry(&mut self, item: Self) {
         self.batch.push(item);
     }
+
+    fn weight(&self) -> (usize, usize) {
+        let carried: usize = self.batch.iter().map(Batchable::cost).sum();
+        (1 + self.batch.len(), self.cost() + carried)
+    }
 }
 
 impl Batchable for GossipACK {
@@ -37,6 +44,11 @@ impl Batchable for GossipACK {
 
     fn carry(&mut self, item: Self) {
         self.batch.push(item);
+    }
+
+    fn weight(&self) -> (usize, usize) {
+        let carried: usize = self.batch.iter().map(Batchable::cost).sum();
+        (1 + self.batch.len(), self.cost() + carried)
     }
 }
 

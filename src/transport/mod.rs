@@ -15,7 +15,9 @@ pub(crate) mod wire;
 use crossbeam_channel::{Receiver, Sender};
 use futures::executor::block_on;
 use futures::{Sink, SinkExt, Stream, StreamExt};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use grpcio::{ClientDuplexSender, DuplexSink, RpcStatus, WriteFlags};
 
@@ -115,9 +117,105 @@ impl Features {
 /// The sending half of a stream's writer thread.
 pub(crate) enum Writer {
     /// A MessageStream writer.
-    Messages(Sender<GossipMessage>),
+    Messages(Outbox<GossipMessage>),
     /// An AckStream (or single-stream response) writer.
-    Acks(Sender<GossipACK>),
+    Acks(Outbox<GossipACK>),
+}
+
+/// What waits for a writer thread: frames and bytes handed over and not yet taken by gRPC, and
+/// when the writer last made progress. So the node can bound each queue and tell a peer that
+/// stopped reading (its writes block on flow control) from one that is merely busy.
+#[derive(Debug)]
+pub(crate) struct Backlog {
+    frames: AtomicUsize,
+    bytes: AtomicUsize,
+    /// The last write that completed, or when the queue last became non-empty.
+    progress: parking_lot::Mutex<Instant>,
+}
+
+impl Backlog {
+    fn new() -> Backlog {
+        Backlog {
+            frames: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            progress: parking_lot::Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Frames waiting.
+    pub(crate) fn frames(&self) -> usize {
+        self.frames.load(Ordering::Acquire)
+    }
+
+    /// Payload and id bytes waiting.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// How long frames have waited without any write completing; zero when none wait.
+    pub(crate) fn stuck_for(&self, now: Instant) -> Duration {
+        if self.frames() == 0 {
+            return Duration::ZERO;
+        }
+        now.saturating_duration_since(*self.progress.lock())
+    }
+
+    fn added(&self, frames: usize, bytes: usize) {
+        if self.frames.fetch_add(frames, Ordering::AcqRel) == 0 {
+            *self.progress.lock() = Instant::now();
+        }
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    fn written(&self, frames: usize, bytes: usize) {
+        *self.progress.lock() = Instant::now();
+        self.frames.fetch_sub(frames, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// The sending half of a writer's queue, counting what it hands over.
+#[derive(Debug)]
+pub(crate) struct Outbox<T> {
+    tx: Sender<T>,
+    backlog: Arc<Backlog>,
+}
+
+/// The receiving half, held by the writer thread.
+pub(crate) struct Inbox<T> {
+    rx: Receiver<T>,
+    backlog: Arc<Backlog>,
+}
+
+/// A writer's queue: unbounded as a channel, bounded by the node through [`Backlog`].
+pub(crate) fn outbox<T>() -> (Outbox<T>, Inbox<T>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let backlog = Arc::new(Backlog::new());
+    (
+        Outbox {
+            tx,
+            backlog: backlog.clone(),
+        },
+        Inbox { rx, backlog },
+    )
+}
+
+impl<T: batch::Batchable> Outbox<T> {
+    /// Hands a frame (with what it carries) to the writer; false once the writer is gone.
+    pub(crate) fn send(&self, frame: T) -> bool {
+        let (frames, bytes) = frame.weight();
+        self.backlog.added(frames, bytes);
+        if self.tx.send(frame).is_err() {
+            self.backlog.written(frames, bytes);
+            return false;
+        }
+        true
+    }
+
+    /// What waits in this queue.
+    pub(crate) fn backlog(&self) -> &Backlog {
+        &self.backlog
+    }
 }
 
 impl From<WireMessage> for GossipMessage {
@@ -419,21 +517,33 @@ pub(crate) fn describe(e: &grpcio::Error) -> String {
 /// (reported to the manager as the stream closing).
 pub(crate) fn write_loop<T, K>(
     mut sink: K,
-    frames: Receiver<T>,
+    frames: Inbox<T>,
     id: StreamId,
     inbox: &Sender<Input>,
     verdict: Option<Arc<Verdict>>,
 ) where
     K: FrameSink<T>,
+    T: batch::Batchable,
 {
+    let backlog = frames.backlog;
+    let frames = frames.rx;
+    // Writes one frame; counts it out of the backlog once gRPC has taken it.
+    let write = |sink: &mut K, frame: T| {
+        let (n, bytes) = frame.weight();
+        let result = block_on(sink.feed((frame, WriteFlags::default())));
+        if result.is_ok() {
+            backlog.written(n, bytes);
+        }
+        result
+    };
     let failure = loop {
         let Ok(first) = frames.recv() else {
             break None;
         };
-        let mut result = block_on(sink.feed((first, WriteFlags::default())));
+        let mut result = write(&mut sink, first);
         while result.is_ok() {
             match frames.try_recv() {
-                Ok(next) => result = block_on(sink.feed((next, WriteFlags::default()))),
+                Ok(next) => result = write(&mut sink, next),
                 Err(_) => break,
             }
         }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{unbounded, Sender};
+use crossbeam_channel::Sender;
 use futures::executor::block_on;
 use futures::future::{self, Either};
 use futures::StreamExt;
@@ -19,12 +19,13 @@ use grpcio::{
 use log::warn;
 use parking_lot::Mutex;
 
+use super::batch::Batchable;
 use super::factory::StreamFactory;
 use super::threads::{ReadGate, ThreadSet};
 use super::tls;
 use super::{
-    forward, read_loop, write_loop, Features, FrameSink, InboundFrame, StreamEnd, Verdict, Writer,
-    EXPECTED_ID_HEADER, FEATURES_HEADER, NODE_ID_HEADER,
+    forward, outbox, read_loop, write_loop, Features, FrameSink, InboundFrame, Outbox, StreamEnd,
+    Verdict, Writer, EXPECTED_ID_HEADER, FEATURES_HEADER, NODE_ID_HEADER,
 };
 use crate::config::Limits;
 use crate::error::Error;
@@ -333,10 +334,10 @@ impl GossipService {
         kind: StreamKind,
         requests: RequestStream<In>,
         sink: DuplexSink<Out>,
-        writer: Option<fn(Sender<Out>) -> Writer>,
+        writer: Option<fn(Outbox<Out>) -> Writer>,
     ) where
         In: InboundFrame,
-        Out: Send + 'static,
+        Out: Send + Batchable + 'static,
         DuplexSink<Out>: FrameSink<Out>,
     {
         let ctx = self.ctx.clone();
@@ -393,10 +394,10 @@ fn serve<In, Out>(
     admitted: Admission,
     mut requests: RequestStream<In>,
     sink: DuplexSink<Out>,
-    writer: Option<fn(Sender<Out>) -> Writer>,
+    writer: Option<fn(Outbox<Out>) -> Writer>,
 ) where
     In: InboundFrame,
-    Out: Send + 'static,
+    Out: Send + Batchable + 'static,
     DuplexSink<Out>: FrameSink<Out>,
 {
     let Caller {
@@ -439,7 +440,7 @@ fn serve<In, Out>(
         Some(make) => {
             let mut sink = sink;
             sink.enhance_batch(true);
-            let (tx, rx) = unbounded();
+            let (tx, rx) = outbox();
             let inbox = ctx.inbox.clone();
             let verdict = verdict.clone();
             let spawned = ctx

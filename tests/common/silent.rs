@@ -49,3 +49,47 @@ pub fn start(factory: &Arc<StreamFactory>) -> (Server, String) {
     server.start();
     (server, format!("127.0.0.1:{port}"))
 }
+
+/// A gRPC peer that accepts every stream and never reads from it: what a stuck or hostile
+/// neighbour looks like to its writer (flow control stops taking our frames).
+#[derive(Clone, Default)]
+struct Deaf {
+    /// The calls, held open and never polled.
+    held: Arc<parking_lot::Mutex<Vec<Box<dyn std::any::Any + Send>>>>,
+}
+
+impl Deaf {
+    fn hold<T: Send + 'static, U: Send + 'static>(&self, s: RequestStream<T>, k: DuplexSink<U>) {
+        self.held.lock().push(Box::new((s, k)));
+    }
+}
+
+impl Gossip for Deaf {
+    fn message_stream(
+        &mut self,
+        _: RpcContext,
+        s: RequestStream<GossipMessage>,
+        k: DuplexSink<GossipMessage>,
+    ) {
+        self.hold(s, k)
+    }
+    fn ack_stream(&mut self, _: RpcContext, s: RequestStream<GossipACK>, k: DuplexSink<GossipACK>) {
+        self.hold(s, k)
+    }
+    fn stream(&mut self, _: RpcContext, s: RequestStream<GossipMessage>, k: DuplexSink<GossipACK>) {
+        self.hold(s, k)
+    }
+}
+
+/// Starts the deaf peer; returns the server (stop it with `shutdown`) and its address.
+pub fn start_deaf(factory: &Arc<StreamFactory>) -> (Server, String) {
+    let mut server = ServerBuilder::new(factory.env().clone())
+        .register_service(create_gossip(Deaf::default()))
+        .build()
+        .unwrap();
+    let port = server
+        .add_listening_port("127.0.0.1:0", ServerCredentials::insecure())
+        .unwrap();
+    server.start();
+    (server, format!("127.0.0.1:{port}"))
+}
