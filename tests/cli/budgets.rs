@@ -29,6 +29,17 @@ struct Attack {
     limits: &'static str,
 }
 
+/// A child process killed (and reaped) when dropped, so that a failing assertion does not
+/// leave the node under test running.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The resident memory of process `pid`, in bytes.
 fn rss(pid: u32) -> usize {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -136,16 +147,18 @@ fn run(shape: Attack) {
         ),
     )
     .unwrap();
-    let mut r = std::process::Command::new(GOSSIP)
-        .arg("node")
-        .arg("--config")
-        .arg(&config)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("r.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(r.stdout.take().unwrap()).lines();
+    let mut r = Reaped(
+        std::process::Command::new(GOSSIP)
+            .arg("node")
+            .arg("--config")
+            .arg(&config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("r.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(r.0.stdout.take().unwrap()).lines();
     let seen = read_until(&mut lines, |l| l.starts_with("metrics addr="));
     let metrics = seen
         .last()
@@ -155,7 +168,7 @@ fn run(shape: Attack) {
         .unwrap()
         .to_owned();
     std::thread::spawn(move || lines.for_each(drop));
-    let pid = r.id();
+    let pid = r.0.id();
 
     // A good peer in this process: small messages, and one large one.
     let factory = StreamFactory::shared();
@@ -260,7 +273,6 @@ fn run(shape: Attack) {
     );
 
     good.shutdown();
-    r.kill().unwrap();
-    r.wait().unwrap();
+    drop(r);
     std::fs::remove_dir_all(&dir).unwrap();
 }
