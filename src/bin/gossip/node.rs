@@ -42,6 +42,9 @@ Stdout, one line per event (with --timestamps, each starts with its RFC 3339 UTC
   draining pending=N timeout_ms=..     stopped id=.. pending=N
   error ..
 
+A message received is ACKed only once its `delivered` line is written (with --deliver-dir,
+once its file is on disk): at most 64 wait for that at a time.
+
 Every message sent ends in exactly one `completed` (or, for a broadcast, `converged`) line,
 with outcome \"acked by PEER\", \"timed out\", or \"failed: <reason>\". Hashes are
 ID-BOOT-SEQ, BOOT being the process's start time, so a restarted node never reuses one.
