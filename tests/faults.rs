@@ -442,3 +442,63 @@ fn silently_dead_connection_is_noticed_by_keepalive() {
         .collect();
     assert_eq!(got.len(), 5);
 }
+
+/// An application `NeighborStore` that takes its time (a database, say) when a link goes down.
+struct SlowStore {
+    inner: grpc_gossip::MemoryNeighborStore,
+    delay: Duration,
+}
+
+impl grpc_gossip::NeighborStore for SlowStore {
+    fn upsert(&self, info: grpc_gossip::NeighborInfo) {
+        self.inner.upsert(info)
+    }
+    fn get(&self, node_hash: &str) -> Option<grpc_gossip::NeighborInfo> {
+        self.inner.get(node_hash)
+    }
+    fn remove(&self, node_hash: &str) -> Option<grpc_gossip::NeighborInfo> {
+        self.inner.remove(node_hash)
+    }
+    fn set_online(&self, node_hash: &str, online: bool) -> bool {
+        if !online {
+            std::thread::sleep(self.delay);
+        }
+        self.inner.set_online(node_hash, online)
+    }
+    fn list(&self) -> Vec<grpc_gossip::NeighborInfo> {
+        self.inner.list()
+    }
+}
+
+/// The application's store is called off the manager thread: while it blocks on a link that
+/// went down, messages from other peers are still delivered and ACKed.
+#[test]
+fn a_slow_neighbor_store_does_not_hold_up_messages() {
+    let f = factory();
+    let store = SlowStore {
+        inner: Default::default(),
+        delay: Duration::from_secs(4),
+    };
+    let a = grpc_gossip::Node::builder(config("a"))
+        .factory(f.clone())
+        .neighbor_store(Box::new(store))
+        .start()
+        .unwrap();
+    let b = start("b", &f);
+    let c = start("c", &f);
+    connect(&a, &b);
+    connect(&c, &a);
+    // b goes away: a's link to it goes down at once (its streams end), and the store blocks
+    // on it for 4 s (the `Down` event comes after the store, so it cannot be waited for here).
+    b.shutdown();
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = std::time::Instant::now();
+    c.send_message("a", Message::new("meanwhile", "x")).unwrap();
+    let done = c.completions().recv_timeout(PATIENCE).unwrap();
+    assert!(done.is_acked(), "{done:?}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "ACKed in {:?} while the store blocked for 4 s",
+        sent.elapsed()
+    );
+}

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use crossbeam_channel::{select, Receiver, Sender, TrySendError};
 use log::{debug, warn};
 
-use super::link::Links;
 use super::supervisor::Notice;
 use crate::broadcast::{self, BroadcastCompletion, BroadcastEngine, BroadcastId, Frame};
 use crate::config::Limits;
@@ -86,7 +85,6 @@ pub(crate) struct Driver {
     pub(crate) settlement_tx: Sender<Settlement>,
     pub(crate) settlements: Receiver<Settlement>,
     pub(crate) gate: Arc<ReadGate>,
-    pub(crate) links: Arc<Links>,
     pub(crate) supervisor: Sender<Notice>,
     pub(crate) tick: Duration,
     /// A peer whose writer takes nothing for this long has stopped reading.
@@ -596,9 +594,13 @@ impl Driver {
                 self.broadcast_step(broadcast::Event::NeighborDown { peer: peer.clone() });
                 self.proven.remove(&peer);
                 self.heard_hello.remove(&peer);
-                if self.links.link_down(&peer, stream, &reason) {
-                    let _ = self.supervisor.send(Notice::LinkDown(peer));
-                }
+                // The supervisor updates the records (the application's `NeighborStore` may
+                // block there, not here) and reconnects.
+                let _ = self.supervisor.send(Notice::LinkDown {
+                    peer,
+                    stream,
+                    reason,
+                });
             }
         }
     }

@@ -246,7 +246,6 @@ impl Node {
             settlement_tx,
             settlements,
             gate: gate.clone(),
-            links: links.clone(),
             supervisor: supervisor_tx.clone(),
             tick: config.tick,
             ack_timeout: config.ack_timeout,

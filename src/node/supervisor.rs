@@ -1,4 +1,5 @@
-//! The reconnect supervisor of a node: when a link breaks, it retries the neighbour with
+//! The reconnect supervisor of a node: when a link breaks, it updates the neighbour records
+//! (calling the application's `NeighborStore`, off the manager thread) and retries the neighbour with
 //! exponential backoff and jitter until the link is back, the neighbour is removed, or the node
 //! stops. Each attempt runs on a short-lived thread of its own, so one unreachable neighbour
 //! never delays the others.
@@ -14,12 +15,18 @@ use super::link::Links;
 use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::id::NodeId;
+use crate::manager::StreamId;
 use crate::neighbor::NeighborEvent;
 
 /// What the supervisor is told.
 pub(crate) enum Notice {
-    /// The link to this neighbour broke.
-    LinkDown(NodeId),
+    /// The link to this neighbour broke: the link whose MessageStream is `stream` (a newer
+    /// link to the same peer is left alone).
+    LinkDown {
+        peer: NodeId,
+        stream: StreamId,
+        reason: String,
+    },
     /// The application added this neighbour: connect now, and keep trying with backoff.
     Connect(NodeId),
     /// The neighbour answered on its current link (a handshake or an ACK): the link works, so
@@ -185,8 +192,16 @@ impl Supervisor {
             };
             let now = Instant::now();
             match notice {
-                Ok(Notice::LinkDown(peer)) => {
-                    schedule.link_down(peer, now, &mut self.rng);
+                Ok(Notice::LinkDown {
+                    peer,
+                    stream,
+                    reason,
+                }) => {
+                    // Records and events first (the application's store may take its time
+                    // here, on this thread rather than the manager's).
+                    if self.links.link_down(&peer, stream, &reason) {
+                        schedule.link_down(peer, now, &mut self.rng);
+                    }
                 }
                 Ok(Notice::Progress(peer)) => schedule.progress(&peer),
                 Ok(Notice::Connect(peer)) => schedule.connect(peer, now),
