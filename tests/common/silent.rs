@@ -39,8 +39,16 @@ impl Gossip for Silent {
 
 /// Starts the silent peer; returns the server (stop it with `shutdown`) and its address.
 pub fn start(factory: &Arc<StreamFactory>) -> (Server, String) {
+    serve(factory, Silent)
+}
+
+/// Serves `service` on a free loopback port.
+fn serve(
+    factory: &Arc<StreamFactory>,
+    service: impl Gossip + Clone + Send + 'static,
+) -> (Server, String) {
     let mut server = ServerBuilder::new(factory.env().clone())
-        .register_service(create_gossip(Silent))
+        .register_service(create_gossip(service))
         .build()
         .unwrap();
     let port = server
@@ -83,13 +91,5 @@ impl Gossip for Deaf {
 
 /// Starts the deaf peer; returns the server (stop it with `shutdown`) and its address.
 pub fn start_deaf(factory: &Arc<StreamFactory>) -> (Server, String) {
-    let mut server = ServerBuilder::new(factory.env().clone())
-        .register_service(create_gossip(Deaf::default()))
-        .build()
-        .unwrap();
-    let port = server
-        .add_listening_port("127.0.0.1:0", ServerCredentials::insecure())
-        .unwrap();
-    server.start();
-    (server, format!("127.0.0.1:{port}"))
+    serve(factory, Deaf::default())
 }
