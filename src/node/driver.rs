@@ -263,6 +263,7 @@ impl Driver {
                     // that did not (an older version): the link is not the peer's.
                     let reason = format!("the node there is {from:?}, not {:?}", peer.as_str());
                     warn!("{}: link to {peer}: {reason}", self.local);
+                    self.forget_writer(stream);
                     self.step(Event::StreamClosed { stream, reason });
                     return true;
                 }
@@ -336,6 +337,9 @@ impl Driver {
                 self.local
             );
             let reason = format!("peer stopped reading for {waited:?}");
+            // As for any stream that ends: its writer goes (the thread follows once gRPC lets
+            // go of the blocked write: the call or the connection ends).
+            self.forget_writer(stream);
             self.step(Event::StreamClosed { stream, reason });
         }
     }
