@@ -138,6 +138,7 @@ fn a_peer_that_stops_reading_is_taken_down() {
     let mut ca = config("a");
     ca.ack_timeout = Duration::from_millis(500);
     let a = start_with(ca, &f);
+    let threads = a.stream_threads();
     a.connect_to_neighbor(NeighborInfo::new("deaf", addr))
         .unwrap();
     let payload = bytes::Bytes::from(vec![0u8; 512 * 1024]);
@@ -151,6 +152,13 @@ fn a_peer_that_stops_reading_is_taken_down() {
     });
     assert!(reason.contains("stopped reading"), "{reason}");
     assert!(a.stats().stalls >= 1);
+    // Once the neighbour is removed, no thread stays stuck in a write: the calls are cancelled.
+    a.disconnect_neighbor("deaf").unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while a.stream_threads() > threads && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(a.stream_threads(), threads, "stream threads released");
     a.shutdown();
     let _ = futures::executor::block_on(server.shutdown());
 }

@@ -17,7 +17,9 @@ use crate::manager::{Event, StreamId, StreamKind};
 use crate::neighbor::{NeighborEvent, NeighborManager};
 use crate::transport::factory::{ChannelLease, DoubleStream, StreamFactory};
 use crate::transport::threads::ThreadSet;
-use crate::transport::{outbox, read_loop, write_loop, Features, InboundFrame, Writer};
+use crate::transport::{
+    outbox_stopping_reader, read_loop, write_loop, Features, InboundFrame, ReaderStop, Writer,
+};
 
 /// An outbound double stream: the lease on its channel and the id of its MessageStream.
 struct Link {
@@ -154,14 +156,23 @@ impl Links {
     }
 
     /// Starts the reader thread of an outbound stream; it reports the stream's end.
-    fn spawn_reader<S, T>(&self, name: String, mut stream: S, id: StreamId) -> Result<(), Error>
+    /// Starts the reader thread of an outbound stream; it reports the stream's end, and cancels
+    /// the call once the node drops the stream's outbox (`stop`), which also frees a writer
+    /// held in a write by flow control.
+    fn spawn_reader<T>(
+        &self,
+        name: String,
+        mut stream: grpcio::ClientDuplexReceiver<T>,
+        mut stop: ReaderStop,
+        id: StreamId,
+    ) -> Result<(), Error>
     where
-        S: futures::Stream<Item = grpcio::Result<T>> + Unpin + Send + 'static,
         T: InboundFrame,
     {
         let inbox = self.inbox.clone();
         self.threads.spawn(name, move || {
-            let end = read_loop(&mut stream, id, &inbox, None, None);
+            let end = read_loop(&mut stream, id, &inbox, None, None, Some(&mut stop));
+            stream.cancel();
             let _ = inbox.send(Input::Event(Event::StreamClosed {
                 stream: id,
                 reason: end.reason,
@@ -177,8 +188,8 @@ impl Links {
             lease,
         } = double;
         let (msg_id, ack_id) = (self.next_stream_id(), self.next_stream_id());
-        let (msg_tx, msg_rx) = outbox();
-        let (ack_tx, ack_rx) = outbox();
+        let (msg_tx, msg_rx, msg_stop) = outbox_stopping_reader();
+        let (ack_tx, ack_rx, ack_stop) = outbox_stopping_reader();
         // The link is recorded before the manager hears of it, so that a failure it reports
         // finds the link to take down.
         self.table.lock().insert(
@@ -221,8 +232,8 @@ impl Links {
             self.threads.spawn(format!("gossip-w-{tag}"), move || {
                 write_loop(ack_sink, ack_rx, ack_id, &inbox, None)
             })?;
-            self.spawn_reader(format!("gossip-r-{tag}"), msg_stream, msg_id)?;
-            self.spawn_reader(format!("gossip-r-{tag}"), ack_stream, ack_id)
+            self.spawn_reader(format!("gossip-r-{tag}"), msg_stream, msg_stop, msg_id)?;
+            self.spawn_reader(format!("gossip-r-{tag}"), ack_stream, ack_stop, ack_id)
         };
         if let Err(e) = spawn_all() {
             // Whatever did start is torn down with the link.

@@ -179,6 +179,9 @@ impl Backlog {
 pub(crate) struct Outbox<T> {
     tx: Sender<T>,
     backlog: Arc<Backlog>,
+    /// Dropped with the outbox: tells the stream's reader to cancel the call, which also
+    /// frees a writer stuck in a write that flow control holds.
+    _stop_reader: Option<futures::channel::oneshot::Sender<()>>,
 }
 
 /// The receiving half, held by the writer thread.
@@ -195,10 +198,22 @@ pub(crate) fn outbox<T>() -> (Outbox<T>, Inbox<T>) {
         Outbox {
             tx,
             backlog: backlog.clone(),
+            _stop_reader: None,
         },
         Inbox { rx, backlog },
     )
 }
+
+/// A writer's queue whose dropping also stops the stream's reader (see [`read_loop`]).
+pub(crate) fn outbox_stopping_reader<T>() -> (Outbox<T>, Inbox<T>, ReaderStop) {
+    let (mut out, inbox) = outbox();
+    let (tx, rx) = futures::channel::oneshot::channel();
+    out._stop_reader = Some(tx);
+    (out, inbox, rx)
+}
+
+/// Resolves when the stream's outbox is dropped: the node is done with the stream.
+pub(crate) type ReaderStop = futures::channel::oneshot::Receiver<()>;
 
 impl<T: batch::Batchable> Outbox<T> {
     /// Hands a frame (with what it carries) to the writer; false once the writer is gone.
@@ -407,12 +422,16 @@ impl StreamEnd {
 /// call as malformed (`INVALID_ARGUMENT` with the reason) instead of vanishing without an
 /// answer; an original node, which never reopens a closed stream, gets it refused alone by the
 /// manager.
+///
+/// With `stop`, the loop also ends (as "closed by this node") once the node drops the stream's
+/// outbox, so that the caller can cancel the call.
 pub(crate) fn read_loop<S, T>(
     stream: &mut S,
     id: StreamId,
     inbox: &Sender<Input>,
     gate: Option<&ReadGate>,
     strict: Option<&Limits>,
+    mut stop: Option<&mut ReaderStop>,
 ) -> StreamEnd
 where
     S: Stream<Item = grpcio::Result<T>> + Unpin,
@@ -422,7 +441,16 @@ where
         if let Some(g) = gate {
             g.wait_open();
         }
-        match block_on(stream.next()) {
+        let next = match stop.as_deref_mut() {
+            Some(stop) => match block_on(futures::future::select(stream.next(), stop)) {
+                futures::future::Either::Left((next, _)) => next,
+                futures::future::Either::Right(_) => {
+                    return StreamEnd::closed("closed by this node")
+                }
+            },
+            None => block_on(stream.next()),
+        };
+        match next {
             Some(Ok(frame)) => {
                 if let Some(reason) = strict.and_then(|limits| frame.unanswerable(limits)) {
                     return StreamEnd {

@@ -487,7 +487,7 @@ fn serve<In, Out>(
     .then_some(&*ctx.gate);
     let end = match end {
         Some(end) => end,
-        None => read_loop(&mut requests, stream, &ctx.inbox, gate, strict),
+        None => read_loop(&mut requests, stream, &ctx.inbox, gate, strict, None),
     };
     let status = end.malformed.then(|| {
         warn!("{}: {kind:?} from {peer_addr}: {}", ctx.local, end.reason);
