@@ -115,7 +115,9 @@ pub enum Error {
 }
 
 /// Why a connection to a neighbour failed, so that a typo, a peer that is down and a
-/// certificate problem can be told apart.
+/// certificate problem can be told apart. (Another node at the address is no connect failure:
+/// the connection opens, that node refuses our streams saying who it is, and the link goes down
+/// with that reason, see [`NeighborEvent::Down`](crate::NeighborEvent).)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectFailure {
     /// The endpoint is not a valid `HOST:PORT`, or its name does not resolve.
@@ -127,8 +129,6 @@ pub enum ConnectFailure {
     /// TCP connects but the gRPC handshake never completes: a TLS node dialled in plaintext
     /// or the reverse, or (with TLS) a certificate one side does not accept.
     Handshake,
-    /// The node there is not the one configured at that address.
-    Identity,
 }
 
 impl std::fmt::Display for ConnectFailure {
@@ -138,7 +138,6 @@ impl std::fmt::Display for ConnectFailure {
             ConnectFailure::Refused => "refused",
             ConnectFailure::Timeout => "timed out",
             ConnectFailure::Handshake => "handshake failed",
-            ConnectFailure::Identity => "wrong node",
         })
     }
 }
