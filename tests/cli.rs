@@ -176,6 +176,12 @@ fn signal(child: &std::process::Child, sig: &str) {
     assert!(status.success());
 }
 
+/// The address an output line gives (`... addr=HOST:PORT`).
+fn addr_in(line: &str) -> String {
+    let addr = line.split("addr=").nth(1).expect("an addr= field");
+    addr.split(' ').next().unwrap_or(addr).to_owned()
+}
+
 /// Reads lines until one satisfies `want`; returns every line read.
 fn read_until(
     lines: &mut impl Iterator<Item = std::io::Result<String>>,

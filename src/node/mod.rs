@@ -409,11 +409,8 @@ impl Node {
         }
     }
 
-    /// Connects to a neighbour: opens (or reuses) the double stream to `info.endpoint` and
-    /// starts its reader and writer threads. Waits up to `NodeConfig::connect_timeout` for the
-    /// endpoint to accept. Once connected, the node keeps the link up on its own: a broken
-    /// link is reconnected with backoff until [`disconnect_neighbor`](Node::disconnect_neighbor).
-    pub fn connect_to_neighbor(&self, info: NeighborInfo) -> Result<(), Error> {
+    /// Refuses a neighbour this node cannot have: the node is shut down, or it is itself.
+    fn check_neighbor(&self, info: &NeighborInfo) -> Result<(), Error> {
         self.check_open()?;
         if info.node_hash == self.id.as_str() {
             return Err(Error::InvalidId {
@@ -421,6 +418,15 @@ impl Node {
                 reason: "a node cannot be its own neighbour".into(),
             });
         }
+        Ok(())
+    }
+
+    /// Connects to a neighbour: opens (or reuses) the double stream to `info.endpoint` and
+    /// starts its reader and writer threads. Waits up to `NodeConfig::connect_timeout` for the
+    /// endpoint to accept. Once connected, the node keeps the link up on its own: a broken
+    /// link is reconnected with backoff until [`disconnect_neighbor`](Node::disconnect_neighbor).
+    pub fn connect_to_neighbor(&self, info: NeighborInfo) -> Result<(), Error> {
+        self.check_neighbor(&info)?;
         let neighbors = &self.links.neighbors;
         let known_before = neighbors.lookup(&info.node_hash);
         let peer = neighbors.add(info.clone())?;
@@ -454,13 +460,7 @@ impl Node {
     /// Errors: the node is shut down, or `info` is invalid (its id is this node's, or not a
     /// valid id). An endpoint that cannot be reached is no error here: the node keeps trying.
     pub fn add_neighbor(&self, info: NeighborInfo) -> Result<(), Error> {
-        self.check_open()?;
-        if info.node_hash == self.id.as_str() {
-            return Err(Error::InvalidId {
-                kind: IdKind::Node,
-                reason: "a node cannot be its own neighbour".into(),
-            });
-        }
+        self.check_neighbor(&info)?;
         let peer = self.links.neighbors.add(info)?;
         self.links
             .inbox

@@ -15,7 +15,7 @@ use grpc_gossip::{Limits, Message, NeighborInfo, Node, NodeConfig, StreamFactory
 use grpcio::{CallOption, ChannelBuilder, MetadataBuilder, WriteFlags};
 
 use super::operations::http_get;
-use super::{free_port, read_until, temp_dir, GOSSIP};
+use super::{addr_in, free_port, read_until, temp_dir, GOSSIP};
 
 const MIB: usize = 1 << 20;
 
@@ -160,13 +160,7 @@ fn run(shape: Attack) {
     );
     let mut lines = BufReader::new(r.0.stdout.take().unwrap()).lines();
     let seen = read_until(&mut lines, |l| l.starts_with("metrics addr="));
-    let metrics = seen
-        .last()
-        .unwrap()
-        .split("addr=")
-        .nth(1)
-        .unwrap()
-        .to_owned();
+    let metrics = addr_in(seen.last().unwrap());
     std::thread::spawn(move || lines.for_each(drop));
     let pid = r.0.id();
 

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, node_process, read_until, GOSSIP};
+use super::{addr_in, free_port, node_process, read_until, GOSSIP};
 
 #[test]
 fn commands_to_a_down_peer_are_accepted_at_once() {
@@ -158,13 +158,7 @@ fn health_endpoints_timestamps_and_version() {
         humantime::parse_rfc3339(time).is_ok(),
         "an RFC 3339 time first: {first}"
     );
-    let metrics = seen
-        .last()
-        .unwrap()
-        .split("addr=")
-        .nth(1)
-        .unwrap()
-        .to_owned();
+    let metrics = addr_in(seen.last().unwrap());
     assert_eq!(http_get(&metrics, "/healthz").0, 200);
     // Its only neighbour is down: alive, not ready.
     let (status, body) = http_get(&metrics, "/readyz");
