@@ -226,6 +226,7 @@ impl NodeConfig {
         positive("peer_max_bytes", self.peer_max_bytes > 0)?;
         positive("reconnect.max", !self.reconnect.max.is_zero())?;
         positive("max_streams_per_peer", self.max_streams_per_peer > 0)?;
+        positive("max_inbound_streams", self.max_inbound_streams > 0)?;
         positive(
             "max_unidentified_streams",
             self.max_unidentified_streams > 0,
@@ -240,6 +241,7 @@ impl NodeConfig {
         positive("broadcast.fanout", b.fanout > 0)?;
         positive("broadcast.hop_limit", b.hop_limit > 0)?;
         positive("broadcast.max_tracked", b.max_tracked > 0)?;
+        positive("broadcast.max_held_bytes", b.max_held_bytes > 0)?;
         positive("broadcast.graft_timeout", !b.graft_timeout.is_zero())?;
         if b.deadline <= b.hop_margin {
             return Err(Error::Config {

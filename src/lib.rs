@@ -97,6 +97,8 @@ pub mod bench;
 pub mod broadcast;
 pub mod config;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod id;
 pub mod manager;
 pub mod message;

@@ -690,6 +690,18 @@ impl MessageManager {
         }
     }
 
+    /// Bytes of partly received chunked messages charged against
+    /// [`Limits::partial_bytes`] now (each message's announced size).
+    pub fn partial_bytes(&self) -> usize {
+        self.reassembler.held_bytes()
+    }
+
+    /// Bytes of partly received chunked messages charged to `peer` now (its share is
+    /// [`Limits::peer_partial_bytes`]).
+    pub fn partial_bytes_of(&self, peer: &NodeId) -> usize {
+        self.reassembler.held_bytes_of(peer)
+    }
+
     /// Peers the manager keeps state for now.
     pub fn known_peers(&self) -> usize {
         self.peers.len()

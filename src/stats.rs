@@ -47,6 +47,9 @@ pub struct Counters {
     pub(crate) refused_busy: AtomicU64,
     pub(crate) refused_broadcast: AtomicU64,
     pub(crate) broadcast_frames_dropped: AtomicU64,
+    pub(crate) refused_peer_streams: AtomicU64,
+    pub(crate) refused_inbound_streams: AtomicU64,
+    pub(crate) refused_unidentified_streams: AtomicU64,
     pub(crate) partial_bytes: AtomicU64,
     pub(crate) retry_answers: AtomicU64,
     pub(crate) awaiting_confirmation: AtomicU64,
@@ -274,6 +277,13 @@ pub struct Stats {
     /// Broadcast frames not queued for a neighbour whose writer already held too much (it
     /// reads slower than broadcasts come); their offers count as missing.
     pub broadcast_frames_dropped: u64,
+    /// Incoming calls refused because their peer id had `max_streams_per_peer` streams open.
+    pub refused_peer_streams: u64,
+    /// Incoming calls refused because `max_inbound_streams` streams were open in all.
+    pub refused_inbound_streams: u64,
+    /// Incoming calls without an id refused because `max_unidentified_streams` were waiting
+    /// for their first frame.
+    pub refused_unidentified_streams: u64,
     /// Bytes of partly received (chunked) messages held now, as announced by their senders.
     pub partial_bytes: u64,
     /// `Retry` answers received: messages of ours a receiver did not take, sent again later.
@@ -285,7 +295,7 @@ pub struct Stats {
     /// Payload bytes of those frames.
     pub broadcast_bytes_received: u64,
     /// Broadcast payload frames received that were not delivered: copies of broadcasts this
-    /// node already had (or started).
+    /// node already had (or started). Refused payloads are in `refused_broadcast` instead.
     pub broadcast_duplicate_payloads: u64,
     /// Broadcasts this node started.
     pub broadcasts_started: u64,
@@ -329,13 +339,17 @@ impl Counters {
             refused_busy: g(&self.refused_busy),
             refused_broadcast: g(&self.refused_broadcast),
             broadcast_frames_dropped: g(&self.broadcast_frames_dropped),
+            refused_peer_streams: g(&self.refused_peer_streams),
+            refused_inbound_streams: g(&self.refused_inbound_streams),
+            refused_unidentified_streams: g(&self.refused_unidentified_streams),
             partial_bytes: g(&self.partial_bytes),
             retry_answers: g(&self.retry_answers),
             awaiting_confirmation: g(&self.awaiting_confirmation),
             broadcast_payloads_received: g(&self.broadcast_payloads_received),
             broadcast_bytes_received: g(&self.broadcast_bytes_received),
             broadcast_duplicate_payloads: g(&self.broadcast_payloads_received)
-                .saturating_sub(g(&self.broadcast_delivered)),
+                .saturating_sub(g(&self.broadcast_delivered))
+                .saturating_sub(g(&self.refused_broadcast)),
             broadcasts_started: g(&self.broadcasts_started),
             broadcasts_converged: g(&self.broadcasts_converged),
             broadcasts_incomplete: g(&self.broadcasts_incomplete),

@@ -73,6 +73,11 @@ impl Reassembler {
         self.used
     }
 
+    /// Bytes charged now to `peer`.
+    pub(super) fn held_bytes_of(&self, peer: &NodeId) -> usize {
+        self.by_peer.get(peer).copied().unwrap_or(0)
+    }
+
     /// Adds a chunk that arrived from `peer` on `stream`. A chunk at offset 0 starts a new
     /// message there (a retransmission after a reconnection starts over).
     pub(super) fn add(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{select, Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 use log::{debug, warn};
 
 use super::supervisor::Notice;
@@ -129,39 +129,40 @@ const UNRESOLVED_FRAMES: usize = 4096;
 /// or frames (direct messages are bounded by the neighbour's share of the store instead).
 const BROADCAST_BACKLOG_BYTES: usize = 64 * 1024 * 1024;
 const BROADCAST_BACKLOG_FRAMES: usize = 16 * 1024;
-/// How often held deliveries are retried while the application's queue is full.
-const HELD_RETRY: Duration = Duration::from_millis(1);
+
+/// What woke the manager thread.
+enum Wake {
+    /// Inputs are waiting (or the inbox closed).
+    Inputs,
+    /// The application answered a delivery.
+    Settlement,
+    /// The application's delivery queue has room for the first held delivery.
+    Room,
+    /// Nothing came before the next timer.
+    Timer,
+}
 
 impl Driver {
     pub(crate) fn run(mut self) {
         let mut next_tick = Instant::now() + self.tick;
         'run: loop {
-            let mut wait = next_tick.saturating_duration_since(Instant::now());
-            if !self.held.is_empty() {
-                wait = wait.min(HELD_RETRY);
-            }
-            select! {
-                recv(self.inbox) -> input => {
-                    let Ok(input) = input else { break 'run };
-                    if !self.accept(input) {
-                        break 'run;
-                    }
-                    for _ in 1..BATCH {
-                        let Ok(input) = self.inbox.try_recv() else {
-                            break;
-                        };
-                        if !self.accept(input) {
-                            break 'run;
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.wait(wait) {
+                Wake::Inputs => {
+                    for _ in 0..BATCH {
+                        match self.inbox.try_recv() {
+                            Ok(input) => {
+                                if !self.accept(input) {
+                                    break 'run;
+                                }
+                            }
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => break 'run,
                         }
                     }
                 }
-                recv(self.settlements) -> settled => {
-                    // The driver holds a sender itself, so this channel never disconnects.
-                    if let Ok(settled) = settled {
-                        self.settle(settled);
-                    }
-                }
-                default(wait) => {}
+                // Room in the application's queue (or a timer): the held deliveries go below.
+                Wake::Settlement | Wake::Room | Wake::Timer => {}
             }
             // Answers are few (at most `confirm_limit` outstanding) and cheap: take them all.
             while let Ok(settled) = self.settlements.try_recv() {
@@ -184,6 +185,36 @@ impl Driver {
         // Dropping the writers' channels ends every writer thread, which closes its call.
         self.writers.clear();
         self.gate.release();
+    }
+
+    /// Sleeps until an input, an answer from the application, room for a held delivery, or
+    /// `timeout`. Nothing polls: a full delivery queue is waited on like any channel.
+    fn wait(&self, timeout: Duration) -> Wake {
+        let mut select = Select::new();
+        let inputs = select.recv(&self.inbox);
+        let settlements = select.recv(&self.settlements);
+        let room = match &self.deliveries {
+            Some(tx) if self.waits_for_room() => Some(select.send(tx)),
+            _ => None,
+        };
+        match select.ready_timeout(timeout) {
+            Ok(i) if i == inputs => Wake::Inputs,
+            Ok(i) if i == settlements => Wake::Settlement,
+            Ok(i) if Some(i) == room => Wake::Room,
+            _ => Wake::Timer,
+        }
+    }
+
+    /// Whether the first held delivery waits for room in the application's queue (rather than
+    /// for answers to those already handed over, which arrive as settlements).
+    fn waits_for_room(&self) -> bool {
+        match self.held.front() {
+            Some(Held::Deliver(d)) => {
+                let confirm = self.confirm_limit.filter(|_| d.origin.is_none());
+                confirm.is_none_or(|limit| self.unsettled < limit)
+            }
+            _ => false,
+        }
     }
 
     /// Handles one input; false when the node must stop.

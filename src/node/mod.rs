@@ -200,6 +200,7 @@ impl Node {
                 config.max_streams_per_peer,
                 config.max_inbound_streams,
                 config.max_unidentified_streams,
+                counters.clone(),
             )),
             handshake_timeout: config.handshake_timeout,
             tls: factory.config().tls.is_some(),

@@ -33,6 +33,7 @@ use crate::id::NodeId;
 use crate::manager::{Event, StreamId, StreamKind};
 use crate::node::driver::Input;
 use crate::proto::{create_gossip, Gossip, GossipACK, GossipMessage};
+use crate::stats::{bump, Counters};
 
 /// What the server's handlers need from their node.
 pub(crate) struct Context {
@@ -58,6 +59,8 @@ pub(crate) struct StreamGuards {
     max_total: usize,
     unidentified: AtomicUsize,
     max_unidentified: usize,
+    /// Where refusals are counted, by cap.
+    counters: Arc<Counters>,
 }
 
 /// Releases a stream's place under the caps when it ends.
@@ -91,8 +94,10 @@ impl StreamGuards {
         max_per_peer: usize,
         max_total: usize,
         max_unidentified: usize,
+        counters: Arc<Counters>,
     ) -> StreamGuards {
         StreamGuards {
+            counters,
             per_peer: Mutex::new(HashMap::new()),
             max_per_peer,
             total: AtomicUsize::new(0),
@@ -105,16 +110,21 @@ impl StreamGuards {
     fn unidentified(self: &Arc<Self>) -> Option<Place> {
         let n = self.unidentified.fetch_add(1, Ordering::AcqRel);
         let place = Place::Unidentified(self.clone());
+        if n >= self.max_unidentified {
+            bump(&self.counters.refused_unidentified_streams);
+        }
         (n < self.max_unidentified).then_some(place)
     }
 
     fn peer(self: &Arc<Self>, peer: &NodeId) -> Result<Place, String> {
         let mut map = self.per_peer.lock();
         if self.total.load(Ordering::Acquire) >= self.max_total {
+            bump(&self.counters.refused_inbound_streams);
             return Err(format!("{} streams open, the limit", self.max_total));
         }
         let n = map.entry(peer.clone()).or_default();
         if *n >= self.max_per_peer {
+            bump(&self.counters.refused_peer_streams);
             return Err(format!(
                 "{peer} already has {} streams open",
                 self.max_per_peer
@@ -136,7 +146,7 @@ mod tests {
 
     #[test]
     fn caps_per_peer_in_total_and_unidentified_and_releases_on_drop() {
-        let g = Arc::new(StreamGuards::new(2, 3, 1));
+        let g = Arc::new(StreamGuards::new(2, 3, 1, Arc::default()));
         let a1 = g.peer(&id("a")).unwrap();
         let _a2 = g.peer(&id("a")).unwrap();
         assert!(g.peer(&id("a")).is_err(), "per peer");

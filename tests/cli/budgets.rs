@@ -17,7 +17,7 @@ use grpcio::{CallOption, ChannelBuilder, MetadataBuilder, WriteFlags};
 use super::operations::http_get;
 use super::{addr_in, free_port, read_until, temp_dir, GOSSIP};
 
-const MIB: usize = 1 << 20;
+pub(super) const MIB: usize = 1 << 20;
 
 /// One attack: `attackers` clients each announce a message of `message` bytes (the largest
 /// allowed, and the budget: room for one) and send `sent` bytes of it in 1 MiB chunks.
@@ -31,7 +31,7 @@ struct Attack {
 
 /// A child process killed (and reaped) when dropped, so that a failing assertion does not
 /// leave the node under test running.
-struct Reaped(std::process::Child);
+pub(super) struct Reaped(pub(super) std::process::Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -41,7 +41,7 @@ impl Drop for Reaped {
 }
 
 /// The resident memory of process `pid`, in bytes.
-fn rss(pid: u32) -> usize {
+pub(super) fn rss(pid: u32) -> usize {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kib: usize = status
         .lines()
@@ -52,7 +52,7 @@ fn rss(pid: u32) -> usize {
     kib * 1024
 }
 
-fn headers(id: &str) -> CallOption {
+pub(super) fn headers(id: &str) -> CallOption {
     let mut md = MetadataBuilder::new();
     md.add_str("gossip-node-id", id).unwrap();
     md.add_str("gossip-features", "chunk,confirm").unwrap();
@@ -132,9 +132,10 @@ fn partly_received_messages_at_the_defaults() {
     });
 }
 
-fn run(shape: Attack) {
-    let budget = shape.message;
-    let dir = temp_dir(&format!("budget-{}", shape.attackers));
+/// Starts `gossip node` as "r" in `dir` with `[limits] max_payload = 1MiB` and the TOML
+/// `extra` after it (more `[limits]` keys, then other sections); returns the process, its
+/// listening address and its metrics address. Its stdout is read and dropped.
+pub(super) fn start_receiver(dir: &std::path::Path, extra: &str) -> (Reaped, String, String) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let config = dir.join("r.toml");
@@ -142,8 +143,7 @@ fn run(shape: Attack) {
         &config,
         format!(
             "id = \"r\"\nlisten = {listen:?}\nmetrics_addr = \"127.0.0.1:0\"\n[limits]\n\
-             max_payload = \"1MiB\"\n{}",
-            shape.limits
+             max_payload = \"1MiB\"\n{extra}"
         ),
     )
     .unwrap();
@@ -162,6 +162,35 @@ fn run(shape: Attack) {
     let seen = read_until(&mut lines, |l| l.starts_with("metrics addr="));
     let metrics = addr_in(seen.last().unwrap());
     std::thread::spawn(move || lines.for_each(drop));
+    (r, listen, metrics)
+}
+
+/// The value of the `gossip_refusals_total` series for `reason`.
+pub(super) fn refusals(metrics: &str, reason: &str) -> u64 {
+    let (_, text) = http_get(metrics, "/metrics");
+    let series = text
+        .lines()
+        .find(|l| l.starts_with("gossip_refusals_total") && l.contains(&format!("\"{reason}\"")))
+        .unwrap_or_else(|| panic!("no refusals series for {reason}"));
+    series.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Waits up to 10 s for the RSS of `pid` to come back within 64 MiB of `before`; returns it.
+pub(super) fn settled_rss(pid: u32, before: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = rss(pid);
+        if now < before + 64 * MIB || Instant::now() >= deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn run(shape: Attack) {
+    let budget = shape.message;
+    let dir = temp_dir(&format!("budget-{}", shape.attackers));
+    let (r, listen, metrics) = start_receiver(&dir, shape.limits);
     let pid = r.0.id();
 
     // A good peer in this process: small messages, and one large one.
@@ -234,13 +263,11 @@ fn run(shape: Attack) {
         good.stats().retry_answers >= 1,
         "the large message was told to retry"
     );
-    let (_, text) = http_get(&metrics, "/metrics");
-    let refusals = text
-        .lines()
-        .find(|l| l.starts_with("gossip_refusals_total") && l.contains("partial_budget"))
-        .expect("a refusals series");
-    let counted: u64 = refusals.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(counted >= (shape.attackers - 1) as u64, "{refusals}");
+    let counted = refusals(&metrics, "partial_budget");
+    assert!(
+        counted >= (shape.attackers - 1) as u64,
+        "{counted} refusals"
+    );
 
     // The attackers leave: the budget is free, the large message gets through on a retry.
     drop(attackers);
@@ -252,14 +279,7 @@ fn run(shape: Attack) {
     assert_eq!(large.key.hash, "large");
     assert!(large.is_acked(), "{large:?}");
     assert!(large.attempts >= 2, "{large:?}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let after = loop {
-        let now = rss(pid);
-        if now < before + 64 * MIB || Instant::now() >= deadline {
-            break now;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let after = settled_rss(pid, before);
     eprintln!("RSS after the attack {} MiB", after / MIB);
     assert!(
         after < before + 64 * MIB,

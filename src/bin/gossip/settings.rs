@@ -98,6 +98,8 @@ struct FileConfig {
     limits: FileLimits,
     #[serde(default)]
     connection: FileConnection,
+    #[serde(default)]
+    broadcast: FileBroadcast,
     tls: Option<FileTls>,
 }
 
@@ -132,6 +134,14 @@ struct FileLimits {
     peer_partial_budget: Option<Size>,
     peer_max_messages: Option<usize>,
     peer_max_bytes: Option<Size>,
+    max_inbound_streams: Option<usize>,
+    max_streams_per_peer: Option<usize>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileBroadcast {
+    held_budget: Option<Size>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -193,6 +203,9 @@ fn as_operator_key(e: Error) -> Error {
         "peer_partial_bytes" => "limits.peer_partial_budget",
         "peer_max_messages" => "limits.peer_max_messages",
         "peer_max_bytes" => "limits.peer_max_bytes",
+        "max_inbound_streams" => "limits.max_inbound_streams",
+        "max_streams_per_peer" => "limits.max_streams_per_peer",
+        "broadcast.max_held_bytes" | "max_held_bytes" => "broadcast.held_budget",
         "connect_timeout" => "connection.connect_timeout",
         "ack_timeout" => "connection.ack_timeout",
         "reconnect.max" => "connection.reconnect_max",
@@ -284,6 +297,15 @@ impl Settings {
         }
         if let Some(n) = size("limits.peer_max_bytes", &file.limits.peer_max_bytes)? {
             node.peer_max_bytes = n;
+        }
+        if let Some(n) = file.limits.max_inbound_streams {
+            node.max_inbound_streams = n;
+        }
+        if let Some(n) = file.limits.max_streams_per_peer {
+            node.max_streams_per_peer = n;
+        }
+        if let Some(n) = size("broadcast.held_budget", &file.broadcast.held_budget)? {
+            node.broadcast.max_held_bytes = n;
         }
         let c = &file.connection;
         if let Some(d) = duration("connection.connect_timeout", &c.connect_timeout)? {
@@ -509,6 +531,27 @@ mod tests {
         assert_eq!(s.transport.stream_window_bytes, Some(8 << 20));
         let s = Settings::merge(NodeArgs::default(), parse("id = \"a\"").unwrap()).unwrap();
         assert_eq!(s.transport.http2_bdp_probe, None, "auto unless set");
+    }
+
+    #[test]
+    fn stream_caps_and_the_broadcast_budget_reach_the_node() {
+        let file = parse(
+            "id = \"a\"\n[limits]\nmax_inbound_streams = 32\nmax_streams_per_peer = 4\n\
+             [broadcast]\nheld_budget = \"16MiB\"\n",
+        );
+        let s = Settings::merge(NodeArgs::default(), file.unwrap()).unwrap();
+        assert_eq!(s.node.max_inbound_streams, 32);
+        assert_eq!(s.node.max_streams_per_peer, 4);
+        assert_eq!(s.node.broadcast.max_held_bytes, 16 << 20);
+        let with = |text: &str| Settings::merge(NodeArgs::default(), parse(text).unwrap());
+        assert_eq!(
+            field_of(with("id = \"a\"\n[broadcast]\nheld_budget = 0")),
+            "broadcast.held_budget"
+        );
+        assert_eq!(
+            field_of(with("id = \"a\"\n[limits]\nmax_inbound_streams = 0")),
+            "limits.max_inbound_streams"
+        );
     }
 
     #[test]
