@@ -156,11 +156,12 @@ pub struct NodeConfig {
     /// `RESOURCE_EXHAUSTED`.
     pub max_inbound_streams: usize,
     /// Most incoming streams still waiting for their first frame (peers without the
-    /// `gossip-node-id` header); more are refused with `RESOURCE_EXHAUSTED`.
+    /// `gossip-node-id` header, such as original nodes, which open their streams when they
+    /// connect and send on them when they have something to say); more are refused with
+    /// `RESOURCE_EXHAUSTED`. Such a stream may wait as long as it likes: it costs no thread
+    /// until its first frame names its sender, and streams that have named theirs are never
+    /// displaced by new ones.
     pub max_unidentified_streams: usize,
-    /// How long an incoming stream without the header may take to send its first frame before
-    /// it is closed with `DEADLINE_EXCEEDED`.
-    pub handshake_timeout: Duration,
     /// Most ACKs queued for one stream whose reader has stopped reading them; further ACKs to
     /// it are dropped (and counted): its sender will retransmit and be ACKed again.
     pub max_queued_acks: usize,
@@ -168,6 +169,11 @@ pub struct NodeConfig {
     /// `limits.max_payload_bytes`) to peers that announced the `chunk` feature, and are
     /// reassembled and ACKed as one message.
     pub chunk_bytes: usize,
+    /// The largest message (encoded as one gRPC message) an original Go node takes: grpc-go's
+    /// default receive limit, 4 MiB. A larger message to a neighbour without the `chunk`
+    /// feature fails at once as `FailReason::TooLarge` instead of being refused over and over;
+    /// while a new link's features are unknown, such a message waits for them.
+    pub original_max_message_bytes: usize,
     /// Multi-hop broadcast: fanout, lazy-plane threshold, hop limit, deadlines.
     pub broadcast: BroadcastConfig,
 }
@@ -192,9 +198,9 @@ impl NodeConfig {
             max_streams_per_peer: 16,
             max_inbound_streams: 4096,
             max_unidentified_streams: 64,
-            handshake_timeout: Duration::from_secs(10),
             max_queued_acks: 1 << 16,
             chunk_bytes: 1024 * 1024,
+            original_max_message_bytes: crate::manager::ORIGINAL_LIMIT,
             broadcast: BroadcastConfig::default(),
         }
     }
@@ -231,12 +237,15 @@ impl NodeConfig {
             "max_unidentified_streams",
             self.max_unidentified_streams > 0,
         )?;
-        positive("handshake_timeout", !self.handshake_timeout.is_zero())?;
         positive("max_queued_acks", self.max_queued_acks > 0)?;
         if let Deliveries::Queue(n) | Deliveries::Confirmed(n) = self.deliveries {
             positive("deliveries", n > 0)?;
         }
         positive("chunk_bytes", self.chunk_bytes > 0)?;
+        positive(
+            "original_max_message_bytes",
+            self.original_max_message_bytes > 0,
+        )?;
         let b = &self.broadcast;
         positive("broadcast.fanout", b.fanout > 0)?;
         positive("broadcast.hop_limit", b.hop_limit > 0)?;
@@ -277,8 +286,15 @@ pub struct TransportConfig {
     /// HTTP/2 keepalive: ping a connection after this long without traffic...
     pub keepalive_time: Duration,
     /// ...and declare it dead if the ping is not answered within this long. A dead TCP
-    /// connection is so noticed within about `keepalive_time + keepalive_timeout`.
+    /// connection is so noticed within about `keepalive_time + keepalive_timeout`. This is
+    /// for links to nodes of ours (and our server); see `original_keepalive_time`.
     pub keepalive_timeout: Duration,
+    /// HTTP/2 keepalive toward original Go nodes (peers that announce no features): grpc-go's
+    /// default server policy answers pings more frequent than every 5 minutes with `GOAWAY
+    /// too_many_pings`, so links to them ping this rarely (default 6 minutes), and only while
+    /// they have streams. A dead link to an original is still noticed within `ack_timeout`
+    /// while messages to it are outstanding (the stall check).
+    pub original_keepalive_time: Duration,
     /// TLS with mutual authentication for every channel and server of the factory (`None`:
     /// plaintext, logged as such when a node starts listening). The certificate is the
     /// nodes' identity, so nodes with different ids need factories of their own.
@@ -326,6 +342,7 @@ impl Default for TransportConfig {
             idle_channel_ttl: Duration::from_secs(60),
             keepalive_time: Duration::from_secs(2),
             keepalive_timeout: Duration::from_secs(2),
+            original_keepalive_time: Duration::from_secs(6 * 60),
             tls: None,
         }
     }

@@ -46,6 +46,10 @@ pub enum StreamKind {
     InboundMessages,
     /// AckStream a peer opened to us: its ACKs come in; ACKs to it may go back.
     InboundAcks,
+    /// AckStream an original node opened to us (one without the `gossip-node-id` header): its
+    /// ACKs come in, but it never reads the other direction, so ACKs to it never go there;
+    /// they go on our own link to it, and wait for one.
+    InboundOriginalAcks,
     /// Single-stream call a peer opened to us: its payloads in, their ACKs back out.
     InboundSingle,
 }
@@ -105,6 +109,28 @@ pub struct WireAck {
     pub status: AckStatus,
     /// Reason, for `Rejected`.
     pub detail: String,
+}
+
+/// grpc-go's default receive limit (4 MiB), on the encoded message: what an original Go node
+/// takes unless configured otherwise.
+pub const ORIGINAL_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The size of a plain message frame as protobuf encodes it (hash, sender, payload).
+pub fn encoded_len(hash: &str, from: &str, payload: usize) -> usize {
+    let field = |len: usize| match len {
+        0 => 0,
+        _ => 1 + varint_len(len as u64) + len,
+    };
+    field(hash.len()) + field(from.len()) + field(payload)
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
 }
 
 /// Inputs of the state machine.
@@ -176,6 +202,15 @@ pub enum Event {
         hash: String,
         /// Confirmed: ACK it. Declined (or dropped): ask the sender to send it again.
         taken: bool,
+    },
+    /// The node replaces its link to `peer` (to dial it again differently): the link is
+    /// closed and reported down; messages outstanding on it (the node waits until there are
+    /// none) would go out again on the next one.
+    ReplaceLink {
+        /// The neighbour.
+        peer: NodeId,
+        /// Why, for logs.
+        reason: String,
     },
     /// Time passed: check TTLs.
     Tick,
@@ -249,6 +284,9 @@ struct PeerStreams {
     sent_on_link: usize,
     /// Whether the peer takes chunked messages; `None` until it is known.
     chunking: Option<bool>,
+    /// The largest encoded message the peer took to be too large, less one: learned from a
+    /// `RESOURCE_EXHAUSTED` that ended our MessageStream to it.
+    receive_limit: Option<usize>,
     /// Whether the peer understands `Pending` and `Retry` ACKs.
     confirm: bool,
     /// When a warning about this peer was last logged, and how many were held back since.
@@ -313,6 +351,9 @@ pub struct MessageManager {
     outstanding: HashMap<NodeId, VecDeque<Outstanding>>,
     unrouted: HashMap<NodeId, VecDeque<(Instant, WireAck)>>,
     chunk_bytes: usize,
+    /// The largest encoded message an original node (a peer without the `chunk` feature)
+    /// takes; see [`MessageManager::with_original_limit`].
+    original_limit: usize,
     reassembler: Reassembler,
     /// Acknowledged deliveries: ACK only on [`Event::Settled`].
     confirmed: bool,
@@ -342,6 +383,7 @@ impl MessageManager {
             outstanding: HashMap::new(),
             unrouted: HashMap::new(),
             chunk_bytes: 1024 * 1024,
+            original_limit: ORIGINAL_LIMIT,
             confirmed: false,
             awaiting: HashMap::new(),
         }
@@ -360,6 +402,14 @@ impl MessageManager {
     /// Received messages waiting for the application's confirmation.
     pub fn awaiting_confirmation(&self) -> usize {
         self.awaiting.values().map(|a| a.entries.len()).sum()
+    }
+
+    /// The largest message, encoded, that a peer without the `chunk` feature (an original Go
+    /// node) takes: larger ones to it fail at once as [`FailReason::TooLarge`], and wait for
+    /// the peer's features while they are unknown. Default [`ORIGINAL_LIMIT`] (grpc-go's).
+    pub fn with_original_limit(mut self, bytes: usize) -> MessageManager {
+        self.original_limit = bytes;
+        self
     }
 
     /// Messages larger than `bytes` go in chunks of `bytes` to peers that take them.
@@ -410,7 +460,9 @@ impl MessageManager {
             Event::StreamOpened { stream, peer, kind } => {
                 self.on_stream_opened(stream, peer, kind, now, out)
             }
-            Event::StreamClosed { stream, reason } => self.on_stream_closed(stream, reason, out),
+            Event::StreamClosed { stream, reason } => {
+                self.on_stream_closed(stream, reason, now, out)
+            }
             Event::MessageReceived { stream, message } => {
                 self.on_message(stream, message, now, out)
             }
@@ -432,6 +484,7 @@ impl MessageManager {
                 self.pump(&peer, now, out);
             }
             Event::Settled { from, hash, taken } => self.on_settled(from, hash, taken, now, out),
+            Event::ReplaceLink { peer, reason } => self.tear_down_link(&peer, reason, out),
             Event::Tick => self.on_tick(now, out),
             Event::Shutdown => {
                 for (key, t) in self.store.close() {
@@ -532,30 +585,20 @@ impl MessageManager {
         };
         let mut refused = Vec::new();
         while let Some(o) = queue.get_mut(entry.sent_on_link) {
-            let oversize = o.payload.len() > self.limits.max_payload_bytes;
-            match entry.chunking {
-                None if oversize => break,
-                Some(false) if oversize => {
-                    refused.push(o.hash.clone());
-                    entry.sent_on_link += 1;
-                    continue;
-                }
-                _ => {}
+            match fit(o, entry, &self.limits, self.original_limit, &self.local) {
+                Fit::Send => transmit(o, &route, out),
+                Fit::Wait => break,
+                Fit::Fail(reason) => refused.push((o.hash.clone(), reason)),
             }
-            transmit(o, &route, out);
             entry.sent_on_link += 1;
         }
-        for hash in refused {
+        for (hash, reason) in refused {
             let key = MessageKey {
                 peer: peer.clone(),
                 hash,
             };
             if let Some(t) = self.store.complete(&key) {
-                let why = format!(
-                    "message larger than {} bytes, and the peer does not take chunked messages",
-                    self.limits.max_payload_bytes
-                );
-                self.complete(key, t, Outcome::Failed(FailReason::Rejected(why)), now, out);
+                self.complete(key, t, Outcome::Failed(reason), now, out);
             }
         }
     }
@@ -582,9 +625,25 @@ impl MessageManager {
         else {
             return;
         };
+        let mut refused = Vec::new();
         for o in queue.iter_mut().take(entry.sent_on_link) {
             if o.retry_at.is_some_and(|t| t <= now) {
-                transmit(o, &route, out);
+                // What the peer takes may have changed since (it reconnected as another
+                // version).
+                match fit(o, entry, &self.limits, self.original_limit, &self.local) {
+                    Fit::Send => transmit(o, &route, out),
+                    Fit::Wait => {}
+                    Fit::Fail(reason) => refused.push((o.hash.clone(), reason)),
+                }
+            }
+        }
+        for (hash, reason) in refused {
+            let key = MessageKey {
+                peer: peer.clone(),
+                hash,
+            };
+            if let Some(t) = self.store.complete(&key) {
+                self.complete(key, t, Outcome::Failed(reason), now, out);
             }
         }
     }
@@ -613,7 +672,9 @@ impl MessageManager {
                 entry.in_acks.push(stream);
                 None
             }
-            StreamKind::InboundMessages | StreamKind::InboundSingle => None,
+            StreamKind::InboundMessages
+            | StreamKind::InboundSingle
+            | StreamKind::InboundOriginalAcks => None,
         };
         if let Some(old) = replaced.filter(|old| *old != stream) {
             // Our own newer stream of the same kind supersedes the old one.
@@ -636,7 +697,13 @@ impl MessageManager {
         }
     }
 
-    fn on_stream_closed(&mut self, stream: StreamId, reason: String, out: &mut Vec<Action>) {
+    fn on_stream_closed(
+        &mut self,
+        stream: StreamId,
+        reason: String,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         self.reassembler.close(stream);
         self.publish_partial();
         let Some((peer, kind)) = self.unregister(stream) else {
@@ -656,14 +723,54 @@ impl MessageManager {
                 entry.in_acks.retain(|s| *s != stream);
                 None
             }
-            StreamKind::InboundMessages | StreamKind::InboundSingle => None,
+            StreamKind::InboundMessages
+            | StreamKind::InboundSingle
+            | StreamKind::InboundOriginalAcks => None,
         };
         // The outbound double stream lives and dies as one link (an old, superseded stream
         // takes nothing with it).
         if slot.is_some_and(|slot| *slot == Some(stream)) {
+            if kind == StreamKind::OutboundMessages && reason.contains("RESOURCE_EXHAUSTED") {
+                self.too_large_for(&peer, &reason, now, out);
+            }
             self.tear_down_link(&peer, reason, out);
         }
         self.prune(&peer, out);
+    }
+
+    /// The peer ended our MessageStream with `RESOURCE_EXHAUSTED`: a message was larger than
+    /// it takes (an original node's gRPC receive limit). The largest one sent on the link is
+    /// taken to be it: it fails as too large (sending it again would only be refused again)
+    /// and the peer's limit is learned from it, so larger ones fail at once; the others go out
+    /// again on the next link.
+    fn too_large_for(&mut self, peer: &NodeId, reason: &str, now: Instant, out: &mut Vec<Action>) {
+        let (Some(entry), Some(queue)) = (self.peers.get_mut(peer), self.outstanding.get(peer))
+        else {
+            return;
+        };
+        if entry.chunking == Some(true) {
+            return; // ours: they answer "busy" with an ACK, never with this status
+        }
+        let local = self.local.as_str();
+        let largest = queue
+            .iter()
+            .take(entry.sent_on_link)
+            .map(|o| (encoded_len(&o.hash, local, o.payload.len()), o.hash.clone()))
+            .max();
+        let Some((encoded, hash)) = largest else {
+            return;
+        };
+        let limit = encoded.saturating_sub(1);
+        entry.receive_limit = Some(entry.receive_limit.map_or(limit, |l| l.min(limit)));
+        let key = MessageKey {
+            peer: peer.clone(),
+            hash,
+        };
+        if let Some(t) = self.store.complete(&key) {
+            let why = format!("{peer} refused {encoded} bytes encoded: {reason}");
+            warn!("{}: message {} to {peer}: {why}", self.local, key.hash);
+            self.complete(key, t, Outcome::Failed(FailReason::TooLarge(why)), now, out);
+        }
     }
 
     /// Forgets a stream; returns whose it was and what it was.
@@ -1052,6 +1159,18 @@ impl MessageManager {
             Some(stream) => out.push(Action::SendAck { stream, ack }),
             None => {
                 let queue = self.unrouted.entry(peer.clone()).or_default();
+                if queue.is_empty() {
+                    let neighbor = self.peers.get(peer).is_some_and(|e| e.neighbor);
+                    if !neighbor {
+                        // An original node reads ACKs only on the AckStream we open to it, and
+                        // we open one only to a neighbour.
+                        warn!(
+                            "{}: ACKs to {peer} wait for a link to it (it reads none on the \
+                             streams it opened; add it as a neighbour), and expire with the TTL",
+                            self.local
+                        );
+                    }
+                }
                 if queue.len() >= UNROUTED_ACKS_PER_PEER {
                     queue.pop_front();
                     bump(&self.counters.unrouted_acks_dropped);
@@ -1249,6 +1368,49 @@ fn transmit(o: &mut Outstanding, route: &Route, out: &mut Vec<Action>) {
     } else {
         let message = WireMessage::whole(o.hash.clone(), from, o.payload.clone());
         out.push(Action::Transmit { stream, message });
+    }
+}
+
+/// Whether an outstanding message can go to a peer now.
+enum Fit {
+    Send,
+    /// Not before the peer's features are known.
+    Wait,
+    /// Never: the peer cannot take it.
+    Fail(FailReason),
+}
+
+/// What the peer of `entry` can take of `o`: in chunks if it takes them; whole up to an
+/// original's limit (or the one it taught us) otherwise.
+fn fit(
+    o: &Outstanding,
+    entry: &PeerStreams,
+    limits: &Limits,
+    original_limit: usize,
+    local: &NodeId,
+) -> Fit {
+    let oversize = o.payload.len() > limits.max_payload_bytes;
+    let encoded = encoded_len(&o.hash, local.as_str(), o.payload.len());
+    let limit = match entry.chunking {
+        Some(true) => None,
+        Some(false) => Some(original_limit.min(entry.receive_limit.unwrap_or(usize::MAX))),
+        None => entry.receive_limit,
+    };
+    if let Some(limit) = limit.filter(|limit| encoded > *limit) {
+        return Fit::Fail(FailReason::TooLarge(format!(
+            "{encoded} bytes encoded, and the peer takes at most {limit} (an original node's \
+             gRPC receive limit)"
+        )));
+    }
+    match entry.chunking {
+        // Until the peer's features are known, a message that an original could not take
+        // waits (it goes in chunks, or fails, once they are).
+        None if oversize || encoded > original_limit => Fit::Wait,
+        Some(false) if oversize => Fit::Fail(FailReason::Rejected(format!(
+            "message larger than {} bytes, and the peer does not take chunked messages",
+            limits.max_payload_bytes
+        ))),
+        _ => Fit::Send,
     }
 }
 

@@ -239,6 +239,10 @@ pub enum FailReason {
     Disconnected,
     /// The receiver refused the message; its reason.
     Rejected(String),
+    /// The message is larger than the receiver takes (an original Go node's receive limit,
+    /// as configured or as it told us with `RESOURCE_EXHAUSTED`); why. Final: sending it again
+    /// would not help.
+    TooLarge(String),
     /// The node shut down while the message was in flight.
     Shutdown,
 }
@@ -266,6 +270,7 @@ impl fmt::Display for FailReason {
             FailReason::NotConnected => f.write_str("neighbour not connected"),
             FailReason::Disconnected => f.write_str("neighbour disconnected"),
             FailReason::Rejected(why) => write!(f, "rejected by receiver: {why}"),
+            FailReason::TooLarge(why) => write!(f, "too large for the receiver: {why}"),
             FailReason::Shutdown => f.write_str("node shut down"),
         }
     }

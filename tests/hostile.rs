@@ -266,11 +266,8 @@ fn a_flood_of_duplicates_is_delivered_once_and_acked_each_time() {
 }
 
 #[test]
-fn streams_per_peer_are_capped_and_silent_ones_reclaimed() {
-    let t = target(|c| {
-        c.max_streams_per_peer = 4;
-        c.handshake_timeout = Duration::from_millis(300);
-    });
+fn streams_per_peer_are_capped() {
+    let t = target(|c| c.max_streams_per_peer = 4);
     // Many streams from one id: past the cap they are refused.
     let mut kept = Vec::new();
     let mut refused = 0;
@@ -306,23 +303,81 @@ fn streams_per_peer_are_capped_and_silent_ones_reclaimed() {
         "no thread per refused call"
     );
 
-    // Streams that never say who they are (no header, no frame) are closed after the handshake
-    // timeout, and their threads are reclaimed.
-    let before = t.node.stream_threads();
-    let silent: Vec<_> = (0..8).map(|_| t.client.message_stream().unwrap()).collect();
-    for (_tx, mut rx) in silent {
-        assert_eq!(
-            status_of(block_on(rx.next())),
-            RpcStatusCode::DEADLINE_EXCEEDED
-        );
-    }
     drop(kept);
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while t.node.stream_threads() > before && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(t.node.stream_threads() <= before, "threads reclaimed");
     t.still_serves("after-greed");
+}
+
+/// A frame as an original node sends it: no header, its id in `from_hash`.
+fn original_frame(hash: &str) -> GossipMessage {
+    let mut m = GossipMessage::new();
+    m.hash = hash.into();
+    m.from_hash = "orig".into();
+    m.payload = Bytes::from_static(b"from an original");
+    m
+}
+
+#[test]
+fn idle_streams_without_a_header_are_kept_and_a_flood_of_them_displaces_none() {
+    let t = target(|c| c.max_unidentified_streams = 8);
+    let deliveries = t.node.deliveries();
+    // An original node opens its streams when it connects and may stay quiet for long: its
+    // idle AckStream is kept (there is no deadline), and its MessageStream is identified by
+    // its first frame.
+    let (_idle_acks, mut idle_answers) = t.client.ack_stream().unwrap();
+    let (mut messages, _answers) = t.client.message_stream().unwrap();
+    block_on(messages.send((original_frame("o1"), WriteFlags::default()))).unwrap();
+    assert_eq!(deliveries.recv_timeout(PATIENCE).unwrap().hash, "o1");
+
+    // A flood of streams that never say who they are: 7 more places (the idle AckStream holds
+    // one), the rest refused, and none costs a thread.
+    let threads = t.node.stream_threads();
+    let mut flood = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        let (tx, mut rx) = t.client.message_stream().unwrap();
+        match block_on(futures::future::select(
+            rx.next(),
+            futures_timer::Delay::new(Duration::from_millis(300)),
+        )) {
+            futures::future::Either::Left((r, _)) => {
+                assert_eq!(status_of(r), RpcStatusCode::RESOURCE_EXHAUSTED);
+                refused += 1;
+            }
+            futures::future::Either::Right(_) => flood.push((tx, rx)),
+        }
+    }
+    assert_eq!((flood.len(), refused), (7, 33));
+    assert_eq!(
+        t.node.stream_threads(),
+        threads,
+        "no thread per waiting stream"
+    );
+    assert!(t.node.stats().refused_unidentified_streams >= 33);
+
+    // Well past any handshake deadline, the original's streams still work: its identified
+    // MessageStream delivers, its idle AckStream is still open.
+    std::thread::sleep(Duration::from_secs(2));
+    block_on(messages.send((original_frame("o2"), WriteFlags::default()))).unwrap();
+    assert_eq!(deliveries.recv_timeout(PATIENCE).unwrap().hash, "o2");
+    assert!(matches!(
+        block_on(futures::future::select(
+            idle_answers.next(),
+            futures_timer::Delay::new(Duration::from_millis(200)),
+        )),
+        futures::future::Either::Right(_)
+    ));
+    // The flood leaves: its places are free again.
+    drop(flood);
+    std::thread::sleep(Duration::from_millis(300));
+    let (_tx, mut rx) = t.client.message_stream().unwrap();
+    assert!(matches!(
+        block_on(futures::future::select(
+            rx.next(),
+            futures_timer::Delay::new(Duration::from_millis(300)),
+        )),
+        futures::future::Either::Right(_)
+    ));
+    t.still_serves("after-flood");
 }
 
 #[test]

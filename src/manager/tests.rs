@@ -983,3 +983,132 @@ fn claimed_ids_leave_no_state_behind_but_neighbours_stay() {
     );
     assert_eq!(h.m.known_peers(), 0);
 }
+
+// What an original node takes: its receive limit.
+
+impl Harness {
+    /// A harness whose originals take messages of at most 100 bytes, encoded.
+    fn with_original_limit() -> Harness {
+        let mut h = Harness::new(8);
+        h.m.original_limit = 100;
+        h
+    }
+
+    fn send_sized(&mut self, peer: &str, hash: &str, size: usize) -> Vec<Action> {
+        let k = key(peer, hash);
+        self.m
+            .store()
+            .reserve(&k, size, self.now, crate::store::Wait::No)
+            .unwrap();
+        self.run(Event::Send {
+            key: k,
+            payload: Bytes::from(vec![1u8; size]),
+        })
+    }
+
+    fn original(&mut self, peer: &str) -> Vec<Action> {
+        self.run(Event::PeerFeatures {
+            peer: id(peer),
+            chunk: false,
+            confirm: false,
+        })
+    }
+}
+
+fn too_large(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Failed(FailReason::TooLarge(_)))
+}
+
+#[test]
+fn a_message_over_an_originals_limit_fails_at_once_and_the_rest_go() {
+    let mut h = Harness::with_original_limit();
+    h.link("b");
+    h.original("b");
+    // 3 (hash) + 3 (sender) + 2 + 95 bytes encoded: over 100.
+    let out = h.send_sized("b", "big", 95);
+    match &completions(&out)[..] {
+        [(hash, outcome)] => assert!(hash == "big" && too_large(outcome), "{outcome:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(transmitted(&out).is_empty());
+    let out = h.send_sized("b", "fits", 80);
+    assert_eq!(transmitted(&out), [(OUT_MSG, "fits".to_owned())]);
+}
+
+#[test]
+fn a_message_an_original_could_not_take_waits_for_the_peers_features() {
+    let mut h = Harness::with_original_limit();
+    h.link("b");
+    assert!(h.send_sized("b", "big", 95).is_empty(), "waits");
+    // Ours: it goes (whole, as it is below the chunk size).
+    let out = h.run(Event::PeerFeatures {
+        peer: id("b"),
+        chunk: true,
+        confirm: false,
+    });
+    assert_eq!(transmitted(&out), [(OUT_MSG, "big".to_owned())]);
+
+    let mut h = Harness::with_original_limit();
+    h.link("c");
+    assert!(h.send_sized("c", "big", 95).is_empty(), "waits");
+    // An original: it fails, without being sent.
+    let out = h.original("c");
+    assert!(transmitted(&out).is_empty());
+    assert!(matches!(&completions(&out)[..], [(_, o)] if too_large(o)));
+}
+
+#[test]
+fn resource_exhausted_from_an_original_fails_the_largest_message_and_teaches_its_limit() {
+    let mut h = Harness::new(8);
+    h.link("b");
+    h.original("b");
+    h.send_sized("b", "small", 10);
+    h.send_sized("b", "large", 3000);
+    let out = h.run(Event::StreamClosed {
+        stream: OUT_MSG,
+        reason: "8-RESOURCE_EXHAUSTED: grpc: received message larger than max (3010 vs. 2000)"
+            .into(),
+    });
+    match &completions(&out)[..] {
+        [(hash, outcome)] => assert!(hash == "large" && too_large(outcome), "{outcome:?}"),
+        other => panic!("{other:?}"),
+    }
+    // The link is down; on the next one the small message goes again, and a message as large
+    // as the refused one fails at once.
+    assert!(out.iter().any(|a| matches!(a, Action::LinkDown { .. })));
+    let out = {
+        h.link("b");
+        h.send_sized("b", "large-again", 3000)
+    };
+    assert!(matches!(&completions(&out)[..], [(_, o)] if too_large(o)));
+    assert_eq!(
+        h.m.outstanding_to(&id("b")),
+        1,
+        "the small one waits for its ACK"
+    );
+}
+
+#[test]
+fn a_retry_to_a_peer_that_no_longer_takes_chunks_fails_instead_of_going_whole() {
+    // Found by the fuzzer: a message sent in chunks, asked again (`Retry`), then the peer
+    // reconnects without the `chunk` feature.
+    let mut h = Harness::new(8);
+    h.m.chunk_bytes = 4;
+    h.m.limits.max_payload_bytes = 8;
+    h.link("b");
+    h.run(Event::PeerFeatures {
+        peer: id("b"),
+        chunk: true,
+        confirm: true,
+    });
+    assert_eq!(transmitted(&h.send_sized("b", "m", 10)).len(), 3);
+    h.ack(OUT_ACK, "b", "m", AckStatus::Retry);
+    h.original("b");
+    h.now += Duration::from_secs(1);
+    let out = h.run(Event::Tick);
+    assert!(transmitted(&out).is_empty(), "{out:?}");
+    assert!(
+        matches!(&completions(&out)[..], [(_, Outcome::Failed(_))]),
+        "{out:?}"
+    );
+}

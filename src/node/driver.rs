@@ -10,6 +10,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 use log::{debug, warn};
 
+use super::link::Originals;
 use super::supervisor::Notice;
 use crate::broadcast::{self, BroadcastCompletion, BroadcastEngine, BroadcastId, Frame};
 use crate::config::Limits;
@@ -20,6 +21,7 @@ use crate::message::{Completion, Delivery, Receipt, Settlement};
 use crate::proto::{GossipACK, GossipMessage};
 use crate::stats::{add, bump, Counters};
 use crate::transport::batch::{pack, Batchable};
+use crate::transport::factory::Keepalive;
 use crate::transport::threads::ReadGate;
 use crate::transport::{wire, Features, Outbox, Writer};
 
@@ -115,6 +117,14 @@ pub(crate) struct Driver {
     /// Peers that answered (a handshake or an ACK) since their link last went down; the
     /// supervisor is told once per link, so that its backoff starts over.
     pub(crate) proven: HashSet<NodeId>,
+    /// Neighbours known to be original nodes, shared with the threads that dial links.
+    pub(crate) originals: Arc<Originals>,
+    /// Our links that were dialled with our fast keepalive (the peer was not known to be an
+    /// original then), by peer: their MessageStream.
+    pub(crate) fast_links: HashMap<NodeId, StreamId>,
+    /// Links found to go to an original node with a keepalive it refuses: replaced (dialled
+    /// again with one it accepts) as soon as nothing is outstanding on them.
+    pub(crate) redial: HashSet<NodeId>,
 }
 
 /// Inputs handled per wake-up before checking timers, so a flood cannot starve TTL checks.
@@ -129,6 +139,8 @@ const UNRESOLVED_FRAMES: usize = 4096;
 /// or frames (direct messages are bounded by the neighbour's share of the store instead).
 const BROADCAST_BACKLOG_BYTES: usize = 64 * 1024 * 1024;
 const BROADCAST_BACKLOG_FRAMES: usize = 16 * 1024;
+/// A link is replaced only after nothing was written on it for this long.
+const REDIAL_QUIET: Duration = Duration::from_secs(1);
 
 /// What woke the manager thread.
 enum Wake {
@@ -173,6 +185,7 @@ impl Driver {
                 self.step(Event::Tick);
                 self.check_writers(now);
                 self.resolve_overdue(now);
+                self.redial_idle(now);
                 self.broadcast_step(broadcast::Event::Tick);
                 next_tick = now + self.tick;
             }
@@ -244,6 +257,7 @@ impl Driver {
                     kind,
                     StreamKind::InboundMessages
                         | StreamKind::InboundAcks
+                        | StreamKind::InboundOriginalAcks
                         | StreamKind::InboundSingle
                 );
                 if let Some(w) = writer {
@@ -268,6 +282,9 @@ impl Driver {
                         self.learn_features(peer, features);
                     }
                 } else if kind == StreamKind::OutboundMessages {
+                    if self.originals.keepalive_for(&peer) == Keepalive::Fast {
+                        self.fast_links.insert(peer.clone(), stream);
+                    }
                     if !self.features.contains_key(&peer) {
                         // Wait for the handshake, or find out that there is none.
                         self.unresolved
@@ -395,6 +412,14 @@ impl Driver {
     /// protocol and we have a link to it, the engine learns it.
     fn learn_features(&mut self, peer: NodeId, features: Features) {
         let before = self.features.insert(peer.clone(), features);
+        let original = !features.any();
+        self.originals.set(&peer, original);
+        if original && self.fast_links.contains_key(&peer) {
+            // Its server would answer our pings with GOAWAY too_many_pings within seconds.
+            self.redial.insert(peer.clone());
+        } else if !original {
+            self.redial.remove(&peer);
+        }
         if before.is_none_or(|b| b.chunk != features.chunk || b.confirm != features.confirm) {
             self.step(Event::PeerFeatures {
                 peer: peer.clone(),
@@ -414,6 +439,50 @@ impl Driver {
                 self.send_frame(peer.clone(), frame);
             }
         }
+    }
+
+    /// Replaces the fast-keepalive links to original nodes that have nothing outstanding or
+    /// queued, so that nothing is sent twice; a busy one is replaced when it falls idle (or
+    /// when the peer closes it, after which it is dialled the right way anyway).
+    fn redial_idle(&mut self, now: Instant) {
+        let idle: Vec<NodeId> = self
+            .redial
+            .iter()
+            .filter(|peer| self.manager.outstanding_to(peer) == 0 && self.link_quiet(peer, now))
+            .cloned()
+            .collect();
+        for peer in idle {
+            self.redial.remove(&peer);
+            self.fast_links.remove(&peer);
+            let reason = "an original node: dialling again with a keepalive it accepts".into();
+            self.step(Event::ReplaceLink { peer, reason });
+        }
+    }
+
+    /// Whether nothing waits to go out on our link to `peer`, and nothing went out lately
+    /// (closing a call may drop what gRPC has not put on the wire yet, and an original never
+    /// sends a message again to get a lost ACK).
+    fn link_quiet(&self, peer: &NodeId, now: Instant) -> bool {
+        let streams = [
+            self.manager.message_stream_to(peer),
+            self.manager.ack_stream_to(peer),
+        ];
+        streams.into_iter().flatten().all(|stream| {
+            let pending = self
+                .pending_messages
+                .get(&stream)
+                .is_some_and(|f| !f.is_empty())
+                || self
+                    .pending_acks
+                    .get(&stream)
+                    .is_some_and(|f| !f.is_empty());
+            let quiet = match self.writers.get(&stream) {
+                Some(Writer::Messages(tx)) => tx.backlog().quiet_for(REDIAL_QUIET, now),
+                Some(Writer::Acks(tx)) => tx.backlog().quiet_for(REDIAL_QUIET, now),
+                None => true,
+            };
+            !pending && quiet
+        })
     }
 
     /// Peers whose handshake never came are original nodes.
@@ -626,6 +695,10 @@ impl Driver {
                 stream,
                 reason,
             } => {
+                if self.fast_links.get(&peer) == Some(&stream) {
+                    self.fast_links.remove(&peer);
+                    self.redial.remove(&peer);
+                }
                 self.broadcast_step(broadcast::Event::NeighborDown { peer: peer.clone() });
                 self.proven.remove(&peer);
                 self.heard_hello.remove(&peer);

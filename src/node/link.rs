@@ -1,7 +1,7 @@
 //! Opening and tracking the outbound double streams of a node. Used by `Node` (the application
 //! connects) and by the supervisor (the node reconnects).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::id::NodeId;
 use crate::manager::{Event, StreamId, StreamKind};
 use crate::neighbor::{NeighborEvent, NeighborManager};
-use crate::transport::factory::{ChannelLease, DoubleStream, StreamFactory};
+use crate::transport::factory::{ChannelLease, DoubleStream, Keepalive, StreamFactory};
 use crate::transport::threads::ThreadSet;
 use crate::transport::{
     outbox_stopping_reader, read_loop, write_loop, Features, InboundFrame, ReaderStop, Writer,
@@ -27,8 +27,34 @@ struct Link {
     messages: StreamId,
 }
 
+/// Neighbours known to be original Go nodes (their links announce no features): links to
+/// them are dialled with the keepalive grpc-go's server accepts. The manager thread keeps it
+/// up to date; the threads that dial read it.
+#[derive(Default)]
+pub(crate) struct Originals(Mutex<HashSet<NodeId>>);
+
+impl Originals {
+    /// Records what `peer` is; true if that changed.
+    pub(crate) fn set(&self, peer: &NodeId, original: bool) -> bool {
+        let mut set = self.0.lock();
+        match original {
+            true => set.insert(peer.clone()),
+            false => set.remove(peer),
+        }
+    }
+
+    /// How a link to `peer` should ping it.
+    pub(crate) fn keepalive_for(&self, peer: &NodeId) -> Keepalive {
+        match self.0.lock().contains(peer) {
+            true => Keepalive::Original,
+            false => Keepalive::Fast,
+        }
+    }
+}
+
 /// The outbound links of one node, and what opening one needs.
 pub(crate) struct Links {
+    pub(crate) originals: Arc<Originals>,
     pub(crate) id: NodeId,
     pub(crate) factory: Arc<StreamFactory>,
     pub(crate) inbox: Sender<Input>,
@@ -56,6 +82,7 @@ impl Links {
         events: Sender<NeighborEvent>,
     ) -> Links {
         Links {
+            originals: Arc::default(),
             id,
             factory,
             inbox,
@@ -142,9 +169,10 @@ impl Links {
         if self.is_linked(peer) {
             return Ok(());
         }
-        let double = self
-            .factory
-            .open(endpoint, peer, &self.id, timeout, &self.closed)?;
+        let keepalive = self.originals.keepalive_for(peer);
+        let double =
+            self.factory
+                .open(endpoint, peer, &self.id, keepalive, timeout, &self.closed)?;
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Shutdown);
         }

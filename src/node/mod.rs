@@ -202,7 +202,6 @@ impl Node {
                 config.max_unidentified_streams,
                 counters.clone(),
             )),
-            handshake_timeout: config.handshake_timeout,
             tls: factory.config().tls.is_some(),
         });
         let (server, local_addr) = server::start(&config.listen, &factory, ctx)?;
@@ -222,7 +221,8 @@ impl Node {
             counters.clone(),
             config.ack_timeout,
         )
-        .with_chunk_bytes(config.chunk_bytes.min(config.limits.max_payload_bytes));
+        .with_chunk_bytes(config.chunk_bytes.min(config.limits.max_payload_bytes))
+        .with_original_limit(config.original_max_message_bytes);
         if confirm_limit.is_some() {
             manager = manager.with_confirmed_deliveries();
         }
@@ -264,6 +264,9 @@ impl Node {
             pending_acks: HashMap::new(),
             proven: Default::default(),
             heard_hello: Default::default(),
+            originals: links.originals.clone(),
+            fast_links: HashMap::new(),
+            redial: Default::default(),
         };
         let supervisor = Supervisor {
             links: links.clone(),

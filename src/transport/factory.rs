@@ -30,6 +30,16 @@ struct ChannelEntry {
     idle_since: Option<Instant>,
 }
 
+/// How a channel pings its peer to find out that a connection died.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Keepalive {
+    /// A node of ours (or one not known yet): every `keepalive_time`, idle or not.
+    Fast,
+    /// An original Go node: within grpc-go's default policy (`original_keepalive_time`,
+    /// only while streams are open).
+    Original,
+}
+
 /// Creates and reuses the gRPC connections of every node in the process.
 pub struct StreamFactory {
     env: Arc<Environment>,
@@ -125,23 +135,46 @@ impl StreamFactory {
         before - channels.len()
     }
 
-    /// Applies the transport settings to a channel to, or a server listening on, `address`.
-    pub(crate) fn tune(&self, mut b: ChannelBuilder, address: &str) -> ChannelBuilder {
+    /// Applies the transport settings to a channel to, or a server listening on, `address`;
+    /// `keepalive` says how the far end takes pings.
+    pub(crate) fn tune(
+        &self,
+        mut b: ChannelBuilder,
+        address: &str,
+        keepalive: Keepalive,
+    ) -> ChannelBuilder {
         let max = i32::try_from(self.config.max_grpc_message_bytes).unwrap_or(i32::MAX);
-        let keepalive = self.config.keepalive_time;
         b = b
             .max_receive_message_len(max)
             .max_send_message_len(max)
-            .http2_bdp_probe(self.config.bdp_probe_for(address))
-            // Find dead connections (a peer that vanished without closing) within seconds.
-            .keepalive_time(keepalive)
-            .keepalive_timeout(self.config.keepalive_timeout)
-            .keepalive_permit_without_calls(true)
-            // Keep pinging an idle link, and let peers ping us as often as we ping them.
-            .http2_max_pings_without_data(0)
-            .http2_min_sent_ping_interval_without_data(keepalive)
-            .http2_min_recv_ping_interval_without_data(keepalive / 2)
-            .http2_max_ping_strikes(0);
+            .http2_bdp_probe(self.config.bdp_probe_for(address));
+        b = match keepalive {
+            Keepalive::Fast => {
+                let every = self.config.keepalive_time;
+                // Find dead connections (a peer that vanished without closing) within seconds,
+                // idle links included (their streams stay open), and let peers ping us as
+                // often as they like: an original's client pings every minute, ours every
+                // `keepalive_time`. A channel without calls (a replaced link's, until it is
+                // closed as idle) does not ping: an original would count that against us.
+                b.keepalive_time(every)
+                    .keepalive_timeout(self.config.keepalive_timeout)
+                    .keepalive_permit_without_calls(false)
+                    .http2_max_pings_without_data(0)
+                    .http2_min_sent_ping_interval_without_data(every)
+                    .http2_min_recv_ping_interval_without_data(every / 2)
+                    .http2_max_ping_strikes(0)
+            }
+            Keepalive::Original => {
+                // grpc-go's default server policy: no pings without streams, none more often
+                // than every 5 minutes (else GOAWAY too_many_pings).
+                let every = self.config.original_keepalive_time;
+                b.keepalive_time(every)
+                    .keepalive_timeout(self.config.keepalive_timeout)
+                    .keepalive_permit_without_calls(false)
+                    .http2_max_pings_without_data(0)
+                    .http2_min_sent_ping_interval_without_data(every)
+            }
+        };
         if let Some(w) = self.config.stream_window_bytes {
             b = b.stream_initial_window_size(i32::try_from(w).unwrap_or(i32::MAX));
         }
@@ -151,11 +184,20 @@ impl StreamFactory {
         b
     }
 
-    fn lease(self: &Arc<Self>, endpoint: &str, peer: &NodeId) -> (Channel, ChannelLease) {
-        let key = match self.config.tls {
+    fn lease(
+        self: &Arc<Self>,
+        endpoint: &str,
+        peer: &NodeId,
+        keepalive: Keepalive,
+    ) -> (Channel, ChannelLease) {
+        let mut key = match self.config.tls {
             Some(_) => format!("{peer}@{endpoint}"),
             None => endpoint.to_owned(),
         };
+        if keepalive == Keepalive::Original {
+            // Its own connection: the keepalive is a property of the channel.
+            key.push_str(" (original)");
+        }
         let mut channels = self.channels.lock();
         let entry = channels.entry(key.clone()).or_insert_with(|| {
             let mut builder = ChannelBuilder::new(self.env.clone())
@@ -168,7 +210,7 @@ impl StreamFactory {
                     .override_ssl_target(peer.as_str());
             }
             ChannelEntry {
-                channel: self.tune(builder, endpoint).connect(endpoint),
+                channel: self.tune(builder, endpoint, keepalive).connect(endpoint),
                 users: 0,
                 idle_since: None,
             }
@@ -187,13 +229,15 @@ impl StreamFactory {
     }
 
     /// Opens a MessageStream and an AckStream to neighbour `peer` at `endpoint`, announcing
-    /// `local` in the `gossip-node-id` header. Waits up to `timeout` for the endpoint to accept,
-    /// giving up early (with [`Error::Shutdown`]) once `cancel` is set.
+    /// `local` in the `gossip-node-id` header, on a channel whose pings suit `keepalive`.
+    /// Waits up to `timeout` for the endpoint to accept, giving up early (with
+    /// [`Error::Shutdown`]) once `cancel` is set.
     pub(crate) fn open(
         self: &Arc<Self>,
         endpoint: &str,
         peer: &NodeId,
         local: &NodeId,
+        keepalive: Keepalive,
         timeout: Duration,
         cancel: &AtomicBool,
     ) -> Result<DoubleStream, Error> {
@@ -211,7 +255,7 @@ impl StreamFactory {
         if addrs.is_empty() {
             return Err(fail(ConnectFailure::Unresolvable, "no address".into()));
         }
-        let (channel, lease) = self.lease(endpoint, peer);
+        let (channel, lease) = self.lease(endpoint, peer, keepalive);
         let deadline = Instant::now() + timeout;
         // Whether a plain TCP connection succeeds, asked once gRPC has not connected at once:
         // it tells a refused port (fail now) from a handshake that does not complete.

@@ -160,6 +160,12 @@ impl Backlog {
         now.saturating_duration_since(*self.progress.lock())
     }
 
+    /// Whether nothing waits and no write completed within `quiet` before `now`: whatever was
+    /// written has long left for the wire.
+    pub(crate) fn quiet_for(&self, quiet: Duration, now: Instant) -> bool {
+        self.frames() == 0 && now.saturating_duration_since(*self.progress.lock()) >= quiet
+    }
+
     fn added(&self, frames: usize, bytes: usize) {
         if self.frames.fetch_add(frames, Ordering::AcqRel) == 0 {
             *self.progress.lock() = Instant::now();

@@ -8,10 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use futures::executor::block_on;
-use futures::future::{self, Either};
 use futures::StreamExt;
-use futures_timer::Delay;
 use grpcio::{
     ChannelBuilder, DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, Server,
     ServerBuilder, ServerCredentials,
@@ -20,7 +17,7 @@ use log::warn;
 use parking_lot::Mutex;
 
 use super::batch::Batchable;
-use super::factory::StreamFactory;
+use super::factory::{Keepalive, StreamFactory};
 use super::threads::{ReadGate, ThreadSet};
 use super::tls;
 use super::{
@@ -44,7 +41,6 @@ pub(crate) struct Context {
     pub(crate) threads: Arc<ThreadSet>,
     pub(crate) gate: Arc<ReadGate>,
     pub(crate) guards: Arc<StreamGuards>,
-    pub(crate) handshake_timeout: Duration,
     /// Whether the server requires client certificates; then a peer's claimed id must be one
     /// of its certificate's names.
     pub(crate) tls: bool,
@@ -193,7 +189,11 @@ pub(crate) fn start(
     // gRPC sets SO_REUSEPORT by default: two nodes could then share a port and split its
     // connections between them. A taken port must be an error instead.
     let args = factory
-        .tune(ChannelBuilder::new(factory.env().clone()), listen)
+        .tune(
+            ChannelBuilder::new(factory.env().clone()),
+            listen,
+            Keepalive::Fast,
+        )
         .reuse_port(false)
         .build_args();
     let mut server = ServerBuilder::new(factory.env().clone())
@@ -269,7 +269,7 @@ type Refusal = (RpcStatusCode, String);
 enum Admission {
     /// It named a valid id and has its place under the caps.
     Identified(NodeId, Place),
-    /// It named none: its first frame will (within `handshake_timeout`); it holds one of the
+    /// It named none: its first frame will, whenever it comes; meanwhile it holds one of the
     /// places for streams that have not identified themselves.
     Unidentified(Place),
 }
@@ -375,12 +375,72 @@ impl GossipService {
                 return;
             }
         };
-        let name = format!("gossip-in-{}", ctx.local);
-        let run = move || serve(ctx, kind, caller, admitted, requests, sink, writer);
-        if let Err(e) = self.ctx.threads.spawn(name, run) {
-            // The call is dropped (and so cancelled) with the closure.
-            warn!("{}: cannot start a stream thread: {e}", self.ctx.local);
-        }
+        let who = match admitted {
+            Admission::Identified(peer, place) => Who::Known(peer, place),
+            Admission::Unidentified(waiting) => {
+                // An idle stream without the header (an original node's, until it has
+                // something to send) costs no thread and has no deadline: its first frame is
+                // awaited on the completion queue, holding one of the places for such streams.
+                rpc.spawn(async move {
+                    let mut requests = requests;
+                    let first = requests.next().await;
+                    drop(waiting);
+                    match first {
+                        Some(Ok(frame)) => {
+                            let who = Who::FirstFrame(frame);
+                            spawn_serving(ctx, kind, caller, who, requests, sink, writer);
+                        }
+                        Some(Err(e)) => {
+                            let end = StreamEnd::from_error(e);
+                            warn!(
+                                "{}: {kind:?} from {}: {}",
+                                ctx.local, caller.addr, end.reason
+                            );
+                            let status = RpcStatus::with_message(
+                                RpcStatusCode::INVALID_ARGUMENT,
+                                end.reason,
+                            );
+                            let _ = sink.fail(status).await;
+                            drop(requests);
+                        }
+                        // The caller ended the call without a word.
+                        None => {}
+                    }
+                });
+                return;
+            }
+        };
+        spawn_serving(ctx, kind, caller, who, requests, sink, writer);
+    }
+}
+
+/// Who an admitted call is from: known from its headers, or to be learnt from its first frame.
+enum Who<In> {
+    Known(NodeId, Place),
+    FirstFrame(In),
+}
+
+/// Gives an admitted call its thread.
+fn spawn_serving<In, Out>(
+    ctx: Arc<Context>,
+    kind: StreamKind,
+    caller: Caller,
+    who: Who<In>,
+    requests: RequestStream<In>,
+    sink: DuplexSink<Out>,
+    writer: Option<fn(Outbox<Out>) -> Writer>,
+) where
+    In: InboundFrame,
+    Out: Send + Batchable + 'static,
+    DuplexSink<Out>: FrameSink<Out>,
+{
+    let name = format!("gossip-in-{}", ctx.local);
+    let threads = ctx.threads.clone();
+    let local = ctx.local.clone();
+    let run = move || serve(ctx, kind, caller, who, requests, sink, writer);
+    if let Err(e) = threads.spawn(name, run) {
+        // The call is dropped (and so cancelled) with the closure.
+        warn!("{local}: cannot start a stream thread: {e}");
     }
 }
 
@@ -401,7 +461,7 @@ fn serve<In, Out>(
     ctx: Arc<Context>,
     kind: StreamKind,
     caller: Caller,
-    admitted: Admission,
+    who: Who<In>,
     mut requests: RequestStream<In>,
     sink: DuplexSink<Out>,
     writer: Option<fn(Outbox<Out>) -> Writer>,
@@ -420,29 +480,19 @@ fn serve<In, Out>(
         warn!("{}: refused {kind:?} from {peer_addr}: {why}", ctx.local);
         sink.finish(Some(RpcStatus::with_message(code, why)));
     };
-    // Who is at the other end: the header, or else the first frame (within a deadline).
-    let (peer, _place, first) = match admitted {
-        Admission::Identified(peer, place) => (peer, place, None),
-        Admission::Unidentified(waiting) => {
-            let timeout = Delay::new(ctx.handshake_timeout);
-            let frame = match block_on(future::select(requests.next(), timeout)) {
-                Either::Left((Some(Ok(frame)), _)) => frame,
-                Either::Left((Some(Err(e)), _)) => {
-                    let end = StreamEnd::from_error(e);
-                    return refuse(sink, (RpcStatusCode::INVALID_ARGUMENT, end.reason));
-                }
-                Either::Left((None, _)) => return,
-                Either::Right(_) => {
-                    let why = format!("no frame within {:?}", ctx.handshake_timeout);
-                    return refuse(sink, (RpcStatusCode::DEADLINE_EXCEEDED, why));
-                }
-            };
-            drop(waiting);
-            match admit(&ctx, frame.sender(), names.as_deref()) {
-                Ok((peer, place)) => (peer, place, Some(frame)),
-                Err(refusal) => return refuse(sink, refusal),
-            }
-        }
+    // An original node (no header) never reads what we would write back on its AckStream:
+    // ACKs to it go on our own link, and its AckStream needs no writer.
+    let (kind, writer) = match (&who, kind) {
+        (Who::FirstFrame(_), StreamKind::InboundAcks) => (StreamKind::InboundOriginalAcks, None),
+        _ => (kind, writer),
+    };
+    // Who is at the other end: the header, or else the first frame.
+    let (peer, _place, first) = match who {
+        Who::Known(peer, place) => (peer, place, None),
+        Who::FirstFrame(frame) => match admit(&ctx, frame.sender(), names.as_deref()) {
+            Ok((peer, place)) => (peer, place, Some(frame)),
+            Err(refusal) => return refuse(sink, refusal),
+        },
     };
     let stream = StreamId(ctx.stream_ids.fetch_add(1, Ordering::Relaxed));
     let verdict: Arc<Verdict> = Arc::default();

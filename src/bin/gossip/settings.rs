@@ -136,6 +136,7 @@ struct FileLimits {
     peer_max_bytes: Option<Size>,
     max_inbound_streams: Option<usize>,
     max_streams_per_peer: Option<usize>,
+    original_max_message: Option<Size>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -151,6 +152,7 @@ struct FileConnection {
     ack_timeout: Option<String>,
     keepalive_time: Option<String>,
     keepalive_timeout: Option<String>,
+    original_keepalive: Option<String>,
     reconnect_initial: Option<String>,
     reconnect_max: Option<String>,
     stream_window: Option<Size>,
@@ -204,6 +206,7 @@ fn as_operator_key(e: Error) -> Error {
         "peer_max_messages" => "limits.peer_max_messages",
         "peer_max_bytes" => "limits.peer_max_bytes",
         "max_inbound_streams" => "limits.max_inbound_streams",
+        "original_max_message_bytes" => "limits.original_max_message",
         "max_streams_per_peer" => "limits.max_streams_per_peer",
         "broadcast.max_held_bytes" | "max_held_bytes" => "broadcast.held_budget",
         "connect_timeout" => "connection.connect_timeout",
@@ -298,6 +301,9 @@ impl Settings {
         if let Some(n) = size("limits.peer_max_bytes", &file.limits.peer_max_bytes)? {
             node.peer_max_bytes = n;
         }
+        if let Some(n) = size("limits.original_max_message", &limits.original_max_message)? {
+            node.original_max_message_bytes = n;
+        }
         if let Some(n) = file.limits.max_inbound_streams {
             node.max_inbound_streams = n;
         }
@@ -332,6 +338,9 @@ impl Settings {
         if let Some(d) = duration("connection.keepalive_timeout", &c.keepalive_timeout)? {
             transport.keepalive_timeout = d;
         }
+        if let Some(d) = duration("connection.original_keepalive", &c.original_keepalive)? {
+            transport.original_keepalive_time = d;
+        }
         if let Some(w) = size("connection.stream_window", &c.stream_window)? {
             let w = u32::try_from(w)
                 .ok()
@@ -350,6 +359,10 @@ impl Settings {
         for (field, d) in [
             ("connection.keepalive_time", transport.keepalive_time),
             ("connection.keepalive_timeout", transport.keepalive_timeout),
+            (
+                "connection.original_keepalive",
+                transport.original_keepalive_time,
+            ),
         ] {
             if d.is_zero() {
                 return Err(invalid(field, "must be > 0"));
