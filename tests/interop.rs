@@ -411,3 +411,103 @@ fn acks_to_an_original_wait_for_our_link_to_it_and_all_arrive() {
     drop((r, go));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Broadcasts from `a` and returns its `converged` line.
+fn broadcast_from(a: &mut Proc, text: &str) -> String {
+    a.say(&format!("* {text}"));
+    let started = a.wait_for("broadcast", |l| l.starts_with("broadcast hash="));
+    let hash = field(&started, "hash").to_owned();
+    a.wait_for("convergence", |l| {
+        l.starts_with(&format!("converged hash={hash} "))
+    })
+}
+
+#[test]
+fn broadcasts_in_mixed_clusters_count_each_node_once() {
+    let Some(driver) = driver() else { return };
+    let dir = temp_dir("mixed");
+    let (mut go, go_addr) = start_go(&driver, &dir, "go");
+    let (pa, pb) = (free_port(), free_port());
+    let (addr_a, addr_b) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    let start = |id: &str, listen: &str, peers: &[String]| {
+        let mut c = Command::new(GOSSIP);
+        c.args(["node", "--id", id, "--listen", listen]);
+        for p in peers {
+            c.args(["--peer", p]);
+        }
+        let mut node = Proc::start(c, &dir.join(format!("{id}.log")));
+        node.wait_for("listening", |l| l.starts_with("listening "));
+        node
+    };
+    // A triangle: a and b are ours, both linked to the original, which links back to both.
+    let mut a = start(
+        "a",
+        &addr_a,
+        &[format!("b={addr_b}"), format!("go={go_addr}")],
+    );
+    let mut b = start(
+        "b",
+        &addr_b,
+        &[format!("a={addr_a}"), format!("go={go_addr}")],
+    );
+    for n in [&mut a, &mut b] {
+        n.wait_count("links", 2, |l| l.ends_with("state=up"));
+    }
+    for (id, addr) in [("a", &addr_a), ("b", &addr_b)] {
+        go.say(&format!("connect {id} {addr}"));
+        go.wait_for("connected", |l| l == format!("connected {id}"));
+    }
+    // Past the wait for the original's handshake, which never comes.
+    std::thread::sleep(Duration::from_secs(3));
+    let converged = broadcast_from(&mut a, "to-the-triangle");
+    assert_eq!(
+        field(&converged, "reached"),
+        "2",
+        "b and go once: {converged}"
+    );
+    assert_eq!(field(&converged, "missing"), "", "{converged}");
+    let hash = field(
+        a.seen
+            .iter()
+            .find(|l| l.starts_with("broadcast hash="))
+            .unwrap(),
+        "hash",
+    )
+    .to_owned();
+    // The original got a copy from each of ours (it never forwards), and ACKed both.
+    go.wait_count("copies at the original", 2, |l| {
+        l.starts_with("received ") && l.contains(&format!(" {hash} "))
+    });
+    b.wait_for("delivery at b", |l| {
+        l.starts_with("delivered ") && l.contains("origin=a")
+    });
+    drop((a, b));
+
+    // A line: c - d - go. The original is reached through d only.
+    let (pc, pd) = (free_port(), free_port());
+    let (addr_c, addr_d) = (format!("127.0.0.1:{pc}"), format!("127.0.0.1:{pd}"));
+    let mut c = start("c", &addr_c, &[format!("d={addr_d}")]);
+    let mut d = start(
+        "d",
+        &addr_d,
+        &[format!("c={addr_c}"), format!("go={go_addr}")],
+    );
+    c.wait_for("link", |l| l == "neighbor peer=d state=up");
+    d.wait_count("links", 2, |l| l.ends_with("state=up"));
+    go.say(&format!("connect d {addr_d}"));
+    go.wait_for("connected", |l| l == "connected d");
+    std::thread::sleep(Duration::from_secs(3));
+    let converged = broadcast_from(&mut c, "down-the-line");
+    assert_eq!(field(&converged, "reached"), "2", "d and go: {converged}");
+    assert_eq!(field(&converged, "missing"), "", "{converged}");
+    drop((c, d, go));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -59,8 +59,10 @@ struct Tracked {
     pending: BTreeMap<NodeId, Offer>,
     /// Neighbours known to have it (they sent it or offered it to us).
     has: BTreeSet<NodeId>,
-    /// Delivered nodes reported by answered offers (ourselves not included).
+    /// Delivered nodes of ours reported by answered offers (ourselves not included).
     reached: u64,
+    /// Original nodes that ACKed a plain copy, here or in the subtrees that answered.
+    originals: BTreeSet<NodeId>,
     missing: BTreeSet<NodeId>,
     /// IHAVEs heard before the payload; answered once we have it.
     heard: Vec<Heard>,
@@ -84,6 +86,7 @@ impl Tracked {
             pending: BTreeMap::new(),
             has: BTreeSet::new(),
             reached: 0,
+            originals: BTreeSet::new(),
             missing: BTreeSet::new(),
             heard: Vec::new(),
             next_graft: 0,
@@ -414,6 +417,12 @@ impl BroadcastEngine {
         }
         if ack.first {
             t.reached = t.reached.saturating_add(ack.reached);
+            for o in ack.originals {
+                if t.originals.len() >= max_missing {
+                    break;
+                }
+                t.originals.insert(o);
+            }
             for m in ack.missing {
                 if t.missing.len() >= max_missing {
                     break;
@@ -444,10 +453,12 @@ impl BroadcastEngine {
                     .is_some_and(|t| t.pending.contains_key(&from))
             });
         if let Some(id) = id {
+            // Counted by name: it may ACK copies from several of our nodes.
             let ack = BroadcastAck {
                 id,
                 first: true,
-                reached: 1,
+                reached: 0,
+                originals: vec![from.clone()],
                 missing: Vec::new(),
                 prune: false,
                 refused: None,
@@ -658,11 +669,12 @@ impl BroadcastEngine {
         for peer in std::mem::take(&mut t.pending).into_keys() {
             unload(&mut self.load, &peer);
         }
-        let missing: Vec<NodeId> = t.missing.iter().cloned().collect();
+        // An original that one of our nodes could not reach may have ACKed another's copy.
+        let missing: Vec<NodeId> = t.missing.difference(&t.originals).cloned().collect();
         match t.parent.clone() {
             None => out.push(Action::Complete(BroadcastCompletion {
                 id: id.clone(),
-                reached: t.reached,
+                reached: t.reached.saturating_add(t.originals.len() as u64),
                 missing,
                 elapsed: now.saturating_duration_since(t.started),
             })),
@@ -671,6 +683,7 @@ impl BroadcastEngine {
                     id: id.clone(),
                     first: true,
                     reached: t.reached.saturating_add(1),
+                    originals: t.originals.iter().cloned().collect(),
                     missing,
                     prune: false,
                     refused: None,
@@ -689,6 +702,7 @@ impl BroadcastEngine {
             id,
             first: false,
             reached: 0,
+            originals: Vec::new(),
             missing: Vec::new(),
             prune,
             refused: None,

@@ -149,8 +149,12 @@ pub struct BroadcastAck {
     pub id: BroadcastId,
     /// `false`: the answering node had it already (a duplicate), `reached` is 0.
     pub first: bool,
-    /// Nodes of the answering subtree that delivered it, the answering node included.
+    /// Nodes of ours in the answering subtree that delivered it, the answering node included.
     pub reached: u64,
+    /// Original nodes in the answering subtree that ACKed a plain copy (at most
+    /// `max_missing` of them are listed). An original may be offered the broadcast by several
+    /// of our nodes and ACKs every copy; as a set it counts once where the answers meet.
+    pub originals: Vec<NodeId>,
     /// Nodes of the subtree that were offered it and did not answer in time.
     pub missing: Vec<NodeId>,
     /// With a duplicate: make the link lazy (Plumtree PRUNE).
@@ -239,7 +243,9 @@ pub enum Action {
 pub struct BroadcastCompletion {
     /// Which broadcast.
     pub id: BroadcastId,
-    /// Nodes that delivered it (the origin not included), as their ACKs reported.
+    /// Nodes that delivered it (the origin not included), as their ACKs reported: ours by
+    /// count, original nodes by name, so that an original sent a copy by several of our nodes
+    /// counts once (up to [`BroadcastConfig::max_missing`] originals per answer).
     pub reached: u64,
     /// Nodes that were offered it and did not answer before the deadline (at most
     /// [`BroadcastConfig::max_missing`] listed).

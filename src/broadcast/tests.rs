@@ -361,3 +361,63 @@ fn plain_acks_find_their_broadcast_by_hash_and_the_index_empties() {
     a.handle(Event::Tick, later, &mut out);
     assert!(a.origins.is_empty() && a.tracked_len() == 0);
 }
+
+#[test]
+fn an_original_offered_a_broadcast_by_two_of_our_nodes_counts_once() {
+    // A triangle: a and b are ours, go is an original linked to both. It gets a plain copy
+    // from each and ACKs both.
+    let mut net = Net::new(&["a", "b"], &[("a", "b")]);
+    let mut sent_to_go = Vec::new();
+    for n in ["a", "b"] {
+        let up = Event::NeighborUp {
+            peer: node("go"),
+            plain: true,
+        };
+        net.engines
+            .get_mut(&node(n))
+            .unwrap()
+            .handle(up, net.now, &mut sent_to_go);
+    }
+    let mut out = Vec::new();
+    let a = net.engines.get_mut(&node("a")).unwrap();
+    a.start("h".into(), small(), net.now, &mut out).unwrap();
+    // Deliver frames between a and b; answer each plain copy to go with its plain ACK.
+    let mut queue: Vec<(NodeId, Action)> = out.into_iter().map(|x| (node("a"), x)).collect();
+    let mut completion = None;
+    let mut copies_to_go = 0;
+    while let Some((at, action)) = queue.pop() {
+        let mut out = Vec::new();
+        match action {
+            Action::Send { to, frame } if to == node("go") => {
+                assert!(matches!(frame, Frame::Payload { .. }));
+                copies_to_go += 1;
+                let ack = Event::PlainAck {
+                    from: node("go"),
+                    hash: "h".into(),
+                };
+                net.engines
+                    .get_mut(&at)
+                    .unwrap()
+                    .handle(ack, net.now, &mut out);
+                queue.extend(out.into_iter().map(|x| (at.clone(), x)));
+            }
+            Action::Send { to, frame } => {
+                let event = Event::Received {
+                    from: at.clone(),
+                    frame,
+                };
+                net.engines
+                    .get_mut(&to)
+                    .unwrap()
+                    .handle(event, net.now, &mut out);
+                queue.extend(out.into_iter().map(|x| (to.clone(), x)));
+            }
+            Action::Complete(c) => completion = Some(c),
+            Action::Deliver { .. } => {}
+        }
+    }
+    assert_eq!(copies_to_go, 2, "both of ours offer it to the original");
+    let c = completion.expect("completes");
+    assert_eq!(c.reached, 2, "b and go, each once: {c:?}");
+    assert!(c.missing.is_empty(), "{c:?}");
+}

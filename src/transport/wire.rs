@@ -78,6 +78,7 @@ pub(crate) fn ack_of(local: &NodeId, ack: BroadcastAck) -> GossipACK {
     a.detail = ack.refused.unwrap_or_default();
     a.reached = ack.reached;
     a.missing = ack.missing.iter().map(|m| m.to_string()).collect();
+    a.originals = ack.originals.iter().map(|o| o.to_string()).collect();
     a.prune = ack.prune;
     a
 }
@@ -140,16 +141,19 @@ pub(crate) fn broadcast_ack_of(
             return Err(format!("status {:?} is not a broadcast answer", a.status))
         }
     };
-    let missing = a
-        .missing
-        .iter()
-        .filter_map(|m| NodeId::new(m, limits).ok())
-        .take(max_missing)
-        .collect();
+    let ids = |list: &[String]| -> Vec<NodeId> {
+        list.iter()
+            .filter_map(|m| NodeId::new(m, limits).ok())
+            .take(max_missing)
+            .collect()
+    };
+    let missing = ids(&a.missing);
+    let originals = ids(&a.originals);
     Ok(BroadcastAck {
         id,
         first,
         reached: if first { a.reached.max(1) } else { 0 },
+        originals,
         missing,
         prune: a.prune,
         refused,
@@ -200,6 +204,7 @@ mod tests {
             id: id(),
             first: true,
             reached: 7,
+            originals: vec![node("go")],
             missing: vec![node("x"), node("y")],
             prune: false,
             refused: None,
