@@ -34,7 +34,8 @@
 //! | 7 | the peer's features change (`arg / 3` bit 0: chunk, bit 1: confirm) |
 //!
 //! Peers `p0` and `p1` are linked neighbours (`p0` speaks our extensions, `p1` is an original
-//! node); `p2` is a client that only opens streams to us.
+//! node, whose streams carry no id header); `p2` is a client (with the header, without our
+//! features) that only opens streams to us.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -110,6 +111,17 @@ pub struct Report {
     pub calls_ended: usize,
 }
 
+/// The kinds of the streams peer `i` opens to us: `p1` is an original node (no id header).
+fn inbound_kinds(i: usize) -> (StreamKind, StreamKind) {
+    match i {
+        1 => (
+            StreamKind::InboundOriginalMessages,
+            StreamKind::InboundOriginalAcks,
+        ),
+        _ => (StreamKind::InboundMessages, StreamKind::InboundAcks),
+    }
+}
+
 /// The node under test and its peers.
 struct Harness {
     report: Report,
@@ -177,8 +189,9 @@ impl Harness {
             broadcast_actions: Vec::new(),
         };
         for i in 0..PEERS {
-            let inbound_messages = h.open(i, StreamKind::InboundMessages);
-            let inbound_acks = h.open(i, StreamKind::InboundAcks);
+            let (messages, acks) = inbound_kinds(i);
+            let inbound_messages = h.open(i, messages);
+            let inbound_acks = h.open(i, acks);
             h.streams.push(Streams {
                 inbound_messages,
                 inbound_acks,
@@ -344,8 +357,9 @@ impl Harness {
         } = self.streams[peer];
         self.close(inbound_messages);
         self.close(inbound_acks);
-        self.streams[peer].inbound_messages = self.open(peer, StreamKind::InboundMessages);
-        self.streams[peer].inbound_acks = self.open(peer, StreamKind::InboundAcks);
+        let (messages, acks) = inbound_kinds(peer);
+        self.streams[peer].inbound_messages = self.open(peer, messages);
+        self.streams[peer].inbound_acks = self.open(peer, acks);
     }
 
     fn link(&mut self, peer: usize) {
@@ -644,8 +658,8 @@ mod tests {
     #[test]
     fn the_third_largest_message_does_not_fit_and_is_asked_again() {
         let r = seed("budget");
-        // Two of the three started messages fit; p2's (an original node) is refused as a
-        // whole, the small message is declined once (retry) and confirmed.
+        // Two of the three started messages fit; p2's (a client without the `confirm`
+        // feature) is refused as a whole, the small message is declined once and confirmed.
         assert_eq!(r.acks[2], 1, "{r:?}");
         assert_eq!(r.delivered, 1, "{r:?}");
     }

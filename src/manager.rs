@@ -44,6 +44,11 @@ pub enum StreamKind {
     OutboundAcks,
     /// MessageStream a peer opened to us: its payloads come in.
     InboundMessages,
+    /// MessageStream an original node opened to us (one without the `gossip-node-id`
+    /// header): its payloads come in. A message refused from it gets no answer, since an
+    /// original reads any ACK, `ACK_REJECTED` included, as delivered; the refusal is logged
+    /// and counted here, and the message never completes on its side.
+    InboundOriginalMessages,
     /// AckStream a peer opened to us: its ACKs come in; ACKs to it may go back.
     InboundAcks,
     /// AckStream an original node opened to us (one without the `gossip-node-id` header): its
@@ -673,6 +678,7 @@ impl MessageManager {
                 None
             }
             StreamKind::InboundMessages
+            | StreamKind::InboundOriginalMessages
             | StreamKind::InboundSingle
             | StreamKind::InboundOriginalAcks => None,
         };
@@ -724,6 +730,7 @@ impl MessageManager {
                 None
             }
             StreamKind::InboundMessages
+            | StreamKind::InboundOriginalMessages
             | StreamKind::InboundSingle
             | StreamKind::InboundOriginalAcks => None,
         };
@@ -943,6 +950,14 @@ impl MessageManager {
                 (AckStatus::Duplicate, String::new())
             }
         };
+        if status == AckStatus::Rejected && kind == StreamKind::InboundOriginalMessages {
+            warn!(
+                "{}: refusal of {:?} not sent to {peer}: an original node takes any ACK for a \
+                 delivery",
+                self.local, message.hash
+            );
+            return;
+        }
         let ack = WireAck {
             hash: message.hash,
             from: self.local.to_string(),

@@ -511,3 +511,25 @@ fn broadcasts_in_mixed_clusters_count_each_node_once() {
     drop((c, d, go));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_message_we_refuse_from_an_original_is_not_acked_as_if_delivered() {
+    let Some(driver) = driver() else { return };
+    let dir = temp_dir("refusal");
+    let (mut go, go_addr) = start_go(&driver, &dir, "go");
+    let peer = format!("go={go_addr}");
+    let (mut r, r_addr) = start_ours(&dir, "r", &["--peer", &peer, "--max-payload", "1048576"]);
+    r.wait_for("link", |l| l == "neighbor peer=go state=up");
+    go.say(&format!("connect r {r_addr}"));
+    go.wait_for("connected", |l| l == "connected r");
+    // Over our payload limit, within gRPC's: refused by the node, not by gRPC.
+    go.say("send r over 1048676");
+    go.say("send r fine 1000");
+    go.wait_for("ACK at the original", |l| l == "acked fine");
+    go.drain_for(Duration::from_secs(1));
+    assert!(!go.seen.iter().any(|l| l == "acked over"), "{:#?}", go.seen);
+    let log = std::fs::read_to_string(dir.join("r.log")).unwrap();
+    assert!(log.contains("refusal of \"over\" not sent to go"), "{log}");
+    drop((r, go));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -9,6 +9,7 @@ const OUT_ACK: StreamId = StreamId(2);
 const IN_MSG: StreamId = StreamId(3);
 const IN_ACK: StreamId = StreamId(4);
 const SINGLE: StreamId = StreamId(5);
+const IN_MSG2: StreamId = StreamId(6);
 
 fn id(s: &str) -> NodeId {
     NodeId::new(s, &Limits::default()).unwrap()
@@ -1111,4 +1112,27 @@ fn a_retry_to_a_peer_that_no_longer_takes_chunks_fails_instead_of_going_whole() 
         matches!(&completions(&out)[..], [(_, Outcome::Failed(_))]),
         "{out:?}"
     );
+}
+
+#[test]
+fn a_refusal_is_not_sent_to_an_original_which_would_read_it_as_delivered() {
+    let mut h = Harness::new(4);
+    h.m.limits.max_payload_bytes = 1;
+    h.open(IN_MSG, "go", StreamKind::InboundOriginalMessages);
+    h.link("go");
+    // "hi" is over the 1-byte limit: refused, counted, and not answered at all.
+    let out = h.receive(IN_MSG, "go", "m1");
+    assert!(ack_routes(&out).is_empty(), "{out:?}");
+    assert!(!out.iter().any(|a| matches!(a, Action::Deliver(_))));
+    assert_eq!(
+        h.m.counters
+            .rejected
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The same from a client that reads our answers gets ACK_REJECTED.
+    h.open(IN_ACK, "c", StreamKind::InboundAcks);
+    h.open(IN_MSG2, "c", StreamKind::InboundMessages);
+    let out = h.receive(IN_MSG2, "c", "m2");
+    assert_eq!(ack_routes(&out), [(IN_ACK, AckStatus::Rejected)]);
 }

@@ -256,6 +256,7 @@ impl Driver {
                 let inbound = matches!(
                     kind,
                     StreamKind::InboundMessages
+                        | StreamKind::InboundOriginalMessages
                         | StreamKind::InboundAcks
                         | StreamKind::InboundOriginalAcks
                         | StreamKind::InboundSingle

@@ -482,8 +482,12 @@ fn serve<In, Out>(
     };
     // An original node (no header) never reads what we would write back on its AckStream:
     // ACKs to it go on our own link, and its AckStream needs no writer.
+    // And it reads any ACK as a delivery, so what we refuse from it goes unanswered.
     let (kind, writer) = match (&who, kind) {
         (Who::FirstFrame(_), StreamKind::InboundAcks) => (StreamKind::InboundOriginalAcks, None),
+        (Who::FirstFrame(_), StreamKind::InboundMessages) => {
+            (StreamKind::InboundOriginalMessages, writer)
+        }
         _ => (kind, writer),
     };
     // Who is at the other end: the header, or else the first frame.
@@ -542,7 +546,9 @@ fn serve<In, Out>(
     }
     let gate = matches!(
         kind,
-        StreamKind::InboundMessages | StreamKind::InboundSingle
+        StreamKind::InboundMessages
+            | StreamKind::InboundOriginalMessages
+            | StreamKind::InboundSingle
     )
     .then_some(&*ctx.gate);
     let end = match end {
