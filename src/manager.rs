@@ -597,6 +597,17 @@ impl MessageManager {
             }
             entry.sent_on_link += 1;
         }
+        self.fail_all(peer, refused, now, out);
+    }
+
+    /// Fails the messages to `peer` that it cannot take, each with its reason.
+    fn fail_all(
+        &mut self,
+        peer: &NodeId,
+        refused: Vec<(String, FailReason)>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         for (hash, reason) in refused {
             let key = MessageKey {
                 peer: peer.clone(),
@@ -642,15 +653,7 @@ impl MessageManager {
                 }
             }
         }
-        for (hash, reason) in refused {
-            let key = MessageKey {
-                peer: peer.clone(),
-                hash,
-            };
-            if let Some(t) = self.store.complete(&key) {
-                self.complete(key, t, Outcome::Failed(reason), now, out);
-            }
-        }
+        self.fail_all(peer, refused, now, out);
     }
 
     fn on_stream_opened(

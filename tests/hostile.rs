@@ -107,6 +107,21 @@ fn status_of<T: std::fmt::Debug>(r: Option<grpcio::Result<T>>) -> RpcStatusCode 
     }
 }
 
+/// How a call ended within `wait`, or `None` if it is still open (and sent nothing). A
+/// refused call ends at once; an accepted one stays open when there is nothing to read.
+fn ended_within<T: std::fmt::Debug>(
+    rx: &mut grpcio::ClientDuplexReceiver<T>,
+    wait: Duration,
+) -> Option<RpcStatusCode> {
+    match block_on(futures::future::select(
+        rx.next(),
+        futures_timer::Delay::new(wait),
+    )) {
+        futures::future::Either::Left((r, _)) => Some(status_of(r)),
+        futures::future::Either::Right(_) => None,
+    }
+}
+
 #[test]
 fn garbage_bytes_get_invalid_argument() {
     let t = target(|_| {});
@@ -273,16 +288,12 @@ fn streams_per_peer_are_capped() {
     let mut refused = 0;
     for _ in 0..10 {
         let (tx, mut rx) = t.client.message_stream_opt(with_id("greedy")).unwrap();
-        // A refused call ends at once; an accepted one stays open (nothing to read).
-        match block_on(futures::future::select(
-            rx.next(),
-            futures_timer::Delay::new(Duration::from_millis(300)),
-        )) {
-            futures::future::Either::Left((r, _)) => {
-                assert_eq!(status_of(r), RpcStatusCode::RESOURCE_EXHAUSTED);
+        match ended_within(&mut rx, Duration::from_millis(300)) {
+            Some(code) => {
+                assert_eq!(code, RpcStatusCode::RESOURCE_EXHAUSTED);
                 refused += 1;
             }
-            futures::future::Either::Right(_) => kept.push((tx, rx)),
+            None => kept.push((tx, rx)),
         }
     }
     assert_eq!((kept.len(), refused), (4, 6));
@@ -335,15 +346,12 @@ fn idle_streams_without_a_header_are_kept_and_a_flood_of_them_displaces_none() {
     let mut refused = 0;
     for _ in 0..40 {
         let (tx, mut rx) = t.client.message_stream().unwrap();
-        match block_on(futures::future::select(
-            rx.next(),
-            futures_timer::Delay::new(Duration::from_millis(300)),
-        )) {
-            futures::future::Either::Left((r, _)) => {
-                assert_eq!(status_of(r), RpcStatusCode::RESOURCE_EXHAUSTED);
+        match ended_within(&mut rx, Duration::from_millis(300)) {
+            Some(code) => {
+                assert_eq!(code, RpcStatusCode::RESOURCE_EXHAUSTED);
                 refused += 1;
             }
-            futures::future::Either::Right(_) => flood.push((tx, rx)),
+            None => flood.push((tx, rx)),
         }
     }
     assert_eq!((flood.len(), refused), (7, 33));
@@ -359,24 +367,15 @@ fn idle_streams_without_a_header_are_kept_and_a_flood_of_them_displaces_none() {
     std::thread::sleep(Duration::from_secs(2));
     block_on(messages.send((original_frame("o2"), WriteFlags::default()))).unwrap();
     assert_eq!(deliveries.recv_timeout(PATIENCE).unwrap().hash, "o2");
-    assert!(matches!(
-        block_on(futures::future::select(
-            idle_answers.next(),
-            futures_timer::Delay::new(Duration::from_millis(200)),
-        )),
-        futures::future::Either::Right(_)
-    ));
+    assert_eq!(
+        ended_within(&mut idle_answers, Duration::from_millis(200)),
+        None
+    );
     // The flood leaves: its places are free again.
     drop(flood);
     std::thread::sleep(Duration::from_millis(300));
     let (_tx, mut rx) = t.client.message_stream().unwrap();
-    assert!(matches!(
-        block_on(futures::future::select(
-            rx.next(),
-            futures_timer::Delay::new(Duration::from_millis(300)),
-        )),
-        futures::future::Either::Right(_)
-    ));
+    assert_eq!(ended_within(&mut rx, Duration::from_millis(300)), None);
     t.still_serves("after-flood");
 }
 

@@ -183,6 +183,21 @@ fn start_ours(dir: &Path, id: &str, args: &[&str]) -> (Proc, String) {
     (node, addr)
 }
 
+/// An original node "go" and a `gossip node` "r" (with `args`), linked both ways.
+fn original_and_ours(driver: &Path, dir: &Path, args: &[&str]) -> (Proc, Proc) {
+    let (mut go, go_addr) = start_go(driver, dir, "go");
+    let peer = format!("go={go_addr}");
+    let args: Vec<&str> = ["--peer", peer.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    let (mut r, r_addr) = start_ours(dir, "r", &args);
+    r.wait_for("link", |l| l == "neighbor peer=go state=up");
+    go.say(&format!("connect r {r_addr}"));
+    go.wait_for("connected", |l| l == "connected r");
+    (go, r)
+}
+
 /// Messages both ways: every one delivered once with its bytes, every one ACKed once.
 fn exchange(r: &mut Proc, go: &mut Proc, inbox: &Path, round: &str, n: usize) {
     let sent_before = r.seen.iter().filter(|l| l.starts_with("sent ")).count();
@@ -246,16 +261,8 @@ fn both_ways_through_an_idle_minute() {
     let Some(driver) = driver() else { return };
     let dir = temp_dir("idle");
     let inbox = dir.join("inbox");
-    let (mut go, go_addr) = start_go(&driver, &dir, "go");
-    let peer = format!("go={go_addr}");
-    let (mut r, r_addr) = start_ours(
-        &dir,
-        "r",
-        &["--peer", &peer, "--deliver-dir", inbox.to_str().unwrap()],
-    );
-    r.wait_for("link", |l| l == "neighbor peer=go state=up");
-    go.say(&format!("connect r {r_addr}"));
-    go.wait_for("connected", |l| l == "connected r");
+    let (mut go, mut r) =
+        original_and_ours(&driver, &dir, &["--deliver-dir", inbox.to_str().unwrap()]);
 
     exchange(&mut r, &mut go, &inbox, "a", 50);
     // A quiet minute: the links to and from the original stay up (no ping storm, no idle
@@ -290,16 +297,8 @@ fn a_message_over_an_originals_limit_fails_once_and_the_rest_go_on() {
     let Some(driver) = driver() else { return };
     let dir = temp_dir("limit");
     let inbox = dir.join("inbox");
-    let (mut go, go_addr) = start_go(&driver, &dir, "go");
-    let peer = format!("go={go_addr}");
-    let (mut r, r_addr) = start_ours(
-        &dir,
-        "r",
-        &["--peer", &peer, "--deliver-dir", inbox.to_str().unwrap()],
-    );
-    r.wait_for("link", |l| l == "neighbor peer=go state=up");
-    go.say(&format!("connect r {r_addr}"));
-    go.wait_for("connected", |l| l == "connected r");
+    let (mut go, mut r) =
+        original_and_ours(&driver, &dir, &["--deliver-dir", inbox.to_str().unwrap()]);
 
     // grpc-go takes at most 4 MiB per gRPC message, counted encoded: a payload of 4 MiB is
     // already over it, one of 4 MiB less 100 bytes is not.
@@ -359,11 +358,7 @@ fn acks_to_an_original_wait_for_our_link_to_it_and_all_arrive() {
     let inbox = dir.join("inbox");
     // The original will listen here; our node's first attempts find nothing, and it retries
     // every 3 s.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = dir.join("r.toml");
     std::fs::write(
         &config,
@@ -516,12 +511,7 @@ fn broadcasts_in_mixed_clusters_count_each_node_once() {
 fn a_message_we_refuse_from_an_original_is_not_acked_as_if_delivered() {
     let Some(driver) = driver() else { return };
     let dir = temp_dir("refusal");
-    let (mut go, go_addr) = start_go(&driver, &dir, "go");
-    let peer = format!("go={go_addr}");
-    let (mut r, r_addr) = start_ours(&dir, "r", &["--peer", &peer, "--max-payload", "1048576"]);
-    r.wait_for("link", |l| l == "neighbor peer=go state=up");
-    go.say(&format!("connect r {r_addr}"));
-    go.wait_for("connected", |l| l == "connected r");
+    let (mut go, r) = original_and_ours(&driver, &dir, &["--max-payload", "1048576"]);
     // Over our payload limit, within gRPC's: refused by the node, not by gRPC.
     go.say("send r over 1048676");
     go.say("send r fine 1000");
