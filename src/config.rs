@@ -172,7 +172,9 @@ pub struct NodeConfig {
     /// The largest message (encoded as one gRPC message) an original Go node takes: grpc-go's
     /// default receive limit, 4 MiB. A larger message to a neighbour without the `chunk`
     /// feature fails at once as `FailReason::TooLarge` instead of being refused over and over;
-    /// while a new link's features are unknown, such a message waits for them.
+    /// while a new link's features are unknown, such a message waits for them. A neighbour's
+    /// own [`NeighborInfo::max_message`](crate::NeighborInfo::max_message) replaces it for
+    /// that neighbour.
     pub original_max_message_bytes: usize,
     /// Multi-hop broadcast: fanout, lazy-plane threshold, hop limit, deadlines.
     pub broadcast: BroadcastConfig,

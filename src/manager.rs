@@ -184,6 +184,17 @@ pub enum Event {
         /// The neighbour.
         peer: NodeId,
     },
+    /// The largest message, encoded, that neighbour `peer` takes if it turns out to be an
+    /// original node (a peer without the `chunk` feature), as the application configured it
+    /// ([`NeighborInfo::max_message`](crate::NeighborInfo::max_message)); `None`: the node's
+    /// default (see [`MessageManager::with_original_limit`]). Kept until the neighbour is
+    /// removed.
+    NeighborLimit {
+        /// The neighbour.
+        peer: NodeId,
+        /// Its limit, if configured.
+        max_message: Option<usize>,
+    },
     /// The application removed a neighbour.
     Disconnect {
         /// The neighbour.
@@ -359,6 +370,8 @@ pub struct MessageManager {
     /// The largest encoded message an original node (a peer without the `chunk` feature)
     /// takes; see [`MessageManager::with_original_limit`].
     original_limit: usize,
+    /// Limits configured per neighbour, in place of `original_limit` ([`Event::NeighborLimit`]).
+    neighbor_limits: HashMap<NodeId, usize>,
     reassembler: Reassembler,
     /// Acknowledged deliveries: ACK only on [`Event::Settled`].
     confirmed: bool,
@@ -389,6 +402,7 @@ impl MessageManager {
             unrouted: HashMap::new(),
             chunk_bytes: 1024 * 1024,
             original_limit: ORIGINAL_LIMIT,
+            neighbor_limits: HashMap::new(),
             confirmed: false,
             awaiting: HashMap::new(),
         }
@@ -426,6 +440,18 @@ impl MessageManager {
     /// Messages outstanding (sent or waiting for the link, not completed) to `peer`.
     pub fn outstanding_to(&self, peer: &NodeId) -> usize {
         self.outstanding.get(peer).map_or(0, VecDeque::len)
+    }
+
+    /// The largest frame, encoded, that `peer` takes whole, if it is known to be an original
+    /// node (no `chunk` feature): its configured or default limit, or the smaller one it
+    /// taught us with `RESOURCE_EXHAUSTED`. `None` for our own nodes and peers whose features
+    /// are not known yet.
+    pub fn original_limit_of(&self, peer: &NodeId) -> Option<usize> {
+        let entry = self.peers.get(peer)?;
+        (entry.chunking == Some(false)).then(|| {
+            limit_of(&self.neighbor_limits, self.original_limit, peer)
+                .min(entry.receive_limit.unwrap_or(usize::MAX))
+        })
     }
 
     /// The store this manager completes messages in.
@@ -477,6 +503,14 @@ impl MessageManager {
                 let entry = self.peers.entry(peer).or_default();
                 entry.removed = false;
                 entry.neighbor = true;
+            }
+            Event::NeighborLimit { peer, max_message } => {
+                match max_message {
+                    Some(bytes) => self.neighbor_limits.insert(peer.clone(), bytes),
+                    None => self.neighbor_limits.remove(&peer),
+                };
+                // Messages that waited for the peer's features may fit (or fail) now.
+                self.pump(&peer, now, out);
             }
             Event::PeerFeatures {
                 peer,
@@ -588,9 +622,10 @@ impl MessageManager {
         else {
             return;
         };
+        let original_limit = limit_of(&self.neighbor_limits, self.original_limit, peer);
         let mut refused = Vec::new();
         while let Some(o) = queue.get_mut(entry.sent_on_link) {
-            match fit(o, entry, &self.limits, self.original_limit, &self.local) {
+            match fit(o, entry, &self.limits, original_limit, &self.local) {
                 Fit::Send => transmit(o, &route, out),
                 Fit::Wait => break,
                 Fit::Fail(reason) => refused.push((o.hash.clone(), reason)),
@@ -641,12 +676,13 @@ impl MessageManager {
         else {
             return;
         };
+        let original_limit = limit_of(&self.neighbor_limits, self.original_limit, peer);
         let mut refused = Vec::new();
         for o in queue.iter_mut().take(entry.sent_on_link) {
             if o.retry_at.is_some_and(|t| t <= now) {
                 // What the peer takes may have changed since (it reconnected as another
                 // version).
-                match fit(o, entry, &self.limits, self.original_limit, &self.local) {
+                match fit(o, entry, &self.limits, original_limit, &self.local) {
                     Fit::Send => transmit(o, &route, out),
                     Fit::Wait => {}
                     Fit::Fail(reason) => refused.push((o.hash.clone(), reason)),
@@ -857,6 +893,7 @@ impl MessageManager {
             self.unregister(s);
             out.push(Action::CloseStream(s));
         }
+        self.neighbor_limits.remove(&peer);
         for (key, t) in self.store.remove_peer(&peer) {
             self.complete(key, t, Outcome::Failed(FailReason::Disconnected), now, out);
         }
@@ -1396,6 +1433,12 @@ enum Fit {
     Wait,
     /// Never: the peer cannot take it.
     Fail(FailReason),
+}
+
+/// The largest encoded message `peer` takes if it is an original node: its configured limit,
+/// or the node's default.
+fn limit_of(configured: &HashMap<NodeId, usize>, default: usize, peer: &NodeId) -> usize {
+    configured.get(peer).copied().unwrap_or(default)
 }
 
 /// What the peer of `entry` can take of `o`: in chunks if it takes them; whole up to an

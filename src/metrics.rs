@@ -21,7 +21,7 @@
 //! | `gossip_unknown_acks_total` | counter | | ACKs for messages not in flight |
 //! | `gossip_stalls_total` | counter | | links torn down for not acknowledging |
 //! | `gossip_acks_dropped_total` | counter | reason | ACKs dropped: `stream_closed`, `unrouted` |
-//! | `gossip_refusals_total` | counter | reason | refused for want of room: `partial_budget` (a chunked message, sent again later), `broadcast_budget` (a broadcast, counted missing), `writer_backlog` (a broadcast frame not queued for a slow reader), `peer_streams` / `inbound_streams` / `unidentified_streams` (an incoming call over `max_streams_per_peer` / `max_inbound_streams` / `max_unidentified_streams`, ended with `RESOURCE_EXHAUSTED`) |
+//! | `gossip_refusals_total` | counter | reason | refused for want of room: `partial_budget` (a chunked message, sent again later), `broadcast_budget` (a broadcast, counted missing), `writer_backlog` (a broadcast frame not queued for a slow reader), `original_limit` (a broadcast payload larger than an original neighbour takes, counted missing), `peer_streams` / `inbound_streams` / `unidentified_streams` (an incoming call over `max_streams_per_peer` / `max_inbound_streams` / `max_unidentified_streams`, ended with `RESOURCE_EXHAUSTED`) |
 //! | `gossip_partial_bytes` | gauge | | bytes of partly received (chunked) messages held, as announced |
 //! | `gossip_deliveries_declined_total` | counter | | deliveries the application declined or dropped unconfirmed (sent again by their senders) |
 //! | `gossip_retry_answers_total` | counter | | `Retry` answers to our messages (sent again later) |
@@ -353,6 +353,10 @@ impl NodeCollector {
                 self.counter(&[("reason", "partial_budget")], s.refused_busy),
                 self.counter(&[("reason", "broadcast_budget")], s.refused_broadcast),
                 self.counter(&[("reason", "writer_backlog")], s.broadcast_frames_dropped),
+                self.counter(
+                    &[("reason", "original_limit")],
+                    s.broadcast_frames_too_large,
+                ),
                 self.counter(&[("reason", "peer_streams")], s.refused_peer_streams),
                 self.counter(&[("reason", "inbound_streams")], s.refused_inbound_streams),
                 self.counter(

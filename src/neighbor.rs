@@ -20,6 +20,14 @@ pub struct NeighborInfo {
     /// Whether our double stream to it is up. Set by the node; the value passed to
     /// [`Node::connect_to_neighbor`](crate::Node::connect_to_neighbor) is ignored.
     pub online: bool,
+    /// The largest message, encoded, that this neighbour takes in one gRPC message if it is
+    /// an original Go node (its server's `MaxRecvMsgSize`); `None`:
+    /// [`NodeConfig::original_max_message_bytes`](crate::NodeConfig::original_max_message_bytes)
+    /// (grpc-go's 4 MiB by default). Larger messages to it fail at once as
+    /// [`FailReason::TooLarge`](crate::FailReason::TooLarge). Our own nodes take messages in
+    /// chunks, so it does not apply to them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message: Option<usize>,
 }
 
 impl NeighborInfo {
@@ -29,7 +37,15 @@ impl NeighborInfo {
             node_hash: node_hash.into(),
             endpoint: endpoint.into(),
             online: false,
+            max_message: None,
         }
+    }
+
+    /// Sets [`max_message`](NeighborInfo::max_message): what this neighbour takes if it is an
+    /// original node.
+    pub fn with_max_message(mut self, bytes: usize) -> NeighborInfo {
+        self.max_message = Some(bytes);
+        self
     }
 }
 

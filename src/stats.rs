@@ -47,6 +47,7 @@ pub struct Counters {
     pub(crate) refused_busy: AtomicU64,
     pub(crate) refused_broadcast: AtomicU64,
     pub(crate) broadcast_frames_dropped: AtomicU64,
+    pub(crate) broadcast_frames_too_large: AtomicU64,
     pub(crate) refused_peer_streams: AtomicU64,
     pub(crate) refused_inbound_streams: AtomicU64,
     pub(crate) refused_unidentified_streams: AtomicU64,
@@ -277,6 +278,10 @@ pub struct Stats {
     /// Broadcast frames not queued for a neighbour whose writer already held too much (it
     /// reads slower than broadcasts come); their offers count as missing.
     pub broadcast_frames_dropped: u64,
+    /// Broadcast payloads not sent to an original neighbour because they are larger than it
+    /// takes ([`NeighborInfo::max_message`](crate::NeighborInfo::max_message)); their offers
+    /// count as missing.
+    pub broadcast_frames_too_large: u64,
     /// Incoming calls refused because their peer id had `max_streams_per_peer` streams open.
     pub refused_peer_streams: u64,
     /// Incoming calls refused because `max_inbound_streams` streams were open in all.
@@ -339,6 +344,7 @@ impl Counters {
             refused_busy: g(&self.refused_busy),
             refused_broadcast: g(&self.refused_broadcast),
             broadcast_frames_dropped: g(&self.broadcast_frames_dropped),
+            broadcast_frames_too_large: g(&self.broadcast_frames_too_large),
             refused_peer_streams: g(&self.refused_peer_streams),
             refused_inbound_streams: g(&self.refused_inbound_streams),
             refused_unidentified_streams: g(&self.refused_unidentified_streams),

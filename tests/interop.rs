@@ -162,9 +162,15 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// An original node called `id`; returns it and its address.
 fn start_go(driver: &Path, dir: &Path, id: &str) -> (Proc, String) {
+    start_go_with(driver, dir, id, &[])
+}
+
+/// An original node called `id` with the driver's `args`; returns it and its address.
+fn start_go_with(driver: &Path, dir: &Path, id: &str, args: &[&str]) -> (Proc, String) {
     let mut c = Command::new(driver);
     // The original's logger writes a file named after the node in its working directory.
     c.args(["-id", id, "-listen", "127.0.0.1:0"])
+        .args(args)
         .current_dir(dir);
     let mut go = Proc::start(c, &dir.join(format!("{id}.log")));
     let line = go.wait_for("listening", |l| l.starts_with("listening "));
@@ -417,9 +423,12 @@ fn free_port() -> u16 {
 
 /// Broadcasts from `a` and returns its `converged` line.
 fn broadcast_from(a: &mut Proc, text: &str) -> String {
+    let started = |l: &str| l.starts_with("broadcast hash=");
+    let before = a.seen.iter().filter(|l| started(l)).count();
     a.say(&format!("* {text}"));
-    let started = a.wait_for("broadcast", |l| l.starts_with("broadcast hash="));
-    let hash = field(&started, "hash").to_owned();
+    a.wait_count("broadcast", before + 1, started);
+    let line = a.seen.iter().filter(|l| started(l)).nth(before).cloned();
+    let hash = field(&line.unwrap(), "hash").to_owned();
     a.wait_for("convergence", |l| {
         l.starts_with(&format!("converged hash={hash} "))
     })
@@ -520,6 +529,129 @@ fn a_message_we_refuse_from_an_original_is_not_acked_as_if_delivered() {
     assert!(!go.seen.iter().any(|l| l == "acked over"), "{:#?}", go.seen);
     let log = std::fs::read_to_string(dir.join("r.log")).unwrap();
     assert!(log.contains("refusal of \"over\" not sent to go"), "{log}");
+    // Far over it: gRPC refuses the frame itself (RESOURCE_EXHAUSTED to the original) and
+    // cancels the call; the frame never reaches the node, but the lost stream is logged.
+    go.say("send r huge 2097152");
+    let line = wait_for_log(&dir.join("r.log"), "InboundOriginalMessages from go at");
+    assert!(
+        line.contains("over this node's gRPC receive limit (1049664 bytes encoded"),
+        "{line}"
+    );
+    go.drain_for(Duration::from_secs(1));
+    assert!(!go.seen.iter().any(|l| l == "acked huge"), "{:#?}", go.seen);
+    drop((r, go));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_original_configured_for_larger_messages_gets_them_when_its_entry_says_so() {
+    let Some(driver) = driver() else { return };
+    let dir = temp_dir("peer-limit");
+    let inbox = dir.join("inbox");
+    // An original whose operator raised grpc-go's receive limit to 8 MiB...
+    let (mut go, go_addr) = start_go_with(&driver, &dir, "go", &["-max-recv", "8388608"]);
+    // ...and its [[peers]] entry saying so.
+    let config = dir.join("r.toml");
+    let toml = format!(
+        "id = \"r\"\n[[peers]]\nid = \"go\"\nendpoint = \"{go_addr}\"\nmax_message = \"8MiB\"\n"
+    );
+    std::fs::write(&config, toml).unwrap();
+    let (mut r, r_addr) = start_ours(
+        &dir,
+        "r",
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--deliver-dir",
+            inbox.to_str().unwrap(),
+        ],
+    );
+    r.wait_for("link", |l| l == "neighbor peer=go state=up");
+    go.say(&format!("connect r {r_addr}"));
+    go.wait_for("connected", |l| l == "connected r");
+
+    // 6 MiB: over grpc-go's default, within this original's 8 MiB; 9 MiB: over both.
+    for (name, size) in [("six", 6 << 20), ("nine", 9 << 20)] {
+        std::fs::write(dir.join(name), vec![b'y'; size]).unwrap();
+        r.say(&format!("go @{}", dir.join(name).display()));
+        r.say(&format!("go after-{name}"));
+    }
+    let done = |l: &str| l.starts_with("completed ");
+    r.wait_count("completions", 4, done);
+    let completed: Vec<&String> = r.seen.iter().filter(|l| done(l)).collect();
+    let failed: Vec<&&String> = completed
+        .iter()
+        .filter(|l| l.contains("too large for the receiver"))
+        .collect();
+    assert_eq!(failed.len(), 1, "only the 9 MiB one: {completed:#?}");
+    assert!(
+        field(failed[0], "attempts") == "0" && failed[0].contains("8388608"),
+        "never sent, with the peer's own limit: {}",
+        failed[0]
+    );
+    let acked = completed
+        .iter()
+        .filter(|l| l.contains("outcome=\"acked by go\""))
+        .count();
+    assert_eq!(acked, 3, "{completed:#?}");
+    // The 6 MiB one arrived whole, once, and the original refused nothing.
+    let six = go.wait_for("the 6 MiB message", |l| {
+        l.starts_with("received r ") && field_at(l, 3) == "6291456"
+    });
+    assert_eq!(field_at(&six, 4), fnv1a(&vec![b'y'; 6 << 20]), "{six}");
+    let go_log = std::fs::read_to_string(dir.join("go.log")).unwrap();
+    assert!(!go_log.contains("ResourceExhausted"), "{go_log}");
+    drop((r, go));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `i`th word of a line.
+fn field_at(line: &str, i: usize) -> &str {
+    line.split_whitespace().nth(i).unwrap_or("")
+}
+
+/// The first line of the log at `path` that contains `needle`, waiting up to 30 s for it.
+fn wait_for_log(path: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} in {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_broadcast_larger_than_an_original_takes_is_not_sent_to_it_and_counts_it_missing() {
+    let Some(driver) = driver() else { return };
+    let dir = temp_dir("broadcast-limit");
+    let (mut go, mut r) = original_and_ours(&driver, &dir, &[]);
+    // Let the link to the original be replaced first (it is dialled again once known).
+    std::thread::sleep(Duration::from_secs(3));
+    let big = dir.join("big");
+    std::fs::write(&big, vec![b'z'; 6 << 20]).unwrap();
+    let converged = broadcast_from(&mut r, &format!("@{}", big.display()));
+    assert_eq!(field(&converged, "reached"), "0", "{converged}");
+    assert_eq!(field(&converged, "missing"), "go", "{converged}");
+    let log = std::fs::read_to_string(dir.join("r.log")).unwrap();
+    assert!(log.contains("not sent to go: 6291"), "{log}");
+    // The link stayed up, and a small broadcast still reaches the original.
+    let converged = broadcast_from(&mut r, "small-after");
+    assert_eq!(field(&converged, "missing"), "", "{converged}");
+    go.wait_for("the small broadcast", |l| {
+        l.starts_with("received r ") && l.contains(" 11 ")
+    });
+    assert!(
+        !r.seen
+            .iter()
+            .any(|l| l.contains("state=down") && !l.contains("an original node")),
+        "{:#?}",
+        r.seen
+    );
+    let go_log = std::fs::read_to_string(dir.join("go.log")).unwrap();
+    assert!(!go_log.contains("ResourceExhausted"), "{go_log}");
     drop((r, go));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -673,3 +673,18 @@ fn a_claimed_id_cannot_downgrade_a_linked_peer() {
         "still a broadcast, not a plain message"
     );
 }
+
+/// A neighbour's own receive limit (for an original node) must leave room for a message.
+#[test]
+fn a_neighbour_that_could_take_nothing_is_refused() {
+    let f = factory();
+    let a = start("a", &f);
+    let info = grpc_gossip::NeighborInfo::new("b", "127.0.0.1:1").with_max_message(0);
+    for result in [a.add_neighbor(info.clone()), a.connect_to_neighbor(info)] {
+        match result {
+            Err(Error::Config { field, .. }) => assert_eq!(field, "max_message"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(a.neighbors().is_empty());
+}

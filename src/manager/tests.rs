@@ -1090,6 +1090,60 @@ fn resource_exhausted_from_an_original_fails_the_largest_message_and_teaches_its
 }
 
 #[test]
+fn a_neighbours_configured_limit_replaces_the_default_for_it_alone() {
+    let mut h = Harness::with_original_limit();
+    h.run(Event::NeighborLimit {
+        peer: id("b"),
+        max_message: Some(300),
+    });
+    h.link("b");
+    h.original("b");
+    // 3 + 3 + 3 + 195 bytes encoded: over the default 100, within b's 300.
+    let out = h.send_sized("b", "mid", 195);
+    assert_eq!(transmitted(&out), [(OUT_MSG, "mid".to_owned())]);
+    assert!(completions(&out).is_empty());
+    assert_eq!(h.m.original_limit_of(&id("b")), Some(300));
+    // c has no limit of its own: the default holds.
+    let mut other = Harness::with_original_limit();
+    other.link("c");
+    other.original("c");
+    let out = other.send_sized("c", "mid", 195);
+    assert!(
+        matches!(&completions(&out)[..], [(_, o)] if too_large(o)),
+        "{out:?}"
+    );
+    assert_eq!(other.m.original_limit_of(&id("c")), Some(100));
+    // Over b's own limit: fails at once, with the limit in the reason.
+    let out = h.send_sized("b", "huge", 400);
+    match &completions(&out)[..] {
+        [(_, Outcome::Failed(FailReason::TooLarge(why)))] => assert!(why.contains("300"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_lower_configured_limit_fails_what_the_default_would_have_sent() {
+    let mut h = Harness::new(8);
+    h.run(Event::NeighborLimit {
+        peer: id("b"),
+        max_message: Some(50),
+    });
+    h.link("b");
+    // Until b's features are known, what it could not take as an original waits...
+    assert!(h.send_sized("b", "m", 60).is_empty());
+    // ...and fails once b turns out to be one.
+    let out = h.original("b");
+    assert!(transmitted(&out).is_empty());
+    assert!(
+        matches!(&completions(&out)[..], [(_, o)] if too_large(o)),
+        "{out:?}"
+    );
+    // Removing the neighbour forgets its limit.
+    h.run(Event::Disconnect { peer: id("b") });
+    assert!(h.m.neighbor_limits.is_empty());
+}
+
+#[test]
 fn a_retry_to_a_peer_that_no_longer_takes_chunks_fails_instead_of_going_whole() {
     // Found by the fuzzer: a message sent in chunks, asked again (`Retry`), then the peer
     // reconnects without the `chunk` feature.

@@ -534,6 +534,19 @@ impl Driver {
             return;
         };
         if let Some(message) = wire::message_of(&self.local, frame, !features.broadcast) {
+            if let Some(limit) = self.manager.original_limit_of(&to) {
+                let encoded = protobuf::Message::compute_size(&message) as usize;
+                if encoded > limit {
+                    // It would be refused with RESOURCE_EXHAUSTED and take the link (and
+                    // everything in flight on it) down; the engine counts it missing instead.
+                    bump(&self.counters.broadcast_frames_too_large);
+                    return warn!(
+                        "{}: broadcast {} not sent to {to}: {encoded} bytes encoded, and it \
+                         takes at most {limit} (an original node's gRPC receive limit)",
+                        self.local, message.hash
+                    );
+                }
+            }
             if !message.payload.is_empty() {
                 let counted = self.counters.peers.of(&to);
                 bump(&self.counters.sent);

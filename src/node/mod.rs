@@ -413,7 +413,8 @@ impl Node {
         }
     }
 
-    /// Refuses a neighbour this node cannot have: the node is shut down, or it is itself.
+    /// Refuses a neighbour this node cannot have: the node is shut down, or it is itself, or
+    /// it could take no message at all.
     fn check_neighbor(&self, info: &NeighborInfo) -> Result<(), Error> {
         self.check_open()?;
         if info.node_hash == self.id.as_str() {
@@ -422,7 +423,25 @@ impl Node {
                 reason: "a node cannot be its own neighbour".into(),
             });
         }
+        if info.max_message == Some(0) {
+            return Err(Error::Config {
+                field: "max_message",
+                reason: format!("neighbour {:?}: must be > 0", info.node_hash),
+            });
+        }
         Ok(())
+    }
+
+    /// Tells the manager what `peer` takes if it is an original node.
+    fn set_neighbor_limit(&self, peer: &NodeId, max_message: Option<usize>) -> Result<(), Error> {
+        let event = Event::NeighborLimit {
+            peer: peer.clone(),
+            max_message,
+        };
+        self.links
+            .inbox
+            .send(Input::Event(event))
+            .map_err(|_| Error::Shutdown)
     }
 
     /// Connects to a neighbour: opens (or reuses) the double stream to `info.endpoint` and
@@ -434,6 +453,8 @@ impl Node {
         let neighbors = &self.links.neighbors;
         let known_before = neighbors.lookup(&info.node_hash);
         let peer = neighbors.add(info.clone())?;
+        // Known before the link is up, so that nothing goes out over the peer's limit.
+        self.set_neighbor_limit(&peer, info.max_message)?;
         match self
             .links
             .establish(&peer, &info.endpoint, self.config.connect_timeout)
@@ -444,10 +465,15 @@ impl Node {
                 match known_before {
                     Some((_, old)) => {
                         let online = old.online;
+                        let limit = old.max_message;
                         neighbors.add(old)?;
                         neighbors.set_online(peer.as_str(), online && self.links.is_linked(&peer));
+                        self.set_neighbor_limit(&peer, limit)?;
                     }
-                    None => drop(neighbors.remove(&info.node_hash)),
+                    None => {
+                        drop(neighbors.remove(&info.node_hash));
+                        self.set_neighbor_limit(&peer, None)?;
+                    }
                 }
                 Err(e)
             }
@@ -465,7 +491,9 @@ impl Node {
     /// valid id). An endpoint that cannot be reached is no error here: the node keeps trying.
     pub fn add_neighbor(&self, info: NeighborInfo) -> Result<(), Error> {
         self.check_neighbor(&info)?;
+        let max_message = info.max_message;
         let peer = self.links.neighbors.add(info)?;
+        self.set_neighbor_limit(&peer, max_message)?;
         self.links
             .inbox
             .send(Input::Event(Event::NeighborAdded { peer: peer.clone() }))

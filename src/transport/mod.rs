@@ -398,10 +398,15 @@ pub(crate) struct StreamEnd {
     pub(crate) reason: String,
     /// The peer sent bytes that are not a valid frame.
     pub(crate) malformed: bool,
+    /// The call was over before its stream ended (grpcio's `RpcFinished` without a status).
+    /// On a server stream that means it was cancelled under us: by the peer, by its
+    /// connection dropping, or by gRPC refusing a message over the server's receive limit,
+    /// which never reaches us as a frame.
+    pub(crate) cancelled: bool,
 }
 
 impl StreamEnd {
-    fn from_error(e: grpcio::Error) -> StreamEnd {
+    pub(crate) fn from_error(e: grpcio::Error) -> StreamEnd {
         let malformed = matches!(e, grpcio::Error::Codec(_));
         StreamEnd {
             reason: if malformed {
@@ -410,13 +415,24 @@ impl StreamEnd {
                 describe(&e)
             },
             malformed,
+            cancelled: matches!(e, grpcio::Error::RpcFinished(None)),
         }
     }
 
-    fn closed(reason: &str) -> StreamEnd {
+    pub(crate) fn closed(reason: &str) -> StreamEnd {
         StreamEnd {
             reason: reason.to_owned(),
             malformed: false,
+            cancelled: false,
+        }
+    }
+
+    /// A frame that cannot be answered ended the call.
+    pub(crate) fn malformed(reason: String) -> StreamEnd {
+        StreamEnd {
+            reason,
+            malformed: true,
+            cancelled: false,
         }
     }
 }
@@ -459,10 +475,7 @@ where
         match next {
             Some(Ok(frame)) => {
                 if let Some(reason) = strict.and_then(|limits| frame.unanswerable(limits)) {
-                    return StreamEnd {
-                        reason,
-                        malformed: true,
-                    };
+                    return StreamEnd::malformed(reason);
                 }
                 if !forward(frame, id, inbox) {
                     return StreamEnd::closed("node stopped");

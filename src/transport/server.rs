@@ -391,7 +391,10 @@ impl GossipService {
                             spawn_serving(ctx, kind, caller, who, requests, sink, writer);
                         }
                         Some(Err(e)) => {
-                            let end = StreamEnd::from_error(e);
+                            let mut end = StreamEnd::from_error(e);
+                            if end.cancelled {
+                                end.reason = cancelled_reason(&ctx.limits);
+                            }
                             warn!(
                                 "{}: {kind:?} from {}: {}",
                                 ctx.local, caller.addr, end.reason
@@ -412,6 +415,18 @@ impl GossipService {
         };
         spawn_serving(ctx, kind, caller, who, requests, sink, writer);
     }
+}
+
+/// Why a server stream ended when gRPC finished its call under us. gRPC refuses a message over
+/// the server's receive limit itself (`RESOURCE_EXHAUSTED` to the sender) and cancels the
+/// call: it never reaches us as a frame, so this is all we can tell.
+fn cancelled_reason(limits: &Limits) -> String {
+    format!(
+        "cancelled under us: the peer cancelled it, its connection dropped, or it sent a \
+         message over this node's gRPC receive limit ({} bytes encoded, from \
+         limits.max_payload_bytes), which gRPC refused with RESOURCE_EXHAUSTED",
+        limits.grpc_message_limit()
+    )
 }
 
 /// Who an admitted call is from: known from its headers, or to be learnt from its first frame.
@@ -521,7 +536,7 @@ fn serve<In, Out>(
     };
     let open = Input::Open {
         stream,
-        peer,
+        peer: peer.clone(),
         kind,
         writer,
         features,
@@ -534,12 +549,7 @@ fn serve<In, Out>(
     let mut end = None;
     if let Some(frame) = first {
         match strict.and_then(|limits| frame.unanswerable(limits)) {
-            Some(reason) => {
-                end = Some(StreamEnd {
-                    reason,
-                    malformed: true,
-                })
-            }
+            Some(reason) => end = Some(StreamEnd::malformed(reason)),
             None if !forward(frame, stream, &ctx.inbox) => return,
             None => {}
         }
@@ -551,10 +561,25 @@ fn serve<In, Out>(
             | StreamKind::InboundSingle
     )
     .then_some(&*ctx.gate);
-    let end = match end {
+    let mut end = match end {
         Some(end) => end,
         None => read_loop(&mut requests, stream, &ctx.inbox, gate, strict, None),
     };
+    if end.cancelled {
+        end.reason = cancelled_reason(&ctx.limits);
+    }
+    if matches!(
+        kind,
+        StreamKind::InboundOriginalMessages | StreamKind::InboundOriginalAcks
+    ) {
+        // An original opens its streams once, when it connects: without this one it can no
+        // longer send (or ACK) to us, so the operator hears of it whatever the cause.
+        warn!(
+            "{}: {kind:?} from {peer} at {peer_addr} ended: {}; an original node does not open \
+             it again until it connects to this node anew",
+            ctx.local, end.reason
+        );
+    }
     let status = end.malformed.then(|| {
         warn!("{}: {kind:?} from {peer_addr}: {}", ctx.local, end.reason);
         RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, end.reason.clone())

@@ -12,9 +12,7 @@ use bytes::Bytes;
 use crossbeam_channel::{select, unbounded, Receiver};
 use grpc_gossip::broadcast::BroadcastCompletion;
 use grpc_gossip::metrics::MetricsServer;
-use grpc_gossip::{
-    Completion, Delivery, Error, Message, NeighborEvent, NeighborInfo, Node, StreamFactory,
-};
+use grpc_gossip::{Completion, Delivery, Error, Message, NeighborEvent, Node, StreamFactory};
 use log::{info, warn};
 use std::collections::{HashMap, VecDeque};
 
@@ -429,8 +427,8 @@ pub fn run(args: NodeArgs) -> Result<ExitCode, Error> {
     })
     .map_err(|e| Error::Io(std::io::Error::other(e)))?;
     // The node connects in the background and keeps retrying; commands need not wait.
-    for (id, addr) in &settings.peers {
-        node.add_neighbor(NeighborInfo::new(id.clone(), addr.clone()))?;
+    for peer in &settings.peers {
+        node.add_neighbor(peer.clone())?;
     }
     let lines = stdin_lines();
 
@@ -445,7 +443,9 @@ pub fn run(args: NodeArgs) -> Result<ExitCode, Error> {
         seq: 0,
         pending: 0,
         queued: HashMap::new(),
-        unreached: settings.peers.iter().cloned().collect(),
+        unreached: (settings.peers.iter())
+            .map(|p| (p.node_hash.clone(), p.endpoint.clone()))
+            .collect(),
         held_broadcasts: VecDeque::new(),
         broadcast_grace: Instant::now() + settings.node.connect_timeout,
     };

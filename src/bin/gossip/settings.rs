@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use grpc_gossip::transport::tls::TlsConfig;
-use grpc_gossip::{Deliveries, Error, NodeConfig, TransportConfig};
+use grpc_gossip::{Deliveries, Error, NeighborInfo, NodeConfig, TransportConfig};
 use serde::Deserialize;
 
 use crate::parse_size;
@@ -108,6 +108,8 @@ struct FileConfig {
 struct FilePeer {
     id: String,
     endpoint: String,
+    /// What it takes in one gRPC message if it is an original Go node.
+    max_message: Option<Size>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -174,8 +176,8 @@ pub struct Settings {
     pub node: NodeConfig,
     /// Its transport (TLS among it).
     pub transport: TransportConfig,
-    /// Neighbours: (id, endpoint).
-    pub peers: Vec<(String, String)>,
+    /// Neighbours.
+    pub peers: Vec<NeighborInfo>,
     /// Where to serve metrics.
     pub metrics_addr: Option<String>,
     /// Log filter.
@@ -371,9 +373,22 @@ impl Settings {
         transport.tls = tls_config;
 
         let peers = if args.peers.is_empty() {
-            file.peers.into_iter().map(|p| (p.id, p.endpoint)).collect()
+            let mut peers = Vec::new();
+            for p in file.peers {
+                let mut info = NeighborInfo::new(p.id, p.endpoint);
+                info.max_message = size("peers.max_message", &p.max_message)?;
+                if info.max_message == Some(0) {
+                    let why = format!("peer {:?}: must be > 0", info.node_hash);
+                    return Err(invalid("peers.max_message", why));
+                }
+                peers.push(info);
+            }
+            peers
         } else {
-            args.peers
+            let peers = args.peers.into_iter();
+            peers
+                .map(|(id, addr)| NeighborInfo::new(id, addr))
+                .collect()
         };
         check_peers(&node.id, &peers)?;
 
@@ -440,9 +455,10 @@ fn tls(args: &NodeArgs, file: Option<FileTls>) -> Result<Option<TlsConfig>, Erro
     }
 }
 
-fn check_peers(local: &str, peers: &[(String, String)]) -> Result<(), Error> {
+fn check_peers(local: &str, peers: &[NeighborInfo]) -> Result<(), Error> {
     let mut seen = std::collections::HashSet::new();
-    for (i, (id, endpoint)) in peers.iter().enumerate() {
+    for (i, peer) in peers.iter().enumerate() {
+        let (id, endpoint) = (&peer.node_hash, &peer.endpoint);
         if id.is_empty() {
             return Err(invalid(
                 "peers.id",
@@ -504,6 +520,8 @@ mod tests {
         let s = Settings::merge(NodeArgs::default(), file).unwrap();
         assert_eq!(s.node.id, "n1");
         assert_eq!(s.peers.len(), 2);
+        assert_eq!(s.peers[0].max_message, None);
+        assert_eq!(s.peers[1].max_message, Some(16 << 20));
         assert_eq!(s.node.limits.max_payload_bytes, 64 << 20);
     }
 
@@ -533,7 +551,7 @@ mod tests {
         assert_eq!(s.node.listen, "127.0.0.1:7000");
         assert_eq!(s.node.slots, 50);
         assert_eq!(s.node.ttl, Duration::from_secs(5));
-        assert_eq!(s.peers, vec![("c".to_owned(), "127.0.0.1:7002".to_owned())]);
+        assert_eq!(s.peers, vec![NeighborInfo::new("c", "127.0.0.1:7002")]);
     }
 
     #[test]
@@ -601,6 +619,18 @@ mod tests {
                 "id = \"a\"\n[[peers]]\nid = \"a\"\nendpoint = \"h:1\""
             )),
             "peers.id"
+        );
+        assert_eq!(
+            field_of(with(
+                "id = \"a\"\n[[peers]]\nid = \"b\"\nendpoint = \"h:1\"\nmax_message = 0"
+            )),
+            "peers.max_message"
+        );
+        assert_eq!(
+            field_of(with(
+                "id = \"a\"\n[[peers]]\nid = \"b\"\nendpoint = \"h:1\"\nmax_message = \"big\""
+            )),
+            "peers.max_message"
         );
         assert_eq!(
             field_of(with("id = \"a\"\nlog_level = \"loud\"")),

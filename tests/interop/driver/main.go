@@ -15,7 +15,8 @@
 //	sent HASH | error WHAT: WHY
 //
 // The server is the original's GossipServer on a plain grpc.NewServer(), as StartGRPCServer
-// builds it; the driver only wraps each stream's Recv to report what arrived.
+// builds it (with -max-recv, a larger grpc.MaxRecvMsgSize, as an operator may set); the driver
+// only wraps each stream's Recv to report what arrived.
 package main
 
 import (
@@ -113,6 +114,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "address of the gRPC server")
 	slots := flag.Int64("slots", 200, "the original's storage slots")
 	ttl := flag.Duration("ttl", 120*time.Second, "the original's storage TTL")
+	maxRecv := flag.Int("max-recv", 0, "the server's grpc.MaxRecvMsgSize (0: grpc-go's default, 4 MiB)")
 	flag.Parse()
 	// The original logs every frame; keep stdout for the reports.
 	log.SetOutput(os.Stderr)
@@ -130,7 +132,11 @@ func main() {
 	if err != nil {
 		log.Fatalf("listen %s: %v", *listen, err)
 	}
-	grpcServer := grpc.NewServer()
+	var options []grpc.ServerOption
+	if *maxRecv > 0 {
+		options = append(options, grpc.MaxRecvMsgSize(*maxRecv))
+	}
+	grpcServer := grpc.NewServer(options...)
 	pb.RegisterGossipServer(grpcServer, server{NodeManage.NewGossipServer(node)})
 	go func() {
 		if err := grpcServer.Serve(lis); err != nil {
