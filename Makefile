@@ -13,14 +13,16 @@ setup:
 	@scripts/setup.sh
 
 bench: setup
-	$(CARGO) run --release --bin gossip -- bench $(BENCH_ARGS)
+	$(CARGO) run --release --features cli --bin gossip -- bench $(BENCH_ARGS)
 
+# The library alone (no default features), then everything with the binary.
 test: setup
-	$(CARGO) test --release
+	$(CARGO) build --release --lib --no-default-features
+	$(CARGO) test --release --features cli
 
 lint: setup
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) clippy --release --all-targets --features cli -- -D warnings
 
 ci:
 	bash .ci/run

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 here=$(pwd)
 bin="${CARGO_TARGET_DIR:-$here/../target}/release/gossip"
-[ -x "$bin" ] || { echo "deploy: $bin missing; build it first (cargo build --release)" >&2; exit 1; }
+[ -x "$bin" ] || { echo "deploy: $bin missing; build it first (cargo build --release --features cli)" >&2; exit 1; }
 work=$(mktemp -d)
 ns="gossip-deploy-$$"
 cleanup() { ip netns del "$ns" 2>/dev/null || true; rm -rf "$work"; }

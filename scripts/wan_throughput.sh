@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release --quiet --bin gossip
+cargo build --release --quiet --features cli --bin gossip
 G="$CARGO_TARGET_DIR/release/gossip"
 DELAY_MS=${DELAY_MS:-50}
 SIZE=${SIZE:-16MiB}

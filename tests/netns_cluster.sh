@@ -29,7 +29,7 @@ ip netns add "$probe" 2>/dev/null || skip "'ip netns add' does not work here"
 ip netns del "$probe"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-cargo build --release --quiet --bin gossip
+cargo build --release --quiet --features cli --bin gossip
 GOSSIP="$CARGO_TARGET_DIR/release/gossip"
 
 P="gg$$"            # prefix of namespaces (short: interface names are at most 15 bytes)

@@ -350,7 +350,7 @@ impl Node {
 
     /// Whether the node is ready for traffic: it is running (listening) and linked to at least
     /// one neighbour, or has none. `Err` says why not. Served as `/readyz` by
-    /// [`MetricsServer::for_node`](crate::metrics::MetricsServer::for_node).
+    /// `metrics::MetricsServer::for_node` (feature `metrics-server`).
     pub fn readiness(&self) -> Result<(), String> {
         if self.check_open().is_err() {
             return Err("shut down".into());
@@ -376,7 +376,7 @@ impl Node {
 
     /// Everything the node measures, for monitoring: node-wide counters, per-peer traffic with
     /// each neighbour's online state, queue depths and the ACK latency histogram. Serve it to
-    /// Prometheus with [`MetricsServer`](crate::metrics::MetricsServer).
+    /// Prometheus with `metrics::MetricsServer` (feature `metrics-server`).
     pub fn metrics(&self) -> Metrics {
         let neighbors = self.neighbors();
         let mut peers = self.counters.peer_snapshot();

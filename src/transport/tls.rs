@@ -11,7 +11,7 @@
 //!
 //! So with TLS on, node ids must be valid DNS names (letters, digits, `-` and `.`).
 //!
-//! [`CertificateAuthority`] makes such a CA and node certificates (it is what
+//! `CertificateAuthority` (feature `certs`) makes such a CA and node certificates (it is what
 //! `gossip certs` runs); any other CA works as long as each node's certificate carries its id
 //! as a DNS subject alternative name and may be used for both server and client
 //! authentication.
@@ -19,17 +19,17 @@
 use std::fmt;
 use std::path::Path;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
-
 use grpcio::{
     CertificateRequestType, ChannelCredentials, ChannelCredentialsBuilder, RpcContext,
     ServerCredentials, ServerCredentialsBuilder,
 };
 
 use crate::error::Error;
+
+#[cfg(feature = "certs")]
+mod authority;
+#[cfg(feature = "certs")]
+pub use authority::{CertificateAuthority, IssuedCertificate};
 
 /// The auth-context property under which gRPC lists a peer certificate's SAN entries.
 const SAN_PROPERTY: &str = "x509_subject_alternative_name";
@@ -217,10 +217,9 @@ impl TlsConfig {
                 ),
             ));
         }
-        let key_text = std::str::from_utf8(&self.key_pem).unwrap_or_default();
-        match rcgen::KeyPair::from_pem(key_text) {
-            Ok(key) => {
-                if key.public_key_raw() != leaf.public_key().subject_public_key.data.as_ref() {
+        match public_key_of(&self.key_pem) {
+            Some(public) => {
+                if public != leaf.public_key().subject_public_key.data.as_ref() {
                     return Err(bad(
                         "tls.key",
                         "the key does not belong to the certificate in tls.cert".into(),
@@ -228,7 +227,7 @@ impl TlsConfig {
                 }
             }
             // A key format this check cannot read (OpenSSL may still): left to the handshake.
-            Err(e) => log::debug!("tls.key not checked against tls.cert: {e}"),
+            None => log::debug!("tls.key not checked against tls.cert: not a PKCS#8 key"),
         }
         Ok(())
     }
@@ -254,98 +253,29 @@ impl TlsConfig {
     }
 }
 
-/// A cluster CA that issues node certificates: the certificate's DNS subject alternative name
-/// is the node id, and it serves for both server and client authentication.
-pub struct CertificateAuthority {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-/// A node certificate and its private key, PEM-encoded.
-pub struct IssuedCertificate {
-    /// The certificate.
-    pub cert_pem: String,
-    /// Its private key.
-    pub key_pem: String,
-}
-
-fn tls_error(field: &'static str, e: impl fmt::Display) -> Error {
-    Error::Config {
-        field,
-        reason: e.to_string(),
+/// The public key (as a certificate's `subjectPublicKey` holds it) of the first PKCS#8
+/// private key in `pem`: ECDSA P-256 or P-384, Ed25519 or RSA. `None` for anything else.
+fn public_key_of(pem: &[u8]) -> Option<Vec<u8>> {
+    use ring::signature::{self, KeyPair};
+    let der = x509_parser::pem::Pem::iter_from_buffer(pem)
+        .filter_map(Result::ok)
+        .find(|p| p.label == "PRIVATE KEY")?
+        .contents;
+    let rng = ring::rand::SystemRandom::new();
+    for alg in [
+        &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+    ] {
+        if let Ok(key) = signature::EcdsaKeyPair::from_pkcs8(alg, &der, &rng) {
+            return Some(key.public_key().as_ref().to_vec());
+        }
     }
-}
-
-impl CertificateAuthority {
-    /// A new CA with a fresh key; `name` becomes its common name.
-    pub fn generate(name: &str) -> Result<CertificateAuthority, Error> {
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().map_err(|e| tls_error("tls.ca", e))?;
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| tls_error("tls.ca", e))?;
-        Ok(CertificateAuthority { cert, key })
+    if let Ok(key) = signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der) {
+        return Some(key.public_key().as_ref().to_vec());
     }
-
-    /// An existing CA, from its certificate and private key (PEM), to issue more node
-    /// certificates that chain to it.
-    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<CertificateAuthority, Error> {
-        let key = KeyPair::from_pem(key_pem).map_err(|e| tls_error("tls.ca_key", e))?;
-        let params =
-            CertificateParams::from_ca_cert_pem(cert_pem).map_err(|e| tls_error("tls.ca", e))?;
-        // Re-signing the same subject with the same key gives an issuer identical to the
-        // original for every purpose of chain verification.
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| tls_error("tls.ca", e))?;
-        Ok(CertificateAuthority { cert, key })
-    }
-
-    /// The CA certificate (what every node is configured with as `tls.ca`).
-    pub fn cert_pem(&self) -> String {
-        self.cert.pem()
-    }
-
-    /// The CA's private key (keep it off the nodes).
-    pub fn key_pem(&self) -> String {
-        self.key.serialize_pem()
-    }
-
-    /// Issues a certificate for node `id` (which must be a DNS name), with a fresh key.
-    pub fn issue(&self, id: &str) -> Result<IssuedCertificate, Error> {
-        let mut params =
-            CertificateParams::new(vec![id.to_owned()]).map_err(|e| tls_error("id", e))?;
-        params.distinguished_name.push(DnType::CommonName, id);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        let key = KeyPair::generate().map_err(|e| tls_error("tls.key", e))?;
-        let cert = params
-            .signed_by(&key, &self.cert, &self.key)
-            .map_err(|e| tls_error("tls.cert", e))?;
-        Ok(IssuedCertificate {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
-    }
-
-    /// A node's whole [`TlsConfig`]: a new certificate for `id` and this CA as the trust root.
-    pub fn node_config(&self, id: &str) -> Result<TlsConfig, Error> {
-        let issued = self.issue(id)?;
-        Ok(TlsConfig {
-            ca_pem: self.cert_pem().into_bytes(),
-            cert_pem: issued.cert_pem.into_bytes(),
-            key_pem: issued.key_pem.into_bytes(),
-        })
-    }
+    signature::RsaKeyPair::from_pkcs8(&der)
+        .ok()
+        .map(|key| key.public_key().as_ref().to_vec())
 }
 
 /// The names (SAN entries) of the verified certificate a client presented on this call, or
@@ -423,6 +353,7 @@ mod tests {
         assert!(!format!("{tls:?}").contains("SECRET"));
     }
 
+    #[cfg(feature = "certs")]
     #[test]
     fn a_ca_issues_valid_pem_and_can_be_reloaded() {
         let ca = CertificateAuthority::generate("test CA").unwrap();
@@ -450,6 +381,7 @@ mod tests {
         assert!(!certifies(&[], "a"));
     }
 
+    #[cfg(feature = "certs")]
     #[test]
     fn material_is_checked_against_the_node_at_start() {
         let ca = CertificateAuthority::generate("test CA").unwrap();

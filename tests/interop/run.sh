@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The interoperability suite: builds the original Go node and our driver (build.sh), then runs
-# tests/interop.rs against them. Where the original cannot be built here (no apt, no seed-go),
+# tests/suite/interop.rs against them. Where the original cannot be built here (no apt, no seed-go),
 # it prints why and skips.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -14,4 +14,4 @@ if [ "$status" -eq 3 ]; then
 elif [ "$status" -ne 0 ]; then
     exit "$status"
 fi
-GOSSIP_GO_DRIVER="$driver" cargo test --release --test interop -- --nocapture --test-threads 2
+GOSSIP_GO_DRIVER="$driver" cargo test --release --features cli --test suite interop:: -- --nocapture --test-threads 2

@@ -1,13 +1,11 @@
 //! Hostile and malformed input: each gets a clear error (in the gRPC status, to the caller or
 //! in the counters) while the node keeps serving its other peers.
 
-mod common;
-
 use std::io::Read;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use futures::executor::block_on;
 use futures::{SinkExt, StreamExt};
 use grpc_gossip::proto::{AckStatus, GossipACK, GossipClient, GossipMessage};

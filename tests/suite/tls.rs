@@ -3,13 +3,11 @@
 //! claiming an id its certificate does not carry, and a plaintext peer are refused, each with a
 //! log line saying why, while the node goes on serving its good peers.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use grpc_gossip::transport::tls::{CertificateAuthority, TlsConfig};
 use grpc_gossip::{Error, Message, NeighborInfo, Node, Outcome, StreamFactory, TransportConfig};
 use parking_lot::Mutex;

@@ -2,14 +2,12 @@
 //! the same address, a whole cluster shut down while sending. Every time the invariant holds:
 //! completions = messages sent, no delivery twice, nothing left in flight.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use crate::common::proxy::Proxy;
+use crate::common::*;
 use bytes::Bytes;
-use common::proxy::Proxy;
-use common::*;
 use grpc_gossip::{Error, FailReason, Message, NeighborEvent, NeighborInfo, Outcome};
 
 /// Nodes a and b, each linked to the other; a reaches b through a proxy that can break the link.
@@ -105,7 +103,7 @@ fn link_cut_under_load_then_restored() {
 #[test]
 fn peer_that_never_acks() {
     let f = factory();
-    let (mut server, addr) = common::silent::start(&f);
+    let (mut server, addr) = crate::common::silent::start(&f);
     let mut ca = config("a");
     ca.ttl = Duration::from_secs(3);
     ca.ack_timeout = Duration::from_millis(500);
@@ -134,7 +132,7 @@ fn peer_that_never_acks() {
 #[test]
 fn a_peer_that_stops_reading_is_taken_down() {
     let f = factory();
-    let (mut server, addr) = common::silent::start_deaf(&f);
+    let (mut server, addr) = crate::common::silent::start_deaf(&f);
     let mut ca = config("a");
     ca.ack_timeout = Duration::from_millis(500);
     let a = start_with(ca, &f);
@@ -168,7 +166,7 @@ fn a_peer_that_stops_reading_is_taken_down() {
 #[test]
 fn a_stuck_neighbour_does_not_block_the_others() {
     let f = factory();
-    let (mut server, addr) = common::silent::start(&f);
+    let (mut server, addr) = crate::common::silent::start(&f);
     let mut ca = config("a");
     ca.slots = 32;
     ca.peer_max_messages = 8;

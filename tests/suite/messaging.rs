@@ -1,13 +1,11 @@
 //! Messaging between real nodes over loopback gRPC: the seed's tests and the semantics users
 //! rely on (exactly one completion, order, dedup, ACK routing, limits).
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use grpc_gossip::{ConnectFailure, Error, FailReason, Message, Outcome};
 
 /// The seed's `TwoNodesBasicCommunication`: 15,000 small messages, all ACKed, each delivered once.

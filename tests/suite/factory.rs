@@ -1,11 +1,9 @@
 //! The `StreamFactory` is shared by the nodes of a process: one gRPC channel per endpoint,
 //! reused across nodes, closed once idle for longer than its TTL.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use grpc_gossip::{Error, NodeConfig, StreamFactory, TransportConfig};
 
 #[test]

@@ -2,15 +2,13 @@
 //! counters, completions by outcome, online state and the ACK latency histogram agree with what
 //! the nodes did.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use grpc_gossip::metrics::MetricsServer;
 use grpc_gossip::{Message, Outcome};
 

@@ -1,11 +1,9 @@
 //! Shutdown is clean: every pending message completes, nothing hangs, no thread is left.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use grpc_gossip::{Error, FailReason, Message, Outcome};
 
 #[test]
@@ -52,6 +50,10 @@ fn shutdown_while_sending_completes_everything() {
 /// thread behind: count the process's threads around a whole node lifetime.
 #[test]
 fn no_thread_is_left_after_shutdown() {
+    // The other tests of this binary start and stop threads too.
+    if !in_own_process("shutdown::no_thread_is_left_after_shutdown") {
+        return;
+    }
     let f = factory();
     // Warm up gRPC's own lazily started threads with one full cycle.
     let cycle = || {

@@ -1,13 +1,11 @@
 //! Multi-hop broadcast between real nodes over loopback gRPC: every live node delivers each
 //! broadcast exactly once, and the origin's converged count equals the number that did.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use grpc_gossip::broadcast::BroadcastCompletion;
 use grpc_gossip::{Message, Node};
 

@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests (included with `mod common;`).
+//! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
 pub mod proxy;
@@ -89,4 +89,29 @@ pub fn first_event<T>(
             return value;
         }
     }
+}
+
+/// Runs the test at `path` in this binary (e.g. `shutdown::no_thread_is_left_after_shutdown`)
+/// alone in a child process, for checks of process-wide state (the thread count) that the
+/// tests running beside it would disturb. Returns true in that child, where the caller goes on
+/// with its checks, and false in the parent once the child has passed.
+pub fn in_own_process(path: &str) -> bool {
+    const ALONE: &str = "GOSSIP_TEST_ALONE";
+    if std::env::var_os(ALONE).is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args([path, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(ALONE, "1")
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{path} alone: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
 }

@@ -4,18 +4,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "cli/bounds.rs"]
 mod bounds;
-#[path = "cli/budgets.rs"]
 mod budgets;
-#[path = "cli/crash.rs"]
 mod crash;
-#[path = "cli/operations.rs"]
 mod operations;
-// Only its silent peer is used here.
-#[allow(dead_code)]
-#[path = "common/silent.rs"]
-mod silent;
+use crate::common::silent;
 
 const GOSSIP: &str = env!("CARGO_BIN_EXE_gossip");
 

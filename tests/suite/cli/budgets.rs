@@ -120,7 +120,8 @@ fn partly_received_messages_stay_within_their_budget() {
 }
 
 /// The attack that took a node to 3.4 GiB before the budget, at the default limits (a 1 GiB
-/// largest message and budget): `cargo test --release --test cli -- --ignored defaults`.
+/// largest message and budget): `cargo test --release --features cli --test suite -- --ignored
+/// cli::budgets::partly_received_messages_at_the_defaults`.
 #[test]
 #[ignore = "sends 3 GiB; run by hand for the figures"]
 fn partly_received_messages_at_the_defaults() {

@@ -1,0 +1,21 @@
+//! The integration tests, as one binary so that gRPC's C core is linked once.
+//!
+//! Each module is one suite: nodes over loopback gRPC in this process (`messaging`,
+//! `broadcast`, `faults`, `hostile`, `shutdown`, `tls`, `metrics`, `factory`), and `gossip`
+//! processes (`cli`, and `interop` with original Go nodes, which needs
+//! `bash tests/interop/run.sh`). Run one with
+//! `cargo test --release --features cli --test suite messaging::` (the suite needs the `gossip`
+//! binary, so the `cli` feature).
+
+mod common;
+
+mod broadcast;
+mod cli;
+mod factory;
+mod faults;
+mod hostile;
+mod interop;
+mod messaging;
+mod metrics;
+mod shutdown;
+mod tls;
