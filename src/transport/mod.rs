@@ -392,6 +392,10 @@ impl InboundFrame for GossipACK {
     }
 }
 
+/// The reason of a stream whose peer ended it (or, on a server stream, whose call gRPC ended
+/// under us just before; see [`StreamEnd::cancelled`]).
+pub(crate) const CLOSED_BY_PEER: &str = "closed by peer";
+
 /// Why a stream's reader stopped.
 pub(crate) struct StreamEnd {
     /// For logs and the manager.
@@ -482,7 +486,7 @@ where
                 }
             }
             Some(Err(e)) => return StreamEnd::from_error(e),
-            None => return StreamEnd::closed("closed by peer"),
+            None => return StreamEnd::closed(CLOSED_BY_PEER),
         }
     }
 }

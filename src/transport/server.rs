@@ -3,17 +3,18 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use futures::StreamExt;
+use futures::{FutureExt, Sink, StreamExt};
 use grpcio::{
     ChannelBuilder, DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, Server,
-    ServerBuilder, ServerCredentials,
+    ServerBuilder, ServerCredentials, WriteFlags,
 };
-use log::warn;
+use log::{debug, warn};
 use parking_lot::Mutex;
 
 use super::batch::Batchable;
@@ -22,7 +23,7 @@ use super::threads::{ReadGate, ThreadSet};
 use super::tls;
 use super::{
     forward, outbox, read_loop, write_loop, Features, FrameSink, InboundFrame, Outbox, StreamEnd,
-    Verdict, Writer, EXPECTED_ID_HEADER, FEATURES_HEADER, NODE_ID_HEADER,
+    Verdict, Writer, CLOSED_BY_PEER, EXPECTED_ID_HEADER, FEATURES_HEADER, NODE_ID_HEADER,
 };
 use crate::config::Limits;
 use crate::error::Error;
@@ -406,8 +407,18 @@ impl GossipService {
                             let _ = sink.fail(status).await;
                             drop(requests);
                         }
-                        // The caller ended the call without a word.
-                        None => {}
+                        // The caller ended the call without a word, or gRPC cancelled it
+                        // (a first frame over our limit) and says so only a moment later:
+                        // no waiting here on the completion queue, so only what is known now.
+                        None => {
+                            let mut sink = sink;
+                            if finished_under_us(&mut sink, Duration::ZERO) {
+                                let reason = cancelled_reason(&ctx.limits);
+                                warn!("{}: {kind:?} from {}: {reason}", ctx.local, caller.addr);
+                            } else {
+                                debug!("{}: {kind:?} from {} ended", ctx.local, caller.addr);
+                            }
+                        }
                     }
                 });
                 return;
@@ -427,6 +438,25 @@ fn cancelled_reason(limits: &Limits) -> String {
          limits.max_payload_bytes), which gRPC refused with RESOURCE_EXHAUSTED",
         limits.grpc_message_limit()
     )
+}
+
+/// Whether gRPC finishes the call of `sink` (which we have not ended) within `within`: then it
+/// was cancelled under us. A call whose client merely half-closed stays open until we answer.
+fn finished_under_us<Out>(sink: &mut DuplexSink<Out>, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut ready = futures::future::poll_fn(|cx| {
+            <DuplexSink<Out> as Sink<(Out, WriteFlags)>>::poll_ready(Pin::new(&mut *sink), cx)
+        });
+        // A finished call answers `RemoteStopped`; a live one is ready for writes.
+        if matches!((&mut ready).now_or_never(), Some(Err(_))) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Who an admitted call is from: known from its headers, or to be learnt from its first frame.
@@ -515,7 +545,7 @@ fn serve<In, Out>(
     };
     let stream = StreamId(ctx.stream_ids.fetch_add(1, Ordering::Relaxed));
     let verdict: Arc<Verdict> = Arc::default();
-    let (writer, held_sink) = match writer {
+    let (writer, mut held_sink) = match writer {
         Some(make) => {
             let mut sink = sink;
             sink.enhance_batch(true);
@@ -565,13 +595,21 @@ fn serve<In, Out>(
         Some(end) => end,
         None => read_loop(&mut requests, stream, &ctx.inbox, gate, strict, None),
     };
+    let original = matches!(
+        kind,
+        StreamKind::InboundOriginalMessages | StreamKind::InboundOriginalAcks
+    );
+    if original && !end.cancelled && end.reason == CLOSED_BY_PEER {
+        // gRPC ends the request stream and the call as two completions: a cancelled call may
+        // read as a plain end of the stream first.
+        if let Some(sink) = held_sink.as_mut() {
+            end.cancelled = finished_under_us(sink, Duration::from_millis(200));
+        }
+    }
     if end.cancelled {
         end.reason = cancelled_reason(&ctx.limits);
     }
-    if matches!(
-        kind,
-        StreamKind::InboundOriginalMessages | StreamKind::InboundOriginalAcks
-    ) {
+    if original {
         // An original opens its streams once, when it connects: without this one it can no
         // longer send (or ACK) to us, so the operator hears of it whatever the cause.
         warn!(
