@@ -79,6 +79,9 @@ fn describe_build() {
     }
     let mut features: Vec<String> = env::vars()
         .filter_map(|(k, _)| k.strip_prefix("CARGO_FEATURE_").map(|f| f.to_lowercase()))
+        // `default` names no feature of its own; cargo spells `-` as `_` here.
+        .filter(|f| f != "default")
+        .map(|f| f.replace('_', "-"))
         .collect();
     features.sort();
     let features = if features.is_empty() {
