@@ -113,6 +113,7 @@ pub mod store;
 pub mod transport;
 
 pub use backoff::Backoff;
+pub use broadcast::{BroadcastCompletion, BroadcastConfig, BroadcastId};
 pub use config::{Deliveries, Limits, NodeConfig, TransportConfig};
 pub use error::{ConnectFailure, Error};
 pub use id::NodeId;

@@ -378,6 +378,16 @@ pub struct MessageManager {
     awaiting: HashMap<NodeId, Awaiting>,
 }
 
+impl std::fmt::Debug for MessageManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageManager")
+            .field("local", &self.local)
+            .field("streams", &self.streams.len())
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl MessageManager {
     /// A manager for node `local`, tracking messages in `store`. A linked peer with messages
     /// outstanding that shows no progress (no ACK) for `ack_timeout` is treated as a broken

@@ -252,6 +252,14 @@ pub struct NodeCollector {
     node: String,
 }
 
+impl std::fmt::Debug for NodeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCollector")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
 impl NodeCollector {
     /// A collector for `node`.
     pub fn new(node: Arc<Node>) -> Result<NodeCollector, Error> {

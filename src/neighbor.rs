@@ -98,7 +98,7 @@ pub trait NeighborStore: Send + Sync {
 }
 
 /// The default [`NeighborStore`]: a map behind a read-write lock.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct MemoryNeighborStore {
     map: RwLock<HashMap<String, NeighborInfo>>,
 }
@@ -138,6 +138,14 @@ pub struct NeighborManager {
     store: Box<dyn NeighborStore>,
     ids: RwLock<HashMap<String, NodeId>>,
     limits: Limits,
+}
+
+impl std::fmt::Debug for NeighborManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NeighborManager")
+            .field("neighbors", &self.ids.read().len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl NeighborManager {

@@ -108,6 +108,15 @@ pub struct SlotStore {
     seen: Mutex<SeenCache>,
 }
 
+impl std::fmt::Debug for SlotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotStore")
+            .field("slots", &self.slots)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SlotStore {
     /// A store with `slots` slots whose entries (and seen hashes) live at most `ttl`; the
     /// seen-cache keeps at most `seen_capacity` entries. No per-neighbour limit beyond `slots`.

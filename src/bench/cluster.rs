@@ -23,6 +23,15 @@ pub struct GossipCluster {
     payload: Bytes,
 }
 
+impl std::fmt::Debug for GossipCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GossipCluster")
+            .field("nodes", &self.nodes.len())
+            .field("workload", &self.workload)
+            .finish_non_exhaustive()
+    }
+}
+
 impl GossipCluster {
     /// Starts `workload.nodes` nodes on `127.0.0.1:0` sharing `factory`, and connects every
     /// node to every other. Received payloads are discarded (the benchmark reads completions

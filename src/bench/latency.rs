@@ -79,6 +79,16 @@ pub struct LoadedPair {
     next_probe: u64,
 }
 
+impl std::fmt::Debug for LoadedPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPair")
+            .field("a", &self.a.id())
+            .field("b", &self.b.id())
+            .field("bulk_bytes", &self.bulk_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
 impl LoadedPair {
     /// Starts nodes `a` and `b` sharing `factory`, links them both ways, and starts one thread
     /// per direction sending `w.bulk_bytes` messages as fast as the slots allow.

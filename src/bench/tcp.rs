@@ -28,6 +28,15 @@ pub struct TcpCluster {
     payload: Vec<u8>,
 }
 
+impl std::fmt::Debug for TcpCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpCluster")
+            .field("addrs", &self.addrs)
+            .field("workload", &self.workload)
+            .finish_non_exhaustive()
+    }
+}
+
 fn serve(conn: TcpStream) -> io::Result<()> {
     conn.set_nodelay(true)?;
     let mut reader = BufReader::with_capacity(256 * 1024, conn.try_clone()?);

@@ -119,6 +119,16 @@ pub struct BroadcastEngine {
     load: HashMap<NodeId, u64>,
 }
 
+impl std::fmt::Debug for BroadcastEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BroadcastEngine")
+            .field("local", &self.local)
+            .field("neighbors", &self.neighbors.len())
+            .field("tracked", &self.tracked.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl BroadcastEngine {
     /// An engine for node `local`; `router` picks eager targets for small payloads.
     pub fn new(local: NodeId, config: BroadcastConfig, router: Box<dyn Router>) -> Self {

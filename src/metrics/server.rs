@@ -29,6 +29,14 @@ pub struct MetricsServer {
     thread: Option<JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for MetricsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl MetricsServer {
     /// Serves `node`'s metrics and readiness on `addr` (port 0 picks one).
     pub fn for_node(addr: &str, node: Arc<Node>) -> Result<MetricsServer, Error> {

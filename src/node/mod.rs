@@ -57,6 +57,23 @@ pub struct NodeBuilder {
     router: Option<Box<dyn Router>>,
 }
 
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 impl NodeBuilder {
     /// Use this factory instead of the process-wide [`StreamFactory::shared`].
     pub fn factory(mut self, factory: Arc<StreamFactory>) -> Self {

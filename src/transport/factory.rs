@@ -49,6 +49,15 @@ pub struct StreamFactory {
     janitor: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
 }
 
+impl std::fmt::Debug for StreamFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamFactory")
+            .field("config", &self.config)
+            .field("channels", &self.channels.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A double stream to one neighbour: the two client calls, and the lease that keeps their
 /// channel open.
 pub(crate) struct DoubleStream {

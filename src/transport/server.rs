@@ -227,7 +227,7 @@ pub(crate) fn start(
 
 /// The id a client announced in its request headers: `None` without the header, `Err` if the
 /// header is not UTF-8.
-fn header_id(ctx: &RpcContext) -> Option<Result<String, String>> {
+fn header_id(ctx: &RpcContext<'_>) -> Option<Result<String, String>> {
     ctx.request_headers()
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(NODE_ID_HEADER))
@@ -237,7 +237,7 @@ fn header_id(ctx: &RpcContext) -> Option<Result<String, String>> {
 }
 
 /// The id the client expects this node to have (header `gossip-expect-id`), if it said.
-fn expected_id(ctx: &RpcContext) -> Option<String> {
+fn expected_id(ctx: &RpcContext<'_>) -> Option<String> {
     ctx.request_headers()
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(EXPECTED_ID_HEADER))
@@ -245,7 +245,7 @@ fn expected_id(ctx: &RpcContext) -> Option<String> {
 }
 
 /// The features the client listed in its request headers.
-fn announced_features(ctx: &RpcContext) -> Features {
+fn announced_features(ctx: &RpcContext<'_>) -> Features {
     let mut all = Features::default();
     for (_, v) in ctx
         .request_headers()
@@ -341,7 +341,7 @@ impl GossipService {
     /// registers the stream, starts a writer if we answer on it, and reads until the call ends.
     fn accept<In, Out>(
         &self,
-        rpc: &RpcContext,
+        rpc: &RpcContext<'_>,
         kind: StreamKind,
         requests: RequestStream<In>,
         sink: DuplexSink<Out>,
@@ -639,7 +639,7 @@ fn serve<In, Out>(
 impl Gossip for GossipService {
     fn message_stream(
         &mut self,
-        ctx: RpcContext,
+        ctx: RpcContext<'_>,
         stream: RequestStream<GossipMessage>,
         sink: DuplexSink<GossipMessage>,
     ) {
@@ -648,7 +648,7 @@ impl Gossip for GossipService {
 
     fn ack_stream(
         &mut self,
-        ctx: RpcContext,
+        ctx: RpcContext<'_>,
         stream: RequestStream<GossipACK>,
         sink: DuplexSink<GossipACK>,
     ) {
@@ -663,7 +663,7 @@ impl Gossip for GossipService {
 
     fn stream(
         &mut self,
-        ctx: RpcContext,
+        ctx: RpcContext<'_>,
         stream: RequestStream<GossipMessage>,
         sink: DuplexSink<GossipACK>,
     ) {

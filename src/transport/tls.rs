@@ -280,7 +280,7 @@ fn public_key_of(pem: &[u8]) -> Option<Vec<u8>> {
 
 /// The names (SAN entries) of the verified certificate a client presented on this call, or
 /// `None` on a plaintext call.
-pub(crate) fn peer_names(ctx: &RpcContext) -> Option<Vec<String>> {
+pub(crate) fn peer_names(ctx: &RpcContext<'_>) -> Option<Vec<String>> {
     let auth = ctx.auth_context()?;
     if !auth.peer_is_authenticated() {
         return None;

@@ -18,10 +18,10 @@ static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 struct Capture;
 
 impl log::Log for Capture {
-    fn enabled(&self, m: &log::Metadata) -> bool {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
         m.level() <= log::Level::Info
     }
-    fn log(&self, r: &log::Record) {
+    fn log(&self, r: &log::Record<'_>) {
         if self.enabled(r.metadata()) {
             LOGS.lock()
                 .push(format!("{} {}: {}", r.level(), r.target(), r.args()));
@@ -150,8 +150,7 @@ fn mutual_tls_admits_only_certified_peers() {
     let refused = Node::builder(config("outsider"))
         .factory(tls_factory(Some(outsider_tls.clone())))
         .start()
-        .err()
-        .expect("a certificate from another CA is refused at start");
+        .expect_err("a certificate from another CA is refused at start");
     assert!(
         matches!(&refused, Error::Config { field: "tls.cert", reason } if reason.contains("not signed by the CA")),
         "{refused}"
@@ -173,8 +172,7 @@ fn mutual_tls_admits_only_certified_peers() {
     let refused = Node::builder(config("good"))
         .factory(tls_factory(Some(mallory_tls.clone())))
         .start()
-        .err()
-        .expect("another node's certificate is refused at start");
+        .expect_err("another node's certificate is refused at start");
     assert!(
         matches!(&refused, Error::Config { field: "tls.cert", reason } if reason.contains("mallory") && reason.contains("\"good\"")),
         "{refused}"
@@ -227,8 +225,7 @@ fn malformed_tls_material_is_refused_at_start_naming_the_field() {
     let err = Node::builder(config("n"))
         .factory(tls_factory(Some(tls)))
         .start()
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(
         matches!(
             err,

@@ -35,7 +35,7 @@ enum Baseline {
 
 /// Arguments of `gossip bench`.
 #[derive(clap::Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// What to measure.
     #[arg(long, value_enum, default_value_t = Mode::Seed)]
     mode: Mode,
@@ -391,7 +391,7 @@ fn ack_latency(
 }
 
 /// Runs the benchmark `args` asks for and prints its figures.
-pub fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
+pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
     let w = Workload {
         nodes: args.nodes,
         messages_per_peer: args.messages,

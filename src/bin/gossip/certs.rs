@@ -8,7 +8,7 @@ use grpc_gossip::Error;
 
 /// Arguments of `gossip certs`.
 #[derive(clap::Args)]
-pub struct CertsArgs {
+pub(crate) struct CertsArgs {
     /// Directory to write into: ca.pem and ca.key (reused when present, so that more nodes
     /// can join later), then ID.pem and ID.key per node.
     #[arg(long, value_name = "DIR")]
@@ -54,7 +54,7 @@ fn is_dns_name(id: &str) -> bool {
 }
 
 /// Makes (or reuses) the CA and issues a certificate per id.
-pub fn run(args: CertsArgs) -> Result<ExitCode, Error> {
+pub(crate) fn run(args: CertsArgs) -> Result<ExitCode, Error> {
     if let Some(bad) = args.ids.iter().find(|id| !is_dns_name(id)) {
         return Err(Error::Config {
             field: "ids",

@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::settings::{NodeArgs, Settings};
 
 /// `gossip node --help`'s epilogue: the stdin and stdout formats.
-pub const NODE_HELP: &str = "\
+pub(crate) const NODE_HELP: &str = "\
 Stdin, one command per line (read at once; messages to a peer that is not up yet wait for it):
   PEER some text       send `some text` to neighbour PEER
   PEER @path/to/file   send the file's bytes to PEER
@@ -389,7 +389,7 @@ impl Daemon {
 }
 
 /// Runs `gossip node` until stdin is done (with --exit-when-done) or a signal stops it.
-pub fn run(args: NodeArgs) -> Result<ExitCode, Error> {
+pub(crate) fn run(args: NodeArgs) -> Result<ExitCode, Error> {
     let settings = Settings::resolve(args)?;
     crate::init_logging(&settings.log_level);
     TIMESTAMPS.store(settings.timestamps, std::sync::atomic::Ordering::Relaxed);

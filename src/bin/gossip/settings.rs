@@ -13,11 +13,11 @@ use crate::parse_size;
 
 /// How many delivered messages may wait to be printed or written to `deliver_dir` (each is
 /// held in memory until then, and only then ACKed).
-pub const UNCONFIRMED_DELIVERIES: usize = 64;
+pub(crate) const UNCONFIRMED_DELIVERIES: usize = 64;
 
 /// Arguments of `gossip node`. Each one overrides the same setting of the `--config` file.
 #[derive(clap::Args, Default)]
-pub struct NodeArgs {
+pub(crate) struct NodeArgs {
     /// TOML configuration file (see examples/node.toml); flags override its settings.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -171,7 +171,7 @@ struct FileTls {
 
 /// Everything `gossip node` runs with, checked.
 #[derive(Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// The node's configuration.
     pub node: NodeConfig,
     /// Its transport (TLS among it).
@@ -253,7 +253,7 @@ fn read_file(path: &Path) -> Result<FileConfig, Error> {
 impl Settings {
     /// Merges the file named by `--config` (if any) with the flags, flags winning, and checks
     /// the result.
-    pub fn resolve(args: NodeArgs) -> Result<Settings, Error> {
+    pub(crate) fn resolve(args: NodeArgs) -> Result<Settings, Error> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),

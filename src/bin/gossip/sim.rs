@@ -6,7 +6,7 @@ use crate::parse_size;
 
 /// Arguments of `gossip sim`.
 #[derive(clap::Args)]
-pub struct SimArgs {
+pub(crate) struct SimArgs {
     /// Nodes in the graph.
     #[arg(long, default_value_t = 1000)]
     nodes: usize,
@@ -40,7 +40,7 @@ pub struct SimArgs {
 }
 
 /// Runs the simulation and prints its figures.
-pub fn run(args: SimArgs) -> Result<ExitCode, grpc_gossip::Error> {
+pub(crate) fn run(args: SimArgs) -> Result<ExitCode, grpc_gossip::Error> {
     let cfg = grpc_gossip::sim::SimConfig {
         nodes: args.nodes,
         fanout: args.fanout,

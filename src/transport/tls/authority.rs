@@ -18,12 +18,29 @@ pub struct CertificateAuthority {
     key: KeyPair,
 }
 
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key never reaches a log.
+        f.debug_struct("CertificateAuthority")
+            .finish_non_exhaustive()
+    }
+}
+
 /// A node certificate and its private key, PEM-encoded.
 pub struct IssuedCertificate {
     /// The certificate.
     pub cert_pem: String,
     /// Its private key.
     pub key_pem: String,
+}
+
+impl std::fmt::Debug for IssuedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCertificate")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 fn tls_error(field: &'static str, e: impl fmt::Display) -> Error {

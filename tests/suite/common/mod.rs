@@ -1,8 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-pub mod proxy;
-pub mod silent;
+pub(crate) mod proxy;
+pub(crate) mod silent;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,30 +13,30 @@ use grpc_gossip::{
 };
 
 /// Generous: tests check behaviour, not speed.
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
 
-pub fn factory() -> Arc<StreamFactory> {
+pub(crate) fn factory() -> Arc<StreamFactory> {
     StreamFactory::new(TransportConfig::default())
 }
 
-pub fn config(id: &str) -> NodeConfig {
+pub(crate) fn config(id: &str) -> NodeConfig {
     let mut c = NodeConfig::new(id, "127.0.0.1:0");
     c.deliveries = Deliveries::Queue(1 << 16);
     c
 }
 
-pub fn start(id: &str, factory: &Arc<StreamFactory>) -> Node {
+pub(crate) fn start(id: &str, factory: &Arc<StreamFactory>) -> Node {
     start_with(config(id), factory)
 }
 
-pub fn start_with(config: NodeConfig, factory: &Arc<StreamFactory>) -> Node {
+pub(crate) fn start_with(config: NodeConfig, factory: &Arc<StreamFactory>) -> Node {
     Node::builder(config)
         .factory(factory.clone())
         .start()
         .expect("node starts")
 }
 
-pub fn connect(a: &Node, b: &Node) {
+pub(crate) fn connect(a: &Node, b: &Node) {
     a.connect_to_neighbor(NeighborInfo::new(
         b.id().as_str(),
         b.local_addr().to_string(),
@@ -44,7 +44,7 @@ pub fn connect(a: &Node, b: &Node) {
     .expect("connect");
 }
 
-pub fn mesh(nodes: &[Node]) {
+pub(crate) fn mesh(nodes: &[Node]) {
     for a in nodes {
         for b in nodes {
             if a.id() != b.id() {
@@ -55,7 +55,7 @@ pub fn mesh(nodes: &[Node]) {
 }
 
 /// Receives exactly `n` completions (panics if they do not come within `PATIENCE`).
-pub fn collect(rx: &Receiver<Completion>, n: usize) -> Vec<Completion> {
+pub(crate) fn collect(rx: &Receiver<Completion>, n: usize) -> Vec<Completion> {
     (0..n)
         .map(|i| {
             rx.recv_timeout(PATIENCE)
@@ -65,21 +65,21 @@ pub fn collect(rx: &Receiver<Completion>, n: usize) -> Vec<Completion> {
 }
 
 /// Asserts that nothing more arrives for a short while (exactly-once checks).
-pub fn assert_quiet<T: std::fmt::Debug>(rx: &Receiver<T>) {
+pub(crate) fn assert_quiet<T: std::fmt::Debug>(rx: &Receiver<T>) {
     if let Ok(extra) = rx.recv_timeout(Duration::from_millis(300)) {
         panic!("unexpected extra item: {extra:?}");
     }
 }
 
 /// Threads of this process, from /proc.
-pub fn thread_count() -> usize {
+pub(crate) fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())
         .unwrap_or(0)
 }
 
 /// Waits (up to [`PATIENCE`]) for the first neighbour event that `pick` maps to a value.
-pub fn first_event<T>(
+pub(crate) fn first_event<T>(
     events: &Receiver<grpc_gossip::NeighborEvent>,
     mut pick: impl FnMut(grpc_gossip::NeighborEvent) -> Option<T>,
 ) -> T {
@@ -95,7 +95,7 @@ pub fn first_event<T>(
 /// alone in a child process, for checks of process-wide state (the thread count) that the
 /// tests running beside it would disturb. Returns true in that child, where the caller goes on
 /// with its checks, and false in the parent once the child has passed.
-pub fn in_own_process(path: &str) -> bool {
+pub(crate) fn in_own_process(path: &str) -> bool {
     const ALONE: &str = "GOSSIP_TEST_ALONE";
     if std::env::var_os(ALONE).is_some() {
         return true;

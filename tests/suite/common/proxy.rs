@@ -19,7 +19,7 @@ struct State {
 }
 
 /// Forwards every connection made to `addr()` to the target, until cut.
-pub struct Proxy {
+pub(crate) struct Proxy {
     addr: SocketAddr,
     state: Arc<State>,
     acceptor: Option<JoinHandle<()>>,
@@ -45,7 +45,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: Arc<State>) {
 }
 
 impl Proxy {
-    pub fn start(target: SocketAddr) -> Proxy {
+    pub(crate) fn start(target: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
@@ -91,12 +91,12 @@ impl Proxy {
         }
     }
 
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Breaks every forwarded connection and refuses new ones.
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.state.open.store(false, Ordering::Release);
         for c in self.state.conns.lock().drain(..) {
             let _ = c.shutdown(Shutdown::Both);
@@ -104,20 +104,20 @@ impl Proxy {
     }
 
     /// Accepts and forwards connections again.
-    pub fn restore(&self) {
+    pub(crate) fn restore(&self) {
         self.state.open.store(true, Ordering::Release);
     }
 
     /// Turns existing connections into black holes: still open, nothing gets through. New
     /// connections are refused until `thaw`.
-    pub fn freeze(&self) {
+    pub(crate) fn freeze(&self) {
         self.state.open.store(false, Ordering::Release);
         self.state.frozen.store(true, Ordering::Release);
     }
 
     /// Lets traffic through again; connections frozen before stay useless to their ends, which
     /// have given up on them by then.
-    pub fn thaw(&self) {
+    pub(crate) fn thaw(&self) {
         self.state.frozen.store(false, Ordering::Release);
         self.state.open.store(true, Ordering::Release);
     }

@@ -23,22 +23,32 @@ fn drain<T: Send + 'static, U: Send + 'static>(s: RequestStream<T>, sink: Duplex
 impl Gossip for Silent {
     fn message_stream(
         &mut self,
-        _: RpcContext,
+        _: RpcContext<'_>,
         s: RequestStream<GossipMessage>,
         k: DuplexSink<GossipMessage>,
     ) {
         drain(s, k)
     }
-    fn ack_stream(&mut self, _: RpcContext, s: RequestStream<GossipACK>, k: DuplexSink<GossipACK>) {
+    fn ack_stream(
+        &mut self,
+        _: RpcContext<'_>,
+        s: RequestStream<GossipACK>,
+        k: DuplexSink<GossipACK>,
+    ) {
         drain(s, k)
     }
-    fn stream(&mut self, _: RpcContext, s: RequestStream<GossipMessage>, k: DuplexSink<GossipACK>) {
+    fn stream(
+        &mut self,
+        _: RpcContext<'_>,
+        s: RequestStream<GossipMessage>,
+        k: DuplexSink<GossipACK>,
+    ) {
         drain(s, k)
     }
 }
 
 /// Starts the silent peer; returns the server (stop it with `shutdown`) and its address.
-pub fn start(factory: &Arc<StreamFactory>) -> (Server, String) {
+pub(crate) fn start(factory: &Arc<StreamFactory>) -> (Server, String) {
     serve(factory, Silent)
 }
 
@@ -75,21 +85,31 @@ impl Deaf {
 impl Gossip for Deaf {
     fn message_stream(
         &mut self,
-        _: RpcContext,
+        _: RpcContext<'_>,
         s: RequestStream<GossipMessage>,
         k: DuplexSink<GossipMessage>,
     ) {
         self.hold(s, k)
     }
-    fn ack_stream(&mut self, _: RpcContext, s: RequestStream<GossipACK>, k: DuplexSink<GossipACK>) {
+    fn ack_stream(
+        &mut self,
+        _: RpcContext<'_>,
+        s: RequestStream<GossipACK>,
+        k: DuplexSink<GossipACK>,
+    ) {
         self.hold(s, k)
     }
-    fn stream(&mut self, _: RpcContext, s: RequestStream<GossipMessage>, k: DuplexSink<GossipACK>) {
+    fn stream(
+        &mut self,
+        _: RpcContext<'_>,
+        s: RequestStream<GossipMessage>,
+        k: DuplexSink<GossipACK>,
+    ) {
         self.hold(s, k)
     }
 }
 
 /// Starts the deaf peer; returns the server (stop it with `shutdown`) and its address.
-pub fn start_deaf(factory: &Arc<StreamFactory>) -> (Server, String) {
+pub(crate) fn start_deaf(factory: &Arc<StreamFactory>) -> (Server, String) {
     serve(factory, Deaf::default())
 }
