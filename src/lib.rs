@@ -75,9 +75,10 @@
 //!
 //! [`TransportConfig::tls`] turns on mutual TLS: peers must hold a certificate from the cluster
 //! CA whose subject alternative name is the id they claim ([`transport::tls`], which can also
-//! make the CA and the certificates with the feature `certs`). [`Node::metrics`] snapshots per-peer traffic, completions
-//! by outcome, queue depths and an ACK latency histogram; `metrics::MetricsServer` (feature `metrics-server`) serves them
-//! to Prometheus. The `gossip node` binary wraps all of it as a service.
+//! make the CA and the certificates with the feature `certs`). [`Node::metrics`] snapshots
+//! per-peer traffic, completions by outcome, queue depths and an ACK latency histogram;
+//! `metrics::MetricsServer` (feature `metrics-server`) serves them to Prometheus. The
+//! `gossip node` binary (feature `cli`) wraps all of it as a service.
 //!
 //! ## Performance
 //!
