@@ -209,6 +209,7 @@ impl Node {
         let ctx = Arc::new(Context {
             local: id.clone(),
             limits: config.limits.clone(),
+            receive_limit: factory.config().max_grpc_message_bytes,
             inbox: inbox.clone(),
             stream_ids,
             threads,

@@ -37,6 +37,10 @@ use crate::stats::{bump, Counters};
 pub(crate) struct Context {
     pub(crate) local: NodeId,
     pub(crate) limits: Limits,
+    /// The largest gRPC message the server takes (the factory's
+    /// [`TransportConfig::max_grpc_message_bytes`](crate::TransportConfig::max_grpc_message_bytes)):
+    /// gRPC refuses larger ones itself.
+    pub(crate) receive_limit: usize,
     pub(crate) inbox: Sender<Input>,
     pub(crate) stream_ids: Arc<AtomicU64>,
     pub(crate) threads: Arc<ThreadSet>,
@@ -394,7 +398,7 @@ impl GossipService {
                         Some(Err(e)) => {
                             let mut end = StreamEnd::from_error(e);
                             if end.cancelled {
-                                end.reason = cancelled_reason(&ctx.limits);
+                                end.reason = cancelled_reason(ctx.receive_limit);
                             }
                             warn!(
                                 "{}: {kind:?} from {}: {}",
@@ -413,7 +417,7 @@ impl GossipService {
                         None => {
                             let mut sink = sink;
                             if finished_under_us(&mut sink, Duration::ZERO) {
-                                let reason = cancelled_reason(&ctx.limits);
+                                let reason = cancelled_reason(ctx.receive_limit);
                                 warn!("{}: {kind:?} from {}: {reason}", ctx.local, caller.addr);
                             } else {
                                 debug!("{}: {kind:?} from {} ended", ctx.local, caller.addr);
@@ -431,12 +435,11 @@ impl GossipService {
 /// Why a server stream ended when gRPC finished its call under us. gRPC refuses a message over
 /// the server's receive limit itself (`RESOURCE_EXHAUSTED` to the sender) and cancels the
 /// call: it never reaches us as a frame, so this is all we can tell.
-fn cancelled_reason(limits: &Limits) -> String {
+fn cancelled_reason(receive_limit: usize) -> String {
     format!(
         "cancelled under us: the peer cancelled it, its connection dropped, or it sent a \
-         message over this node's gRPC receive limit ({} bytes encoded, from \
-         limits.max_payload_bytes), which gRPC refused with RESOURCE_EXHAUSTED",
-        limits.grpc_message_limit()
+         message over this node's gRPC receive limit ({receive_limit} bytes encoded, \
+         TransportConfig::max_grpc_message_bytes), which gRPC refused with RESOURCE_EXHAUSTED"
     )
 }
 
@@ -607,7 +610,7 @@ fn serve<In, Out>(
         }
     }
     if end.cancelled {
-        end.reason = cancelled_reason(&ctx.limits);
+        end.reason = cancelled_reason(ctx.receive_limit);
     }
     if original {
         // An original opens its streams once, when it connects: without this one it can no
