@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use crate::id::IdKind;
-
 /// Errors returned by the public API.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -138,6 +136,24 @@ impl std::fmt::Display for ConnectFailure {
             ConnectFailure::Refused => "refused",
             ConnectFailure::Timeout => "timed out",
             ConnectFailure::Handshake => "handshake failed",
+        })
+    }
+}
+
+/// What an id names, for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdKind {
+    /// A node id (`NodeHash`, `from_hash`).
+    Node,
+    /// A message hash.
+    Message,
+}
+
+impl std::fmt::Display for IdKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IdKind::Node => "node id",
+            IdKind::Message => "message hash",
         })
     }
 }

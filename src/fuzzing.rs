@@ -45,8 +45,8 @@ use bytes::Bytes;
 use protobuf::Message as _;
 
 use crate::broadcast::{self, BroadcastConfig, BroadcastEngine, Frame};
-use crate::config::Limits;
 use crate::id::NodeId;
+use crate::limits::Limits;
 use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind};
 use crate::message::MessageKey;
 use crate::node::driver::Input;

@@ -4,8 +4,9 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::Limits;
 use crate::error::Error;
+pub use crate::error::IdKind;
+use crate::limits::Limits;
 
 /// The unique id of a node (the seed's `NodeHash`).
 ///
@@ -48,24 +49,6 @@ impl Borrow<str> for NodeId {
 impl AsRef<str> for NodeId {
     fn as_ref(&self) -> &str {
         &self.0
-    }
-}
-
-/// What an id names, for error messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IdKind {
-    /// A node id (`NodeHash`, `from_hash`).
-    Node,
-    /// A message hash.
-    Message,
-}
-
-impl fmt::Display for IdKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            IdKind::Node => "node id",
-            IdKind::Message => "message hash",
-        })
     }
 }
 

@@ -101,6 +101,7 @@ pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod id;
+mod limits;
 pub mod manager;
 pub mod message;
 pub mod metrics;

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use log::{debug, warn};
 
-use crate::config::Limits;
 use crate::id::{validate_id, IdKind, NodeId};
+use crate::limits::Limits;
 use crate::message::{Completion, Delivery, FailReason, MessageKey, Outcome};
 use crate::stats::{add, bump, Counters};
 use crate::store::{SlotStore, Tracked};
@@ -116,9 +116,7 @@ pub struct WireAck {
     pub detail: String,
 }
 
-/// grpc-go's default receive limit (4 MiB), on the encoded message: what an original Go node
-/// takes unless configured otherwise.
-pub const ORIGINAL_LIMIT: usize = 4 * 1024 * 1024;
+pub use crate::limits::ORIGINAL_LIMIT;
 
 /// The size of a plain message frame as protobuf encodes it (hash, sender, payload).
 pub fn encoded_len(hash: &str, from: &str, payload: usize) -> usize {

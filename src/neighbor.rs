@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 
-use crate::config::Limits;
 use crate::error::Error;
 use crate::id::NodeId;
+use crate::limits::Limits;
 
 /// A neighbour record, as in the seed: its id, its gRPC endpoint and whether it is online.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

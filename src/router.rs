@@ -59,7 +59,7 @@ impl Router for FanoutRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Limits;
+    use crate::limits::Limits;
 
     fn c(peer: &str, cost: u64, has_message: bool) -> Candidate {
         Candidate {

@@ -20,9 +20,9 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::broadcast::{Action, BroadcastConfig, BroadcastEngine, BroadcastId, Event, Frame};
-use crate::config::Limits;
 use crate::error::Error;
 use crate::id::NodeId;
+use crate::limits::Limits;
 use crate::router::FanoutRouter;
 
 /// What to simulate.

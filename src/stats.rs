@@ -379,7 +379,7 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Limits;
+    use crate::limits::Limits;
 
     #[test]
     fn latency_lands_in_the_first_bucket_that_holds_it() {

@@ -349,7 +349,7 @@ impl SlotStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Limits;
+    use crate::limits::Limits;
     use std::sync::Arc;
 
     /// Reserves a slot for a one-byte message.

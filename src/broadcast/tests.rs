@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::*;
-use crate::config::Limits;
 use crate::error::Error;
+use crate::limits::Limits;
 use crate::router::FanoutRouter;
 
 fn node(s: &str) -> NodeId {

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use bytes::BytesMut;
 
 use super::{StreamId, WireMessage};
-use crate::config::Limits;
 use crate::id::NodeId;
+use crate::limits::Limits;
 
 /// A chunked message being received on one stream.
 #[derive(Debug)]

@@ -268,7 +268,7 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Limits;
+    use crate::limits::Limits;
 
     fn schedule() -> Schedule {
         Schedule {

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use grpcio::{ClientDuplexSender, DuplexSink, RpcStatus, WriteFlags};
 
-use crate::config::Limits;
 use crate::id::{validate_id, IdKind};
+use crate::limits::Limits;
 use crate::manager::{AckStatus, Event, StreamId, WireAck, WireMessage};
 use crate::node::driver::Input;
 use crate::proto::{self, GossipACK, GossipMessage};
@@ -619,7 +619,7 @@ mod tests {
     //! The path from received bytes to manager events, fed arbitrary input: it never panics,
     //! and whatever decodes is handled by the state machine without breaking its rules.
     use super::*;
-    use crate::config::Limits;
+    use crate::limits::Limits;
     use crate::manager::{Action, MessageManager, StreamKind};
     use crate::store::SlotStore;
     use proptest::prelude::*;

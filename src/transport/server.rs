@@ -25,9 +25,9 @@ use super::{
     forward, outbox, read_loop, write_loop, Features, FrameSink, InboundFrame, Outbox, StreamEnd,
     Verdict, Writer, CLOSED_BY_PEER, EXPECTED_ID_HEADER, FEATURES_HEADER, NODE_ID_HEADER,
 };
-use crate::config::Limits;
 use crate::error::Error;
 use crate::id::NodeId;
+use crate::limits::Limits;
 use crate::manager::{Event, StreamId, StreamKind};
 use crate::node::driver::Input;
 use crate::proto::{create_gossip, Gossip, GossipACK, GossipMessage};

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::broadcast::{BroadcastAck, BroadcastId, Frame};
-use crate::config::Limits;
 use crate::id::{validate_id, IdKind, NodeId};
+use crate::limits::Limits;
 use crate::proto::{AckStatus, FrameKind, GossipACK, GossipMessage};
 
 fn budget_ms(d: Duration) -> u32 {
