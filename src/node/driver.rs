@@ -155,7 +155,9 @@ enum Wake {
 }
 
 impl Driver {
-    pub(crate) fn run(mut self) {
+    /// Runs until shutdown; returns the inbox, since stream threads that were starting may
+    /// still send to it (see `Node::shutdown`).
+    pub(crate) fn run(mut self) -> Receiver<Input> {
         let mut next_tick = Instant::now() + self.tick;
         'run: loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
@@ -198,6 +200,7 @@ impl Driver {
         // Dropping the writers' channels ends every writer thread, which closes its call.
         self.writers.clear();
         self.gate.release();
+        self.inbox
     }
 
     /// Sleeps until an input, an answer from the application, room for a held delivery, or

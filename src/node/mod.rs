@@ -6,7 +6,7 @@ mod supervisor;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -94,7 +94,7 @@ impl NodeBuilder {
 /// The threads a running node owns directly.
 struct Running {
     server: Server,
-    manager: JoinHandle<()>,
+    manager: JoinHandle<Receiver<Input>>,
     supervisor: JoinHandle<()>,
     supervisor_tx: Sender<Notice>,
 }
@@ -668,7 +668,8 @@ impl Node {
         server.cancel_all_calls();
         let _ = block_on(stopping);
         let _ = self.links.inbox.send(Input::Shutdown);
-        if manager.join().is_err() {
+        let inbox = manager.join();
+        if inbox.is_err() {
             log::error!("{}: manager thread panicked", self.id);
         }
         let _ = supervisor_tx.send(Notice::Stop);
@@ -676,7 +677,24 @@ impl Node {
             log::error!("{}: supervisor thread panicked", self.id);
         }
         self.gate.release();
-        self.links.threads.join_all();
+        // A stream thread that was starting may still hand the inbox a writer's channel (an
+        // `Open`): nobody reads it any more, and its writer would wait for it forever. So the
+        // inbox is emptied until every stream thread has been joined.
+        let joined = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            if let Ok(inbox) = &inbox {
+                s.spawn(|| {
+                    while !joined.load(Ordering::Acquire) {
+                        if let Ok(input) = inbox.recv_timeout(Duration::from_millis(10)) {
+                            drop(input);
+                        }
+                    }
+                    while inbox.try_recv().is_ok() {}
+                });
+            }
+            self.links.threads.join_all();
+            joined.store(true, Ordering::Release);
+        });
         self.links.clear();
         for n in self.neighbors() {
             self.links.neighbors.set_online(&n.node_hash, false);
