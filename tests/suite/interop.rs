@@ -313,28 +313,12 @@ fn a_message_over_an_originals_limit_fails_once_and_the_rest_go_on() {
         ("exact", 4 << 20),
         ("under", (4 << 20) - 100),
     ];
-    for (name, size) in sizes {
-        let path = dir.join(name);
-        std::fs::write(&path, vec![b'x'; size]).unwrap();
-        r.say(&format!("go @{}", path.display()));
-        r.say(&format!("go after-{name}"));
-    }
-    let done = |l: &str| l.starts_with("completed ");
-    r.wait_count("completions", 6, done);
-    let completed: Vec<&String> = r.seen.iter().filter(|l| done(l)).collect();
-    let failed: Vec<&&String> = completed
-        .iter()
-        .filter(|l| l.contains("too large for the receiver"))
-        .collect();
-    assert_eq!(failed.len(), 2, "{completed:#?}");
-    for l in &failed {
+    let sent = files_to_go(&mut r, &dir, &sizes, b'x');
+    assert_eq!(sent.too_large.len(), 2, "{:#?}", sent.completed);
+    for l in &sent.too_large {
         assert!(field(l, "attempts") == "0", "never sent: {l}");
     }
-    let acked = completed
-        .iter()
-        .filter(|l| l.contains("outcome=\"acked by go\""))
-        .count();
-    assert_eq!(acked, 4, "{completed:#?}");
+    assert_eq!(sent.acked, 4, "{:#?}", sent.completed);
     // No storm: the link went down only to be dialled with the original's keepalive, and
     // the original refused nothing.
     r.drain_for(Duration::from_secs(1));
@@ -571,29 +555,15 @@ fn an_original_configured_for_larger_messages_gets_them_when_its_entry_says_so()
     go.wait_for("connected", |l| l == "connected r");
 
     // 6 MiB: over grpc-go's default, within this original's 8 MiB; 9 MiB: over both.
-    for (name, size) in [("six", 6 << 20), ("nine", 9 << 20)] {
-        std::fs::write(dir.join(name), vec![b'y'; size]).unwrap();
-        r.say(&format!("go @{}", dir.join(name).display()));
-        r.say(&format!("go after-{name}"));
-    }
-    let done = |l: &str| l.starts_with("completed ");
-    r.wait_count("completions", 4, done);
-    let completed: Vec<&String> = r.seen.iter().filter(|l| done(l)).collect();
-    let failed: Vec<&&String> = completed
-        .iter()
-        .filter(|l| l.contains("too large for the receiver"))
-        .collect();
-    assert_eq!(failed.len(), 1, "only the 9 MiB one: {completed:#?}");
+    let sent = files_to_go(&mut r, &dir, &[("six", 6 << 20), ("nine", 9 << 20)], b'y');
+    let failed = &sent.too_large;
+    assert_eq!(failed.len(), 1, "only the 9 MiB one: {:#?}", sent.completed);
     assert!(
-        field(failed[0], "attempts") == "0" && failed[0].contains("8388608"),
+        field(&failed[0], "attempts") == "0" && failed[0].contains("8388608"),
         "never sent, with the peer's own limit: {}",
         failed[0]
     );
-    let acked = completed
-        .iter()
-        .filter(|l| l.contains("outcome=\"acked by go\""))
-        .count();
-    assert_eq!(acked, 3, "{completed:#?}");
+    assert_eq!(sent.acked, 3, "{:#?}", sent.completed);
     // The 6 MiB one arrived whole, once, and the original refused nothing.
     let six = go.wait_for("the 6 MiB message", |l| {
         l.starts_with("received r ") && field_at(l, 3) == "6291456"
@@ -654,4 +624,42 @@ fn a_broadcast_larger_than_an_original_takes_is_not_sent_to_it_and_counts_it_mis
     assert!(!go_log.contains("ResourceExhausted"), "{go_log}");
     drop((r, go));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The completions of messages `files_to_go` sent.
+struct Sent {
+    completed: Vec<String>,
+    /// Those that failed as too large for the original.
+    too_large: Vec<String>,
+    /// How many the original ACKed.
+    acked: usize,
+}
+
+/// Sends from `r` to the original "go" a file of each size in `sizes` (filled with `fill`),
+/// each followed by a short text, and waits for the completions of all of them.
+fn files_to_go(r: &mut Proc, dir: &Path, sizes: &[(&str, usize)], fill: u8) -> Sent {
+    let done = |l: &str| l.starts_with("completed ");
+    let before = r.seen.iter().filter(|l| done(l)).count();
+    for (name, size) in sizes {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![fill; *size]).unwrap();
+        r.say(&format!("go @{}", path.display()));
+        r.say(&format!("go after-{name}"));
+    }
+    r.wait_count("completions", before + 2 * sizes.len(), done);
+    let completed: Vec<String> = (r.seen.iter().filter(|l| done(l)).skip(before))
+        .cloned()
+        .collect();
+    let too_large = (completed.iter())
+        .filter(|l| l.contains("too large for the receiver"))
+        .cloned()
+        .collect();
+    let acked = (completed.iter())
+        .filter(|l| l.contains("outcome=\"acked by go\""))
+        .count();
+    Sent {
+        completed,
+        too_large,
+        acked,
+    }
 }
