@@ -204,7 +204,9 @@ fn frames_without_a_usable_hash_end_the_call_of_peers_that_know_better() {
         m.from_hash = "old".into();
         block_on(tx.send((m, WriteFlags::default()))).unwrap();
     }
-    let ack: GossipACK = block_on(acks_rx.next()).unwrap().unwrap();
+    let ack: GossipACK = next_within(&mut acks_rx, "the ACK of \"fine\"")
+        .unwrap()
+        .unwrap();
     assert_eq!(ack.hash, "fine");
     assert_eq!(t.node.stats().rejected, 1);
     t.still_serves("after-hashless");
@@ -219,7 +221,9 @@ fn from_hash_that_is_not_the_stream_sender_is_rejected() {
     m.hash = "forged".into();
     m.from_hash = "someone-else".into();
     block_on(tx.send((m, WriteFlags::default()))).unwrap();
-    let ack: GossipACK = block_on(acks_rx.next()).unwrap().unwrap();
+    let ack: GossipACK = next_within(&mut acks_rx, "the refusal of \"forged\"")
+        .unwrap()
+        .unwrap();
     assert_eq!(ack.hash, "forged");
     assert_eq!(ack.status, AckStatus::ACK_REJECTED);
     assert!(ack.detail.contains("does not match"), "{}", ack.detail);
@@ -252,26 +256,33 @@ fn a_flood_of_duplicates_is_delivered_once_and_acked_each_time() {
     let t = target(|_| {});
     let (_acks_tx, mut acks_rx) = t.client.ack_stream_opt(with_id("flood")).unwrap();
     let (mut tx, _rx) = t.client.message_stream_opt(with_id("flood")).unwrap();
+    let frame = || {
+        let mut m = GossipMessage::new();
+        m.hash = "same".into();
+        m.payload = Bytes::from_static(b"again");
+        (m, WriteFlags::default())
+    };
+    // The first copy's ACK proves the AckStream is registered: until then the node parks ACKs
+    // for this sender in a bounded queue (4096), which a flood sent at once could overrun
+    // when the AckStream's thread starts late on a busy machine.
+    block_on(tx.send(frame())).unwrap();
+    let first = next_within(&mut acks_rx, "the first ACK").unwrap().unwrap();
+    assert_eq!(first.status, AckStatus::ACK_RECEIVED, "{first:?}");
     const N: usize = 5_000;
     let sender = std::thread::spawn(move || {
         for _ in 0..N {
-            let mut m = GossipMessage::new();
-            m.hash = "same".into();
-            m.payload = Bytes::from_static(b"again");
-            block_on(tx.feed((m, WriteFlags::default()))).unwrap();
+            block_on(tx.feed(frame())).unwrap();
         }
         block_on(tx.flush()).unwrap();
         tx
     });
-    let mut duplicates = 0;
-    for _ in 0..N {
-        let ack = block_on(acks_rx.next()).unwrap().unwrap();
-        if ack.status == AckStatus::ACK_DUPLICATE {
-            duplicates += 1;
-        }
+    for i in 0..N {
+        let ack = next_within(&mut acks_rx, &format!("ACK {i} of the flood"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ack.status, AckStatus::ACK_DUPLICATE, "ACK {i}: {ack:?}");
     }
     let _tx = sender.join().unwrap();
-    assert_eq!(duplicates, N - 1);
     let d = t.node.deliveries();
     assert_eq!(d.recv_timeout(PATIENCE).unwrap().hash, "same");
     assert_quiet(&d);

@@ -197,7 +197,7 @@ fn try_send_reports_full_and_send_waits() {
 #[test]
 fn single_stream_mode_and_plain_client() {
     use futures::executor::block_on;
-    use futures::{SinkExt, StreamExt};
+    use futures::SinkExt;
     use grpc_gossip::proto::{GossipACK, GossipClient, GossipMessage};
     use grpcio::{CallOption, ChannelBuilder, MetadataBuilder, WriteFlags};
 
@@ -216,7 +216,9 @@ fn single_stream_mode_and_plain_client() {
         block_on(tx.send((m, WriteFlags::default()))).unwrap();
     }
     for i in 0..3 {
-        let ack: GossipACK = block_on(rx.next()).unwrap().unwrap();
+        let ack: GossipACK = next_within(&mut rx, "an ACK on the Stream call")
+            .unwrap()
+            .unwrap();
         assert_eq!(ack.hash, format!("s{i}"));
         assert_eq!(ack.from_hash, "b");
     }
@@ -238,7 +240,7 @@ fn single_stream_mode_and_plain_client() {
         block_on(msgs_tx.send((m, WriteFlags::default()))).unwrap();
     }
     let mut got: Vec<String> = (0..5)
-        .map(|_| block_on(acks_rx.next()).unwrap().unwrap().hash)
+        .map(|_| next_within(&mut acks_rx, "an ACK").unwrap().unwrap().hash)
         .collect();
     got.sort();
     assert_eq!(got, ["t0", "t1", "t2", "t3", "t4"]);
@@ -475,7 +477,7 @@ fn a_wrong_address_never_delivers_to_the_wrong_node() {
 #[test]
 fn batches_only_for_peers_that_announce_them() {
     use futures::executor::block_on;
-    use futures::{SinkExt, StreamExt};
+    use futures::SinkExt;
     use grpc_gossip::proto::{GossipClient, GossipMessage};
     use grpcio::{CallOption, ChannelBuilder, MetadataBuilder, WriteFlags};
 
@@ -507,7 +509,7 @@ fn batches_only_for_peers_that_announce_them() {
         block_on(tx.send((head, WriteFlags::default()))).unwrap();
         let (mut acked, mut frames, mut merged) = (0, 0, false);
         while acked < N {
-            let ack = block_on(acks_rx.next()).unwrap().unwrap();
+            let ack = next_within(&mut acks_rx, "a batched ACK").unwrap().unwrap();
             frames += 1;
             merged |= !ack.batch.is_empty();
             acked += ack.batch.len();

@@ -71,6 +71,22 @@ pub(crate) fn assert_quiet<T: std::fmt::Debug>(rx: &Receiver<T>) {
     }
 }
 
+/// The next item of a gRPC response stream, or a panic naming `what` if none comes within
+/// [`PATIENCE`]: a lost answer fails its test instead of hanging the suite.
+pub(crate) fn next_within<S>(stream: &mut S, what: &str) -> Option<S::Item>
+where
+    S: futures::Stream + Unpin,
+{
+    use futures::StreamExt;
+    match futures::executor::block_on(futures::future::select(
+        stream.next(),
+        futures_timer::Delay::new(PATIENCE),
+    )) {
+        futures::future::Either::Left((item, _)) => item,
+        futures::future::Either::Right(_) => panic!("{what} did not come within {PATIENCE:?}"),
+    }
+}
+
 /// Threads of this process, from /proc.
 pub(crate) fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task")
