@@ -49,11 +49,11 @@ use crate::id::NodeId;
 use crate::limits::Limits;
 use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind};
 use crate::message::MessageKey;
-use crate::node::driver::Input;
+use crate::node::driver::{Input, Received};
 use crate::proto::{AckStatus, FrameKind, GossipACK, GossipMessage};
 use crate::router::FanoutRouter;
 use crate::store::{SlotStore, Wait};
-use crate::transport::{forward, wire, Features, InboundFrame};
+use crate::transport::{forward, wire, Features, InboundFrame, StreamEvent};
 
 /// The limits of the node under test: small, so short inputs reach them.
 pub fn limits() -> Limits {
@@ -302,9 +302,17 @@ impl Harness {
 
     fn route(&mut self, peer: usize, input: Input) {
         let from = self.peers[peer].clone();
-        match input {
-            Input::Event(event) => self.manager_step(event),
-            Input::BroadcastMessage { message, .. } => {
+        let received = match input {
+            Input::Stream(StreamEvent::Message { stream, message }) => {
+                Received::message(stream, message)
+            }
+            Input::Stream(StreamEvent::Ack { stream, ack }) => Received::ack(stream, ack),
+            // A reader reports nothing else for a frame.
+            _ => return,
+        };
+        match received {
+            Received::Manager(event) => self.manager_step(event),
+            Received::BroadcastMessage(message) => {
                 if !message.from_hash.is_empty() && message.from_hash != from.as_str() {
                     return;
                 }
@@ -312,7 +320,7 @@ impl Harness {
                     self.engine_step(broadcast::Event::Received { from, frame });
                 }
             }
-            Input::BroadcastAck { ack, .. } => {
+            Received::BroadcastAck(ack) => {
                 if !ack.from_hash.is_empty() && ack.from_hash != from.as_str() {
                     return;
                 }
@@ -322,7 +330,7 @@ impl Harness {
                     self.engine_step(broadcast::Event::Received { from, frame });
                 }
             }
-            Input::Hello { features, .. } => {
+            Received::Hello { features, .. } => {
                 self.features[peer] = features;
                 self.manager_step(Event::PeerFeatures {
                     peer: from,
@@ -330,8 +338,6 @@ impl Harness {
                     confirm: features.confirm,
                 });
             }
-            // Only the application and the node itself send the others.
-            _ => {}
         }
     }
 

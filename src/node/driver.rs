@@ -18,40 +18,19 @@ use crate::id::NodeId;
 use crate::limits::Limits;
 use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind};
 use crate::message::{Completion, Delivery, Receipt, Settlement};
-use crate::proto::{GossipACK, GossipMessage};
+use crate::proto::{FrameKind, GossipACK, GossipMessage};
 use crate::stats::{add, bump, Counters};
 use crate::transport::batch::{pack, Batchable};
 use crate::transport::factory::Keepalive;
 use crate::transport::threads::ReadGate;
-use crate::transport::{wire, Features, Outbox, Writer};
+use crate::transport::{wire, EventSink, Features, Outbox, StreamEvent, Writer};
 
 /// What the manager thread's inbox carries.
 pub(crate) enum Input {
     /// An event for the state machine.
     Event(Event),
-    /// A stream is up: remember its writer, then tell the state machine.
-    Open {
-        stream: StreamId,
-        peer: NodeId,
-        kind: StreamKind,
-        writer: Option<Writer>,
-        /// The features the peer listed when it opened this stream (inbound only).
-        features: Features,
-    },
-    /// A broadcast frame (kind BROADCAST, IHAVE or GRAFT) arrived on a stream.
-    BroadcastMessage {
-        stream: StreamId,
-        message: GossipMessage,
-    },
-    /// A broadcast ACK arrived on a stream.
-    BroadcastAck { stream: StreamId, ack: GossipACK },
-    /// The handshake ACK on one of our outbound AckStreams: what the peer understands, and
-    /// who it is.
-    Hello {
-        stream: StreamId,
-        features: Features,
-        from: String,
-    },
+    /// What the transport reports of a stream.
+    Stream(StreamEvent),
     /// The application starts a broadcast.
     Broadcast {
         hash: String,
@@ -60,6 +39,57 @@ pub(crate) enum Input {
     },
     /// Stop: fail what is in flight, close every writer, exit.
     Shutdown,
+}
+
+/// The transport's threads report into the manager thread's inbox.
+impl EventSink for Sender<Input> {
+    fn report(&self, event: StreamEvent) -> bool {
+        self.send(Input::Stream(event)).is_ok()
+    }
+}
+
+/// A received frame, by what handles it.
+pub(crate) enum Received {
+    /// A direct message or its ACK: the manager's.
+    Manager(Event),
+    /// A broadcast frame (kind BROADCAST, IHAVE or GRAFT): the broadcast engine's.
+    BroadcastMessage(GossipMessage),
+    /// A broadcast ACK: the broadcast engine's.
+    BroadcastAck(GossipACK),
+    /// The handshake ACK on one of our outbound AckStreams: what the peer understands, and
+    /// who it is.
+    Hello { features: Features, from: String },
+}
+
+impl Received {
+    /// Where a message frame that arrived on `stream` goes.
+    pub(crate) fn message(stream: StreamId, message: GossipMessage) -> Received {
+        if message.kind == FrameKind::DIRECT {
+            Received::Manager(Event::MessageReceived {
+                stream,
+                message: message.into(),
+            })
+        } else {
+            Received::BroadcastMessage(message)
+        }
+    }
+
+    /// Where an ACK frame that arrived on `stream` goes.
+    pub(crate) fn ack(stream: StreamId, ack: GossipACK) -> Received {
+        if ack.broadcast {
+            Received::BroadcastAck(ack)
+        } else if ack.hash.is_empty() && !ack.features.is_empty() {
+            Received::Hello {
+                features: Features::parse(&ack.features),
+                from: ack.from_hash,
+            }
+        } else {
+            Received::Manager(Event::AckReceived {
+                stream,
+                ack: ack.into(),
+            })
+        }
+    }
 }
 
 /// Deliveries and ACKs held back, in order, while the application's delivery queue is full.
@@ -237,96 +267,30 @@ impl Driver {
     fn accept(&mut self, input: Input) -> bool {
         match input {
             Input::Event(event) => {
-                match &event {
-                    Event::AckReceived { stream, .. } => self.prove(*stream),
-                    // Its writer has nothing left to do; dropping the queue ends it.
-                    Event::StreamClosed { stream, .. } => self.forget_writer(*stream),
-                    Event::Disconnect { peer } => {
-                        let peer = peer.clone();
-                        self.broadcast_step(broadcast::Event::NeighborRemoved { peer });
-                    }
-                    _ => {}
+                if let Event::Disconnect { peer } = &event {
+                    let peer = peer.clone();
+                    self.broadcast_step(broadcast::Event::NeighborRemoved { peer });
                 }
                 self.step(event)
             }
-            Input::Open {
+            Input::Stream(StreamEvent::Opened {
                 stream,
                 peer,
                 kind,
                 writer,
                 features,
-            } => {
-                let inbound = matches!(
-                    kind,
-                    StreamKind::InboundMessages
-                        | StreamKind::InboundOriginalMessages
-                        | StreamKind::InboundAcks
-                        | StreamKind::InboundOriginalAcks
-                        | StreamKind::InboundSingle
-                );
-                if let Some(w) = writer {
-                    self.writers.insert(stream, w);
-                    self.stream_peers.insert(stream, (peer.clone(), features));
-                }
-                if kind == StreamKind::InboundAcks && features.any() {
-                    // Tell the peer what we understand, so that it knows even if we never open
-                    // streams to it.
-                    let mut hello = GossipACK::new();
-                    hello.from_hash = self.local.to_string();
-                    hello.features = Features::ALL.header_value();
-                    self.pending_acks.entry(stream).or_default().push(hello);
-                }
-                self.step(Event::StreamOpened {
-                    stream,
-                    peer: peer.clone(),
-                    kind,
-                });
-                if inbound {
-                    if !self.heard_hello.contains(&peer) {
-                        self.learn_features(peer, features);
-                    }
-                } else if kind == StreamKind::OutboundMessages {
-                    if self.originals.keepalive_for(&peer) == Keepalive::Fast {
-                        self.fast_links.insert(peer.clone(), stream);
-                    }
-                    if !self.features.contains_key(&peer) {
-                        // Wait for the handshake, or find out that there is none.
-                        self.unresolved
-                            .entry(peer.clone())
-                            .or_insert_with(|| (Instant::now(), Vec::new()));
-                    }
-                    // Unknown features: taken as ours until the handshake says otherwise; the
-                    // frames wait for it (see `unresolved`).
-                    let plain = self.features.get(&peer).is_some_and(|f| !f.broadcast);
-                    self.broadcast_step(broadcast::Event::NeighborUp { peer, plain });
-                }
+            }) => self.opened(stream, peer, kind, writer, features),
+            Input::Stream(StreamEvent::Message { stream, message }) => {
+                self.received(stream, Received::message(stream, message))
             }
-            Input::Hello {
-                stream,
-                features,
-                from,
-            } => {
-                let Some((peer, _)) = self.stream_peers.get(&stream) else {
-                    return true;
-                };
-                let peer = peer.clone();
-                if !from.is_empty() && from != peer.as_str() {
-                    // Our own nodes refuse a stream meant for another id; this catches one
-                    // that did not (an older version): the link is not the peer's.
-                    let reason = format!("the node there is {from:?}, not {:?}", peer.as_str());
-                    warn!("{}: link to {peer}: {reason}", self.local);
-                    self.forget_writer(stream);
-                    self.step(Event::StreamClosed { stream, reason });
-                    return true;
-                }
-                self.prove(stream);
-                self.heard_hello.insert(peer.clone());
-                self.learn_features(peer, features);
+            Input::Stream(StreamEvent::Ack { stream, ack }) => {
+                self.received(stream, Received::ack(stream, ack))
             }
-            Input::BroadcastMessage { stream, message } => {
-                self.on_broadcast_message(stream, message)
+            Input::Stream(StreamEvent::Closed { stream, reason }) => {
+                // Its writer has nothing left to do; dropping the queue ends it.
+                self.forget_writer(stream);
+                self.step(Event::StreamClosed { stream, reason })
             }
-            Input::BroadcastAck { stream, ack } => self.on_broadcast_ack(stream, ack),
             Input::Broadcast {
                 hash,
                 payload,
@@ -343,6 +307,96 @@ impl Driver {
             Input::Shutdown => return false,
         }
         true
+    }
+
+    /// A stream is up: remember its writer, then tell the state machine.
+    fn opened(
+        &mut self,
+        stream: StreamId,
+        peer: NodeId,
+        kind: StreamKind,
+        writer: Option<Writer>,
+        features: Features,
+    ) {
+        let inbound = matches!(
+            kind,
+            StreamKind::InboundMessages
+                | StreamKind::InboundOriginalMessages
+                | StreamKind::InboundAcks
+                | StreamKind::InboundOriginalAcks
+                | StreamKind::InboundSingle
+        );
+        if let Some(w) = writer {
+            self.writers.insert(stream, w);
+            self.stream_peers.insert(stream, (peer.clone(), features));
+        }
+        if kind == StreamKind::InboundAcks && features.any() {
+            // Tell the peer what we understand, so that it knows even if we never open
+            // streams to it.
+            let mut hello = GossipACK::new();
+            hello.from_hash = self.local.to_string();
+            hello.features = Features::ALL.header_value();
+            self.pending_acks.entry(stream).or_default().push(hello);
+        }
+        self.step(Event::StreamOpened {
+            stream,
+            peer: peer.clone(),
+            kind,
+        });
+        if inbound {
+            if !self.heard_hello.contains(&peer) {
+                self.learn_features(peer, features);
+            }
+        } else if kind == StreamKind::OutboundMessages {
+            if self.originals.keepalive_for(&peer) == Keepalive::Fast {
+                self.fast_links.insert(peer.clone(), stream);
+            }
+            if !self.features.contains_key(&peer) {
+                // Wait for the handshake, or find out that there is none.
+                self.unresolved
+                    .entry(peer.clone())
+                    .or_insert_with(|| (Instant::now(), Vec::new()));
+            }
+            // Unknown features: taken as ours until the handshake says otherwise; the
+            // frames wait for it (see `unresolved`).
+            let plain = self.features.get(&peer).is_some_and(|f| !f.broadcast);
+            self.broadcast_step(broadcast::Event::NeighborUp { peer, plain });
+        }
+    }
+
+    /// A frame arrived on `stream`.
+    fn received(&mut self, stream: StreamId, frame: Received) {
+        match frame {
+            Received::Manager(event) => {
+                if matches!(event, Event::AckReceived { .. }) {
+                    self.prove(stream);
+                }
+                self.step(event)
+            }
+            Received::BroadcastMessage(message) => self.on_broadcast_message(stream, message),
+            Received::BroadcastAck(ack) => self.on_broadcast_ack(stream, ack),
+            Received::Hello { features, from } => self.hello(stream, features, from),
+        }
+    }
+
+    /// The handshake ACK on one of our outbound AckStreams.
+    fn hello(&mut self, stream: StreamId, features: Features, from: String) {
+        let Some((peer, _)) = self.stream_peers.get(&stream) else {
+            return;
+        };
+        let peer = peer.clone();
+        if !from.is_empty() && from != peer.as_str() {
+            // Our own nodes refuse a stream meant for another id; this catches one that did
+            // not (an older version): the link is not the peer's.
+            let reason = format!("the node there is {from:?}, not {:?}", peer.as_str());
+            warn!("{}: link to {peer}: {reason}", self.local);
+            self.forget_writer(stream);
+            self.step(Event::StreamClosed { stream, reason });
+            return;
+        }
+        self.prove(stream);
+        self.heard_hello.insert(peer.clone());
+        self.learn_features(peer, features);
     }
 
     /// The application answered for a delivery: the manager ACKs it or asks for it again.

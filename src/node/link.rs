@@ -10,15 +10,15 @@ use crossbeam_channel::Sender;
 use log::info;
 use parking_lot::Mutex;
 
-use super::driver::Input;
 use crate::error::Error;
 use crate::id::NodeId;
-use crate::manager::{Event, StreamId, StreamKind};
+use crate::manager::{StreamId, StreamKind};
 use crate::neighbor::{NeighborEvent, NeighborManager};
 use crate::transport::factory::{ChannelLease, DoubleStream, Keepalive, StreamFactory};
 use crate::transport::threads::ThreadSet;
 use crate::transport::{
-    outbox_stopping_reader, read_loop, write_loop, Features, InboundFrame, ReaderStop, Writer,
+    outbox_stopping_reader, read_loop, write_loop, Events, Features, InboundFrame, ReaderStop,
+    StreamEvent, Writer,
 };
 
 /// An outbound double stream: the lease on its channel and the id of its MessageStream.
@@ -57,7 +57,8 @@ pub(crate) struct Links {
     pub(crate) originals: Arc<Originals>,
     pub(crate) id: NodeId,
     pub(crate) factory: Arc<StreamFactory>,
-    pub(crate) inbox: Sender<Input>,
+    /// Where the links' streams report (the manager thread's inbox).
+    pub(crate) reports: Events,
     pub(crate) threads: Arc<ThreadSet>,
     pub(crate) stream_ids: Arc<AtomicU64>,
     pub(crate) neighbors: Arc<NeighborManager>,
@@ -75,7 +76,7 @@ impl Links {
     pub(crate) fn new(
         id: NodeId,
         factory: Arc<StreamFactory>,
-        inbox: Sender<Input>,
+        reports: Events,
         threads: Arc<ThreadSet>,
         stream_ids: Arc<AtomicU64>,
         neighbors: Arc<NeighborManager>,
@@ -85,7 +86,7 @@ impl Links {
             originals: Arc::default(),
             id,
             factory,
-            inbox,
+            reports,
             threads,
             stream_ids,
             neighbors,
@@ -197,14 +198,14 @@ impl Links {
     where
         T: InboundFrame,
     {
-        let inbox = self.inbox.clone();
+        let events = self.reports.clone();
         self.threads.spawn(name, move || {
-            let end = read_loop(&mut stream, id, &inbox, None, None, Some(&mut stop));
+            let end = read_loop(&mut stream, id, &*events, None, None, Some(&mut stop));
             stream.cancel();
-            let _ = inbox.send(Input::Event(Event::StreamClosed {
+            events.report(StreamEvent::Closed {
                 stream: id,
                 reason: end.reason,
-            }));
+            });
         })
     }
 
@@ -236,7 +237,7 @@ impl Links {
             (ack_id, StreamKind::OutboundAcks, Writer::Acks(ack_tx)),
         ];
         for (stream, kind, writer) in opens {
-            let open = Input::Open {
+            let open = StreamEvent::Opened {
                 stream,
                 peer: peer.clone(),
                 kind,
@@ -245,30 +246,30 @@ impl Links {
                 // the handshake ACK it answers our AckStream with.
                 features: Features::default(),
             };
-            if self.inbox.send(open).is_err() {
+            if !self.reports.report(open) {
                 self.table.lock().remove(peer);
                 return Err(Error::Shutdown);
             }
         }
         let tag = format!("{}>{}", self.id, peer);
         let spawn_all = || -> Result<(), Error> {
-            let inbox = self.inbox.clone();
+            let events = self.reports.clone();
             self.threads.spawn(format!("gossip-w-{tag}"), move || {
-                write_loop(msg_sink, msg_rx, msg_id, &inbox, None)
+                write_loop(msg_sink, msg_rx, msg_id, &*events, None)
             })?;
-            let inbox = self.inbox.clone();
+            let events = self.reports.clone();
             self.threads.spawn(format!("gossip-w-{tag}"), move || {
-                write_loop(ack_sink, ack_rx, ack_id, &inbox, None)
+                write_loop(ack_sink, ack_rx, ack_id, &*events, None)
             })?;
             self.spawn_reader(format!("gossip-r-{tag}"), msg_stream, msg_stop, msg_id)?;
             self.spawn_reader(format!("gossip-r-{tag}"), ack_stream, ack_stop, ack_id)
         };
         if let Err(e) = spawn_all() {
             // Whatever did start is torn down with the link.
-            let _ = self.inbox.send(Input::Event(Event::StreamClosed {
+            self.reports.report(StreamEvent::Closed {
                 stream: msg_id,
                 reason: format!("cannot start stream threads: {e}"),
-            }));
+            });
             return Err(e);
         }
         Ok(())

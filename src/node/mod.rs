@@ -32,6 +32,7 @@ use crate::store::{PeerLimit, SlotStore, Wait};
 use crate::transport::factory::StreamFactory;
 use crate::transport::server::{self, Context};
 use crate::transport::threads::{ReadGate, ThreadSet};
+use crate::transport::Events;
 use driver::{Driver, Input};
 use link::Links;
 use supervisor::{Notice, Supervisor};
@@ -111,6 +112,8 @@ pub struct Node {
     store: Arc<SlotStore>,
     counters: Arc<Counters>,
     links: Arc<Links>,
+    /// The manager thread's inbox.
+    inbox: Sender<Input>,
     broadcast_completions: Receiver<BroadcastCompletion>,
     gate: Arc<ReadGate>,
     completions: Receiver<Completion>,
@@ -196,10 +199,12 @@ impl Node {
             Deliveries::Queue(n) | Deliveries::Confirmed(n) => bounded(n),
             Deliveries::Discard => bounded(0),
         };
+        // The transport reports into the manager thread's inbox.
+        let reports: Events = Arc::new(inbox.clone());
         let links = Arc::new(Links::new(
             id.clone(),
             factory.clone(),
-            inbox.clone(),
+            reports.clone(),
             threads.clone(),
             stream_ids.clone(),
             neighbors,
@@ -210,7 +215,7 @@ impl Node {
             local: id.clone(),
             limits: config.limits.clone(),
             receive_limit: factory.config().max_grpc_message_bytes,
-            inbox: inbox.clone(),
+            events: reports,
             stream_ids,
             threads,
             gate: gate.clone(),
@@ -309,6 +314,7 @@ impl Node {
             store,
             counters,
             links,
+            inbox,
             broadcast_completions,
             gate,
             completions,
@@ -418,7 +424,7 @@ impl Node {
                 deliveries: self.deliveries.len() as u64,
                 completions: self.completions.len() as u64,
                 broadcast_completions: self.broadcast_completions.len() as u64,
-                inbox: self.links.inbox.len() as u64,
+                inbox: self.inbox.len() as u64,
             },
         }
     }
@@ -456,8 +462,7 @@ impl Node {
             peer: peer.clone(),
             max_message,
         };
-        self.links
-            .inbox
+        self.inbox
             .send(Input::Event(event))
             .map_err(|_| Error::Shutdown)
     }
@@ -512,8 +517,7 @@ impl Node {
         let max_message = info.max_message;
         let peer = self.links.neighbors.add(info)?;
         self.set_neighbor_limit(&peer, max_message)?;
-        self.links
-            .inbox
+        self.inbox
             .send(Input::Event(Event::NeighborAdded { peer: peer.clone() }))
             .map_err(|_| Error::Shutdown)?;
         if !self.links.is_linked(&peer) {
@@ -539,8 +543,7 @@ impl Node {
         self.links.forget(&peer);
         self.links
             .emit(NeighborEvent::Removed { peer: peer.clone() });
-        self.links
-            .inbox
+        self.inbox
             .send(Input::Event(Event::Disconnect { peer }))
             .map_err(|_| Error::Shutdown)
     }
@@ -604,7 +607,7 @@ impl Node {
             key: key.clone(),
             payload: message.payload,
         };
-        if self.links.inbox.send(Input::Event(event)).is_err() {
+        if self.inbox.send(Input::Event(event)).is_err() {
             // The manager is gone. If shutdown already failed the message, its completion
             // stands; otherwise it was never sent.
             if self.store.complete(&key).is_some() {
@@ -635,7 +638,7 @@ impl Node {
             payload: message.payload,
             reply,
         };
-        self.links.inbox.send(input).map_err(|_| Error::Shutdown)?;
+        self.inbox.send(input).map_err(|_| Error::Shutdown)?;
         answer.recv().map_err(|_| Error::Shutdown)?
     }
 
@@ -667,7 +670,7 @@ impl Node {
         let stopping = server.shutdown();
         server.cancel_all_calls();
         let _ = block_on(stopping);
-        let _ = self.links.inbox.send(Input::Shutdown);
+        let _ = self.inbox.send(Input::Shutdown);
         let inbox = manager.join();
         if inbox.is_err() {
             log::error!("{}: manager thread panicked", self.id);

@@ -1,9 +1,10 @@
-//! The gRPC side of a node, kept thin: it turns frames into manager events and actions into
-//! frames, and nothing else.
+//! The gRPC side of a node, kept thin: it opens and accepts streams, reads and writes frames,
+//! and reports what happens on each stream as a [`StreamEvent`] to an [`EventSink`]. It knows
+//! nothing of the node: what a frame means, and where it goes, is decided above it.
 //!
 //! Per stream there is one blocking **reader thread** (`futures::executor::block_on` on the
 //! grpcio stream) and, where we write, one **writer thread** fed by a crossbeam channel. Both
-//! talk to the node's manager thread through its inbox.
+//! report to the sink; the node's sink is its manager thread's inbox.
 
 pub(crate) mod batch;
 pub mod factory;
@@ -21,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use grpcio::{ClientDuplexSender, DuplexSink, RpcStatus, WriteFlags};
 
+use crate::id::NodeId;
 use crate::id::{validate_id, IdKind};
 use crate::limits::Limits;
-use crate::manager::{AckStatus, Event, StreamId, WireAck, WireMessage};
-use crate::node::driver::Input;
+use crate::manager::{StreamId, StreamKind};
 use crate::proto::{self, GossipACK, GossipMessage};
 use threads::ReadGate;
 
@@ -239,34 +240,37 @@ impl<T: batch::Batchable> Outbox<T> {
     }
 }
 
-impl From<WireMessage> for GossipMessage {
-    fn from(m: WireMessage) -> Self {
-        let mut g = GossipMessage::new();
-        g.hash = m.hash;
-        g.from_hash = m.from;
-        g.payload = m.payload;
-        g.total_bytes = m.total;
-        g.offset = m.offset;
-        g
-    }
+/// What happens on a stream, as the transport reports it.
+pub(crate) enum StreamEvent {
+    /// A stream is up; `writer` is its queue where we write on it.
+    Opened {
+        stream: StreamId,
+        peer: NodeId,
+        kind: StreamKind,
+        writer: Option<Writer>,
+        /// The features the peer listed when it opened this stream (inbound only).
+        features: Features,
+    },
+    /// A message frame arrived (one item: a batch is reported item by item, in order).
+    Message {
+        stream: StreamId,
+        message: GossipMessage,
+    },
+    /// An ACK frame arrived (one item, as for messages).
+    Ack { stream: StreamId, ack: GossipACK },
+    /// The stream ended, or could not be started, for `reason`.
+    Closed { stream: StreamId, reason: String },
 }
 
-impl From<WireAck> for GossipACK {
-    fn from(a: WireAck) -> Self {
-        let mut g = GossipACK::new();
-        g.hash = a.hash;
-        g.from_hash = a.from;
-        g.status = match a.status {
-            AckStatus::Received => proto::AckStatus::ACK_RECEIVED,
-            AckStatus::Duplicate => proto::AckStatus::ACK_DUPLICATE,
-            AckStatus::Rejected => proto::AckStatus::ACK_REJECTED,
-            AckStatus::Pending => proto::AckStatus::ACK_PENDING,
-            AckStatus::Retry => proto::AckStatus::ACK_RETRY,
-        };
-        g.detail = a.detail;
-        g
-    }
+/// Where the transport reports its [`StreamEvent`]s, from any of its threads.
+pub(crate) trait EventSink: Send + Sync {
+    /// Hands `event` on; false once nobody listens (the node has stopped), which ends the
+    /// reporting thread's stream.
+    fn report(&self, event: StreamEvent) -> bool;
 }
+
+/// A sink shared by the transport's threads.
+pub(crate) type Events = Arc<dyn EventSink>;
 
 /// A frame that can arrive on a stream.
 pub(crate) trait InboundFrame: Send + 'static {
@@ -277,27 +281,23 @@ pub(crate) trait InboundFrame: Send + 'static {
     fn take_batch(&mut self) -> Vec<Self>
     where
         Self: Sized;
-    /// The manager event for it.
-    fn into_event(self, stream: StreamId) -> Event;
-    /// What the manager thread gets for it: broadcast frames and handshakes go to the broadcast
-    /// engine and the feature table, the rest to the manager.
-    fn into_input(self, stream: StreamId) -> Input
-    where
-        Self: Sized;
+    /// The event that reports it, arrived on `stream`.
+    fn into_stream_event(self, stream: StreamId) -> StreamEvent;
     /// Why this frame (or one it carries) cannot be answered at all, if so: a payload without
     /// a valid hash has nothing an ACK could name.
     fn unanswerable(&self, limits: &Limits) -> Option<String>;
 }
 
-/// Sends the events of a received frame, and of the frames batched in it, in order.
-pub(crate) fn forward<T: InboundFrame>(mut frame: T, id: StreamId, inbox: &Sender<Input>) -> bool {
+/// Reports a received frame, and the frames batched in it, in order; false once the sink no
+/// longer listens.
+pub(crate) fn forward<T: InboundFrame>(mut frame: T, id: StreamId, events: &dyn EventSink) -> bool {
     let rest = frame.take_batch();
-    if inbox.send(frame.into_input(id)).is_err() {
+    if !events.report(frame.into_stream_event(id)) {
         return false;
     }
     for mut item in rest {
         drop(item.take_batch());
-        if inbox.send(item.into_input(id)).is_err() {
+        if !events.report(item.into_stream_event(id)) {
             return false;
         }
     }
@@ -321,27 +321,10 @@ impl InboundFrame for GossipMessage {
         GossipMessage::take_batch(self).into_vec()
     }
 
-    fn into_input(self, stream: StreamId) -> Input {
-        if self.kind == proto::FrameKind::DIRECT {
-            Input::Event(self.into_event(stream))
-        } else {
-            Input::BroadcastMessage {
-                stream,
-                message: self,
-            }
-        }
-    }
-
-    fn into_event(mut self, stream: StreamId) -> Event {
-        Event::MessageReceived {
+    fn into_stream_event(self, stream: StreamId) -> StreamEvent {
+        StreamEvent::Message {
             stream,
-            message: WireMessage {
-                hash: std::mem::take(&mut self.hash),
-                from: std::mem::take(&mut self.from_hash),
-                payload: std::mem::take(&mut self.payload),
-                total: self.total_bytes,
-                offset: self.offset,
-            },
+            message: self,
         }
     }
 }
@@ -359,36 +342,8 @@ impl InboundFrame for GossipACK {
         GossipACK::take_batch(self).into_vec()
     }
 
-    fn into_input(self, stream: StreamId) -> Input {
-        if self.broadcast {
-            Input::BroadcastAck { stream, ack: self }
-        } else if self.hash.is_empty() && !self.features.is_empty() {
-            Input::Hello {
-                stream,
-                features: Features::parse(&self.features),
-                from: self.from_hash,
-            }
-        } else {
-            Input::Event(self.into_event(stream))
-        }
-    }
-
-    fn into_event(mut self, stream: StreamId) -> Event {
-        Event::AckReceived {
-            stream,
-            ack: WireAck {
-                hash: std::mem::take(&mut self.hash),
-                from: std::mem::take(&mut self.from_hash),
-                status: match self.status {
-                    proto::AckStatus::ACK_RECEIVED => AckStatus::Received,
-                    proto::AckStatus::ACK_DUPLICATE => AckStatus::Duplicate,
-                    proto::AckStatus::ACK_REJECTED => AckStatus::Rejected,
-                    proto::AckStatus::ACK_PENDING => AckStatus::Pending,
-                    proto::AckStatus::ACK_RETRY => AckStatus::Retry,
-                },
-                detail: std::mem::take(&mut self.detail),
-            },
-        }
+    fn into_stream_event(self, stream: StreamId) -> StreamEvent {
+        StreamEvent::Ack { stream, ack: self }
     }
 }
 
@@ -441,7 +396,7 @@ impl StreamEnd {
     }
 }
 
-/// Reads frames until the stream ends, forwarding each to the manager. Waits at `gate` (if any)
+/// Reads frames until the stream ends, reporting each to `events`. Waits at `gate` (if any)
 /// before each read. Returns why the stream ended.
 ///
 /// With `strict` (a peer that announced our features), a frame that cannot be answered ends the
@@ -454,7 +409,7 @@ impl StreamEnd {
 pub(crate) fn read_loop<S, T>(
     stream: &mut S,
     id: StreamId,
-    inbox: &Sender<Input>,
+    events: &dyn EventSink,
     gate: Option<&ReadGate>,
     strict: Option<&Limits>,
     mut stop: Option<&mut ReaderStop>,
@@ -481,7 +436,7 @@ where
                 if let Some(reason) = strict.and_then(|limits| frame.unanswerable(limits)) {
                     return StreamEnd::malformed(reason);
                 }
-                if !forward(frame, id, inbox) {
+                if !forward(frame, id, events) {
                     return StreamEnd::closed("node stopped");
                 }
             }
@@ -565,12 +520,12 @@ pub(crate) fn describe(e: &grpcio::Error) -> String {
 
 /// Writes every frame from `frames` to `sink`, batching what is queued and flushing when the
 /// queue is empty. Ends when `frames` is closed (the node dropped the writer) or a write fails
-/// (reported to the manager as the stream closing).
+/// (reported to `events` as the stream closing).
 pub(crate) fn write_loop<T, K>(
     mut sink: K,
     frames: Inbox<T>,
     id: StreamId,
-    inbox: &Sender<Input>,
+    events: &dyn EventSink,
     verdict: Option<Arc<Verdict>>,
 ) where
     K: FrameSink<T>,
@@ -603,10 +558,10 @@ pub(crate) fn write_loop<T, K>(
         }
     };
     if let Some(reason) = failure {
-        let _ = inbox.send(Input::Event(Event::StreamClosed {
+        events.report(StreamEvent::Closed {
             stream: id,
             reason: format!("write failed: {reason}"),
-        }));
+        });
     }
     sink.finish(verdict.as_ref().and_then(|v| v.take()));
     if let Some(v) = verdict {
@@ -620,7 +575,7 @@ mod tests {
     //! and whatever decodes is handled by the state machine without breaking its rules.
     use super::*;
     use crate::limits::Limits;
-    use crate::manager::{Action, MessageManager, StreamKind};
+    use crate::manager::{AckStatus, Action, Event, MessageManager, WireAck};
     use crate::store::SlotStore;
     use proptest::prelude::*;
     use protobuf::Message as _;
@@ -654,10 +609,18 @@ mod tests {
 
     fn feed(m: &mut MessageManager, bytes: &[u8], out: &mut Vec<Action>) {
         if let Ok(msg) = GossipMessage::parse_from_bytes(bytes) {
-            m.handle(msg.into_event(StreamId(1)), Instant::now(), out);
+            let event = Event::MessageReceived {
+                stream: StreamId(1),
+                message: msg.into(),
+            };
+            m.handle(event, Instant::now(), out);
         }
         if let Ok(ack) = GossipACK::parse_from_bytes(bytes) {
-            m.handle(ack.into_event(StreamId(2)), Instant::now(), out);
+            let event = Event::AckReceived {
+                stream: StreamId(2),
+                ack: ack.into(),
+            };
+            m.handle(event, Instant::now(), out);
         }
     }
 

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use futures::{FutureExt, Sink, StreamExt};
 use grpcio::{
     ChannelBuilder, DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, Server,
@@ -22,14 +21,14 @@ use super::factory::{Keepalive, StreamFactory};
 use super::threads::{ReadGate, ThreadSet};
 use super::tls;
 use super::{
-    forward, outbox, read_loop, write_loop, Features, FrameSink, InboundFrame, Outbox, StreamEnd,
-    Verdict, Writer, CLOSED_BY_PEER, EXPECTED_ID_HEADER, FEATURES_HEADER, NODE_ID_HEADER,
+    forward, outbox, read_loop, write_loop, Events, Features, FrameSink, InboundFrame, Outbox,
+    StreamEnd, StreamEvent, Verdict, Writer, CLOSED_BY_PEER, EXPECTED_ID_HEADER, FEATURES_HEADER,
+    NODE_ID_HEADER,
 };
 use crate::error::Error;
 use crate::id::NodeId;
 use crate::limits::Limits;
-use crate::manager::{Event, StreamId, StreamKind};
-use crate::node::driver::Input;
+use crate::manager::{StreamId, StreamKind};
 use crate::proto::{create_gossip, Gossip, GossipACK, GossipMessage};
 use crate::stats::{bump, Counters};
 
@@ -41,7 +40,8 @@ pub(crate) struct Context {
     /// [`TransportConfig::max_grpc_message_bytes`](crate::TransportConfig::max_grpc_message_bytes)):
     /// gRPC refuses larger ones itself.
     pub(crate) receive_limit: usize,
-    pub(crate) inbox: Sender<Input>,
+    /// Where the streams' events go.
+    pub(crate) events: Events,
     pub(crate) stream_ids: Arc<AtomicU64>,
     pub(crate) threads: Arc<ThreadSet>,
     pub(crate) gate: Arc<ReadGate>,
@@ -553,12 +553,12 @@ fn serve<In, Out>(
             let mut sink = sink;
             sink.enhance_batch(true);
             let (tx, rx) = outbox();
-            let inbox = ctx.inbox.clone();
+            let events = ctx.events.clone();
             let verdict = verdict.clone();
             let spawned = ctx
                 .threads
                 .spawn(format!("gossip-out-{}", ctx.local), move || {
-                    write_loop(sink, rx, stream, &inbox, Some(verdict))
+                    write_loop(sink, rx, stream, &*events, Some(verdict))
                 });
             if let Err(e) = spawned {
                 return warn!("{}: cannot start a writer thread: {e}", ctx.local);
@@ -567,14 +567,14 @@ fn serve<In, Out>(
         }
         None => (None, Some(sink)),
     };
-    let open = Input::Open {
+    let open = StreamEvent::Opened {
         stream,
         peer: peer.clone(),
         kind,
         writer,
         features,
     };
-    if ctx.inbox.send(open).is_err() {
+    if !ctx.events.report(open) {
         return;
     }
     // A peer that speaks our extensions gets a protocol violation back as a status.
@@ -583,7 +583,7 @@ fn serve<In, Out>(
     if let Some(frame) = first {
         match strict.and_then(|limits| frame.unanswerable(limits)) {
             Some(reason) => end = Some(StreamEnd::malformed(reason)),
-            None if !forward(frame, stream, &ctx.inbox) => return,
+            None if !forward(frame, stream, &*ctx.events) => return,
             None => {}
         }
     }
@@ -596,7 +596,7 @@ fn serve<In, Out>(
     .then_some(&*ctx.gate);
     let mut end = match end {
         Some(end) => end,
-        None => read_loop(&mut requests, stream, &ctx.inbox, gate, strict, None),
+        None => read_loop(&mut requests, stream, &*ctx.events, gate, strict, None),
     };
     let original = matches!(
         kind,
@@ -627,10 +627,10 @@ fn serve<In, Out>(
     });
     // Whoever owns the sink ends the call with this status...
     verdict.set(status.clone());
-    let _ = ctx.inbox.send(Input::Event(Event::StreamClosed {
+    ctx.events.report(StreamEvent::Closed {
         stream,
         reason: end.reason,
-    }));
+    });
     match held_sink {
         Some(sink) => sink.finish(status),
         // ...and the request stream lives until then: dropping it cancels the call.

@@ -1,13 +1,85 @@
-//! Broadcast frames to and from their wire form (`GossipMessage` / `GossipACK` with the
-//! grpc-gossip extension fields). Inbound frames are checked here: a peer's frame that names
-//! an invalid id is refused with a reason, never trusted.
+//! Frames to and from their wire form, in one place: direct messages and ACKs (the manager's
+//! `WireMessage` / `WireAck`), and broadcast frames (`GossipMessage` / `GossipACK` with the
+//! grpc-gossip extension fields). Inbound broadcast frames are checked here: a peer's frame
+//! that names an invalid id is refused with a reason, never trusted.
 
 use std::time::Duration;
 
 use crate::broadcast::{BroadcastAck, BroadcastId, Frame};
 use crate::id::{validate_id, IdKind, NodeId};
 use crate::limits::Limits;
+use crate::manager::{self, WireAck, WireMessage};
 use crate::proto::{AckStatus, FrameKind, GossipACK, GossipMessage};
+
+impl From<WireMessage> for GossipMessage {
+    fn from(m: WireMessage) -> Self {
+        let mut g = GossipMessage::new();
+        g.hash = m.hash;
+        g.from_hash = m.from;
+        g.payload = m.payload;
+        g.total_bytes = m.total;
+        g.offset = m.offset;
+        g
+    }
+}
+
+impl From<GossipMessage> for WireMessage {
+    fn from(g: GossipMessage) -> Self {
+        WireMessage {
+            hash: g.hash,
+            from: g.from_hash,
+            payload: g.payload,
+            total: g.total_bytes,
+            offset: g.offset,
+        }
+    }
+}
+
+impl From<manager::AckStatus> for AckStatus {
+    fn from(status: manager::AckStatus) -> Self {
+        match status {
+            manager::AckStatus::Received => AckStatus::ACK_RECEIVED,
+            manager::AckStatus::Duplicate => AckStatus::ACK_DUPLICATE,
+            manager::AckStatus::Rejected => AckStatus::ACK_REJECTED,
+            manager::AckStatus::Pending => AckStatus::ACK_PENDING,
+            manager::AckStatus::Retry => AckStatus::ACK_RETRY,
+        }
+    }
+}
+
+impl From<AckStatus> for manager::AckStatus {
+    fn from(status: AckStatus) -> Self {
+        match status {
+            AckStatus::ACK_RECEIVED => manager::AckStatus::Received,
+            AckStatus::ACK_DUPLICATE => manager::AckStatus::Duplicate,
+            AckStatus::ACK_REJECTED => manager::AckStatus::Rejected,
+            AckStatus::ACK_PENDING => manager::AckStatus::Pending,
+            AckStatus::ACK_RETRY => manager::AckStatus::Retry,
+        }
+    }
+}
+
+impl From<WireAck> for GossipACK {
+    fn from(a: WireAck) -> Self {
+        let mut g = GossipACK::new();
+        g.hash = a.hash;
+        g.from_hash = a.from;
+        g.status = a.status.into();
+        g.detail = a.detail;
+        g
+    }
+}
+
+impl From<GossipACK> for WireAck {
+    fn from(g: GossipACK) -> Self {
+        WireAck {
+            hash: g.hash,
+            from: g.from_hash,
+            status: g.status.into(),
+            detail: g.detail,
+        }
+    }
+}
 
 fn budget_ms(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
