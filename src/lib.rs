@@ -129,3 +129,4 @@ pub use router::{FanoutRouter, Router};
 pub use stats::{Metrics, Stats};
 pub use store::SlotStore;
 pub use transport::factory::StreamFactory;
+pub use transport::memory::MemoryNetwork;

@@ -2,6 +2,7 @@
 //! connects) and by the supervisor (the node reconnects).
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,16 +15,18 @@ use crate::error::Error;
 use crate::id::NodeId;
 use crate::manager::{StreamId, StreamKind};
 use crate::neighbor::{NeighborEvent, NeighborManager};
-use crate::transport::factory::{ChannelLease, DoubleStream, Keepalive, StreamFactory};
+use crate::transport::backend::Backend;
+use crate::transport::factory::{ChannelLease, DoubleStream, Keepalive};
 use crate::transport::threads::ThreadSet;
 use crate::transport::{
-    outbox_stopping_reader, read_loop, write_loop, Events, Features, InboundFrame, ReaderStop,
-    StreamEvent, Writer,
+    outbox_stopping_reader, read_loop, write_loop, Events, Features, InboundFrame, OutboundStream,
+    ReaderStop, StreamEvent, Writer,
 };
 
-/// An outbound double stream: the lease on its channel and the id of its MessageStream.
+/// An outbound double stream: the lease on its channel (over gRPC) and the id of its
+/// MessageStream.
 struct Link {
-    _lease: ChannelLease,
+    _lease: Option<ChannelLease>,
     messages: StreamId,
 }
 
@@ -56,7 +59,9 @@ impl Originals {
 pub(crate) struct Links {
     pub(crate) originals: Arc<Originals>,
     pub(crate) id: NodeId,
-    pub(crate) factory: Arc<StreamFactory>,
+    /// This node's listening address (where the in-memory network places its links).
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) backend: Backend,
     /// Where the links' streams report (the manager thread's inbox).
     pub(crate) reports: Events,
     pub(crate) threads: Arc<ThreadSet>,
@@ -75,7 +80,8 @@ impl Links {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: NodeId,
-        factory: Arc<StreamFactory>,
+        local_addr: SocketAddr,
+        backend: Backend,
         reports: Events,
         threads: Arc<ThreadSet>,
         stream_ids: Arc<AtomicU64>,
@@ -85,7 +91,8 @@ impl Links {
         Links {
             originals: Arc::default(),
             id,
-            factory,
+            local_addr,
+            backend,
             reports,
             threads,
             stream_ids,
@@ -171,9 +178,15 @@ impl Links {
             return Ok(());
         }
         let keepalive = self.originals.keepalive_for(peer);
-        let double =
-            self.factory
-                .open(endpoint, peer, &self.id, keepalive, timeout, &self.closed)?;
+        let double = self.backend.open(
+            self.local_addr,
+            endpoint,
+            peer,
+            &self.id,
+            keepalive,
+            timeout,
+            &self.closed,
+        )?;
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Shutdown);
         }
@@ -191,12 +204,12 @@ impl Links {
     fn spawn_reader<T>(
         &self,
         name: String,
-        mut stream: grpcio::ClientDuplexReceiver<T>,
+        mut stream: OutboundStream<T>,
         mut stop: ReaderStop,
         id: StreamId,
     ) -> Result<(), Error>
     where
-        T: InboundFrame,
+        T: InboundFrame + protobuf::Message,
     {
         let events = self.reports.clone();
         self.threads.spawn(name, move || {

@@ -12,8 +12,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use futures::executor::block_on;
-use grpcio::Server;
 use log::info;
 use parking_lot::Mutex;
 
@@ -29,7 +27,9 @@ use crate::neighbor::{
 use crate::router::{FanoutRouter, Router};
 use crate::stats::{Counters, Metrics, PeerStats, QueueDepths, Stats};
 use crate::store::{PeerLimit, SlotStore, Wait};
+use crate::transport::backend::{Backend, Listener};
 use crate::transport::factory::StreamFactory;
+use crate::transport::memory::MemoryNetwork;
 use crate::transport::server::{self, Context};
 use crate::transport::threads::{ReadGate, ThreadSet};
 use crate::transport::Events;
@@ -54,6 +54,7 @@ const EVENTS_CAPACITY: usize = 1024;
 pub struct NodeBuilder {
     config: NodeConfig,
     factory: Option<Arc<StreamFactory>>,
+    memory: Option<MemoryNetwork>,
     neighbor_store: Option<Box<dyn NeighborStore>>,
     router: Option<Box<dyn Router>>,
 }
@@ -70,6 +71,13 @@ impl NodeBuilder {
     /// Use this factory instead of the process-wide [`StreamFactory::shared`].
     pub fn factory(mut self, factory: Arc<StreamFactory>) -> Self {
         self.factory = Some(factory);
+        self
+    }
+
+    /// Run on the in-memory `network` instead of gRPC: the same node, its streams channels
+    /// inside this process (for tests; see [`MemoryNetwork`]). Replaces any factory.
+    pub fn memory(mut self, network: &MemoryNetwork) -> Self {
+        self.memory = Some(network.clone());
         self
     }
 
@@ -94,7 +102,7 @@ impl NodeBuilder {
 
 /// The threads a running node owns directly.
 struct Running {
-    server: Server,
+    listener: Listener,
     manager: JoinHandle<Receiver<Input>>,
     supervisor: JoinHandle<()>,
     supervisor_tx: Sender<Notice>,
@@ -144,6 +152,7 @@ impl Node {
         NodeBuilder {
             config,
             factory: None,
+            memory: None,
             neighbor_store: None,
             router: None,
         }
@@ -153,22 +162,29 @@ impl Node {
         let NodeBuilder {
             config,
             factory,
+            memory,
             neighbor_store,
             router,
         } = parts;
         config.validate()?;
-        let factory = factory.unwrap_or_else(StreamFactory::shared);
-        if let Some(tls) = &factory.config().tls {
-            tls.check_for(&config.id)?;
+        let backend = match memory {
+            Some(network) => Backend::Memory(network),
+            None => Backend::Grpc(factory.unwrap_or_else(StreamFactory::shared)),
+        };
+        if let Backend::Grpc(factory) = &backend {
+            if let Some(tls) = &factory.config().tls {
+                tls.check_for(&config.id)?;
+            }
         }
         let needed = config.limits.grpc_message_limit();
-        if needed > factory.config().max_grpc_message_bytes {
+        let receive_limit = backend.max_message_bytes();
+        if needed > receive_limit {
             return Err(Error::Config {
                 field: "limits.max_payload_bytes",
                 reason: format!(
-                    "frames of up to {needed} bytes exceed the factory's gRPC limit of {} bytes; \
-                     use a StreamFactory with TransportConfig::max_grpc_message_bytes >= {needed}",
-                    factory.config().max_grpc_message_bytes
+                    "frames of up to {needed} bytes exceed the factory's gRPC limit of \
+                     {receive_limit} bytes; use a StreamFactory with \
+                     TransportConfig::max_grpc_message_bytes >= {needed}"
                 ),
             });
         }
@@ -201,23 +217,13 @@ impl Node {
         };
         // The transport reports into the manager thread's inbox.
         let reports: Events = Arc::new(inbox.clone());
-        let links = Arc::new(Links::new(
-            id.clone(),
-            factory.clone(),
-            reports.clone(),
-            threads.clone(),
-            stream_ids.clone(),
-            neighbors,
-            events_tx,
-        ));
-
         let ctx = Arc::new(Context {
             local: id.clone(),
             limits: config.limits.clone(),
-            receive_limit: factory.config().max_grpc_message_bytes,
-            events: reports,
-            stream_ids,
-            threads,
+            receive_limit,
+            events: reports.clone(),
+            stream_ids: stream_ids.clone(),
+            threads: threads.clone(),
             gate: gate.clone(),
             guards: Arc::new(server::StreamGuards::new(
                 config.max_streams_per_peer,
@@ -225,9 +231,19 @@ impl Node {
                 config.max_unidentified_streams,
                 counters.clone(),
             )),
-            tls: factory.config().tls.is_some(),
+            tls: backend.tls(),
         });
-        let (server, local_addr) = server::start(&config.listen, &factory, ctx)?;
+        let (listener, local_addr) = backend.listen(&config.listen, ctx)?;
+        let links = Arc::new(Links::new(
+            id.clone(),
+            local_addr,
+            backend,
+            reports,
+            threads,
+            stream_ids,
+            neighbors,
+            events_tx,
+        ));
 
         let (driver_deliveries, keep_tx) = match config.deliveries {
             Deliveries::Queue(_) | Deliveries::Confirmed(_) => (Some(delivery_tx), None),
@@ -279,7 +295,7 @@ impl Node {
             held: Default::default(),
             actions: Vec::new(),
             // Half the gRPC limit leaves room for the ids and tags of every item.
-            batch_budget: (factory.config().max_grpc_message_bytes / 2).min(256 * 1024),
+            batch_budget: (receive_limit / 2).min(256 * 1024),
             features: HashMap::new(),
             unresolved: HashMap::new(),
             stream_peers: HashMap::new(),
@@ -322,7 +338,7 @@ impl Node {
             events,
             _delivery_tx: keep_tx,
             running: Mutex::new(Some(Running {
-                server,
+                listener,
                 manager,
                 supervisor,
                 supervisor_tx,
@@ -661,15 +677,13 @@ impl Node {
             return;
         };
         let Running {
-            mut server,
+            mut listener,
             manager,
             supervisor,
             supervisor_tx,
         } = running;
         self.links.closed.store(true, Ordering::Release);
-        let stopping = server.shutdown();
-        server.cancel_all_calls();
-        let _ = block_on(stopping);
+        listener.shutdown();
         let _ = self.inbox.send(Input::Shutdown);
         let inbox = manager.join();
         if inbox.is_err() {

@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use futures::executor::block_on;
-use grpcio::{
-    CallOption, Channel, ChannelBuilder, ClientDuplexReceiver, ClientDuplexSender, EnvBuilder,
-    Environment, MetadataBuilder,
-};
+use grpcio::{CallOption, Channel, ChannelBuilder, EnvBuilder, Environment, MetadataBuilder};
 use parking_lot::Mutex;
 
-use super::{Features, EXPECTED_ID_HEADER, FEATURES_HEADER, NODE_ID_HEADER};
+use super::{
+    Features, OutboundSink, OutboundStream, EXPECTED_ID_HEADER, FEATURES_HEADER, NODE_ID_HEADER,
+};
 use crate::config::TransportConfig;
 use crate::error::{ConnectFailure, Error};
 use crate::id::NodeId;
@@ -58,18 +57,12 @@ impl std::fmt::Debug for StreamFactory {
     }
 }
 
-/// A double stream to one neighbour: the two client calls, and the lease that keeps their
-/// channel open.
+/// A double stream to one neighbour: the two client calls, and (over gRPC) the lease that
+/// keeps their channel open.
 pub(crate) struct DoubleStream {
-    pub(crate) messages: (
-        ClientDuplexSender<GossipMessage>,
-        ClientDuplexReceiver<GossipMessage>,
-    ),
-    pub(crate) acks: (
-        ClientDuplexSender<GossipACK>,
-        ClientDuplexReceiver<GossipACK>,
-    ),
-    pub(crate) lease: ChannelLease,
+    pub(crate) messages: (OutboundSink<GossipMessage>, OutboundStream<GossipMessage>),
+    pub(crate) acks: (OutboundSink<GossipACK>, OutboundStream<GossipACK>),
+    pub(crate) lease: Option<ChannelLease>,
 }
 
 /// Keeps a channel in use; when the last lease of a channel drops, its idle time starts.
@@ -331,9 +324,12 @@ impl StreamFactory {
         messages.0.enhance_batch(true);
         acks.0.enhance_batch(true);
         Ok(DoubleStream {
-            messages,
-            acks,
-            lease,
+            messages: (
+                OutboundSink::Grpc(messages.0),
+                OutboundStream::Grpc(messages.1),
+            ),
+            acks: (OutboundSink::Grpc(acks.0), OutboundStream::Grpc(acks.1)),
+            lease: Some(lease),
         })
     }
 

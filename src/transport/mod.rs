@@ -1,13 +1,15 @@
 //! The gRPC side of a node, kept thin: it opens and accepts streams, reads and writes frames,
-//! and reports what happens on each stream as a [`StreamEvent`] to an [`EventSink`]. It knows
+//! and reports what happens on each stream as a `StreamEvent` to an `EventSink`. It knows
 //! nothing of the node: what a frame means, and where it goes, is decided above it.
 //!
 //! Per stream there is one blocking **reader thread** (`futures::executor::block_on` on the
 //! grpcio stream) and, where we write, one **writer thread** fed by a crossbeam channel. Both
 //! report to the sink; the node's sink is its manager thread's inbox.
 
+pub(crate) mod backend;
 pub(crate) mod batch;
 pub mod factory;
+pub mod memory;
 pub(crate) mod server;
 pub(crate) mod threads;
 pub mod tls;
@@ -504,6 +506,95 @@ impl<T: Send> FrameSink<T> for DuplexSink<T> {
             Some(s) => block_on(self.fail(s)),
             None => block_on(SinkExt::close(&mut self)),
         };
+    }
+}
+
+/// The sending half of one of our outbound calls, over gRPC or in memory.
+pub(crate) enum OutboundSink<T> {
+    Grpc(ClientDuplexSender<T>),
+    Memory(memory::FrameWriter<T>),
+}
+
+/// The receiving half of one of our outbound calls, over gRPC or in memory.
+pub(crate) enum OutboundStream<T> {
+    Grpc(grpcio::ClientDuplexReceiver<T>),
+    Memory(memory::FrameReader<T>),
+}
+
+impl<T> OutboundStream<T> {
+    /// Ends the call (both directions) from our side.
+    pub(crate) fn cancel(&mut self) {
+        match self {
+            OutboundStream::Grpc(s) => s.cancel(),
+            OutboundStream::Memory(s) => s.cancel(),
+        }
+    }
+}
+
+impl<T: protobuf::Message> Stream for OutboundStream<T> {
+    type Item = grpcio::Result<T>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            OutboundStream::Grpc(s) => s.poll_next_unpin(cx),
+            OutboundStream::Memory(s) => s.poll_next_unpin(cx),
+        }
+    }
+}
+
+impl<T: protobuf::Message> Sink<(T, WriteFlags)> for OutboundSink<T> {
+    type Error = grpcio::Error;
+
+    fn poll_ready(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        match self.get_mut() {
+            OutboundSink::Grpc(s) => s.poll_ready_unpin(cx),
+            OutboundSink::Memory(s) => s.poll_ready_unpin(cx),
+        }
+    }
+
+    fn start_send(
+        self: std::pin::Pin<&mut Self>,
+        item: (T, WriteFlags),
+    ) -> Result<(), Self::Error> {
+        match self.get_mut() {
+            OutboundSink::Grpc(s) => s.start_send_unpin(item),
+            OutboundSink::Memory(s) => s.start_send_unpin(item),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        match self.get_mut() {
+            OutboundSink::Grpc(s) => s.poll_flush_unpin(cx),
+            OutboundSink::Memory(s) => s.poll_flush_unpin(cx),
+        }
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        match self.get_mut() {
+            OutboundSink::Grpc(s) => s.poll_close_unpin(cx),
+            OutboundSink::Memory(s) => s.poll_close_unpin(cx),
+        }
+    }
+}
+
+impl<T: protobuf::Message> FrameSink<T> for OutboundSink<T> {
+    fn finish(self, status: Option<RpcStatus>) {
+        match self {
+            OutboundSink::Grpc(s) => s.finish(status),
+            OutboundSink::Memory(s) => s.finish(status),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, Sink, StreamExt};
+use futures::{FutureExt, Sink, Stream, StreamExt};
 use grpcio::{
     ChannelBuilder, DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, Server,
     ServerBuilder, ServerCredentials, WriteFlags,
@@ -353,7 +353,6 @@ impl GossipService {
     ) where
         In: InboundFrame,
         Out: Send + Batchable + 'static,
-        DuplexSink<Out>: FrameSink<Out>,
     {
         let ctx = self.ctx.clone();
         let caller = Caller {
@@ -416,7 +415,7 @@ impl GossipService {
                         // no waiting here on the completion queue, so only what is known now.
                         None => {
                             let mut sink = sink;
-                            if finished_under_us(&mut sink, Duration::ZERO) {
+                            if sink.finished_under_us(Duration::ZERO) {
                                 let reason = cancelled_reason(ctx.receive_limit);
                                 warn!("{}: {kind:?} from {}: {reason}", ctx.local, caller.addr);
                             } else {
@@ -443,22 +442,36 @@ fn cancelled_reason(receive_limit: usize) -> String {
     )
 }
 
-/// Whether gRPC finishes the call of `sink` (which we have not ended) within `within`: then it
-/// was cancelled under us. A call whose client merely half-closed stays open until we answer.
-fn finished_under_us<Out>(sink: &mut DuplexSink<Out>, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        let mut ready = futures::future::poll_fn(|cx| {
-            <DuplexSink<Out> as Sink<(Out, WriteFlags)>>::poll_ready(Pin::new(&mut *sink), cx)
-        });
-        // A finished call answers `RemoteStopped`; a live one is ready for writes.
-        if matches!((&mut ready).now_or_never(), Some(Err(_))) {
-            return true;
+/// The answering side of an inbound call, as `serve` uses it: gRPC's `DuplexSink`, or the
+/// in-memory transport's.
+pub(crate) trait ServerSink<Out>: FrameSink<Out> + 'static {
+    /// Lets the transport coalesce writes (gRPC's buffer hint).
+    fn enhance_batch(&mut self);
+    /// Whether the call (which we have not ended) is finished under us within `within`: then
+    /// it was cancelled. A call whose client merely half-closed stays open until we answer.
+    fn finished_under_us(&mut self, within: Duration) -> bool;
+}
+
+impl<Out: Send + 'static> ServerSink<Out> for DuplexSink<Out> {
+    fn enhance_batch(&mut self) {
+        DuplexSink::enhance_batch(self, true);
+    }
+
+    fn finished_under_us(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut ready = futures::future::poll_fn(|cx| {
+                <DuplexSink<Out> as Sink<(Out, WriteFlags)>>::poll_ready(Pin::new(&mut *self), cx)
+            });
+            // A finished call answers `RemoteStopped`; a live one is ready for writes.
+            if matches!((&mut ready).now_or_never(), Some(Err(_))) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -469,18 +482,19 @@ enum Who<In> {
 }
 
 /// Gives an admitted call its thread.
-fn spawn_serving<In, Out>(
+fn spawn_serving<In, Out, R, K>(
     ctx: Arc<Context>,
     kind: StreamKind,
     caller: Caller,
     who: Who<In>,
-    requests: RequestStream<In>,
-    sink: DuplexSink<Out>,
+    requests: R,
+    sink: K,
     writer: Option<fn(Outbox<Out>) -> Writer>,
 ) where
     In: InboundFrame,
     Out: Send + Batchable + 'static,
-    DuplexSink<Out>: FrameSink<Out>,
+    R: Stream<Item = grpcio::Result<In>> + Unpin + Send + 'static,
+    K: ServerSink<Out>,
 {
     let name = format!("gossip-in-{}", ctx.local);
     let threads = ctx.threads.clone();
@@ -493,30 +507,31 @@ fn spawn_serving<In, Out>(
 }
 
 /// What the request of an inbound call says about its caller.
-struct Caller {
+pub(crate) struct Caller {
     /// The id it announced (`gossip-node-id`), if any.
-    header: Option<Result<String, String>>,
+    pub(crate) header: Option<Result<String, String>>,
     /// The id it means to reach (`gossip-expect-id`), if it said.
-    expected: Option<String>,
-    features: Features,
+    pub(crate) expected: Option<String>,
+    pub(crate) features: Features,
     /// With TLS: the names its certificate holds.
-    names: Option<Vec<String>>,
+    pub(crate) names: Option<Vec<String>>,
     /// Its address, for logs.
-    addr: String,
+    pub(crate) addr: String,
 }
 
-fn serve<In, Out>(
+fn serve<In, Out, R, K>(
     ctx: Arc<Context>,
     kind: StreamKind,
     caller: Caller,
     who: Who<In>,
-    mut requests: RequestStream<In>,
-    sink: DuplexSink<Out>,
+    mut requests: R,
+    sink: K,
     writer: Option<fn(Outbox<Out>) -> Writer>,
 ) where
     In: InboundFrame,
     Out: Send + Batchable + 'static,
-    DuplexSink<Out>: FrameSink<Out>,
+    R: Stream<Item = grpcio::Result<In>> + Unpin + Send + 'static,
+    K: ServerSink<Out>,
 {
     let Caller {
         features,
@@ -524,7 +539,7 @@ fn serve<In, Out>(
         addr: peer_addr,
         ..
     } = caller;
-    let refuse = |sink: DuplexSink<Out>, (code, why): Refusal| {
+    let refuse = |sink: K, (code, why): Refusal| {
         warn!("{}: refused {kind:?} from {peer_addr}: {why}", ctx.local);
         sink.finish(Some(RpcStatus::with_message(code, why)));
     };
@@ -551,7 +566,7 @@ fn serve<In, Out>(
     let (writer, mut held_sink) = match writer {
         Some(make) => {
             let mut sink = sink;
-            sink.enhance_batch(true);
+            sink.enhance_batch();
             let (tx, rx) = outbox();
             let events = ctx.events.clone();
             let verdict = verdict.clone();
@@ -606,7 +621,7 @@ fn serve<In, Out>(
         // gRPC ends the request stream and the call as two completions: a cancelled call may
         // read as a plain end of the stream first.
         if let Some(sink) = held_sink.as_mut() {
-            end.cancelled = finished_under_us(sink, Duration::from_millis(200));
+            end.cancelled = sink.finished_under_us(Duration::from_millis(200));
         }
     }
     if end.cancelled {
@@ -678,4 +693,64 @@ impl Gossip for GossipService {
             Some(Writer::Acks),
         );
     }
+}
+
+/// Serves one inbound call of a transport without a completion queue (the in-memory one):
+/// the same admission as gRPC's calls get, a refusal answered at once on the calling thread,
+/// and a call without the id header waiting for its first frame on a thread of its own.
+pub(crate) fn accept_call<In, Out, R, K>(
+    ctx: Arc<Context>,
+    kind: StreamKind,
+    caller: Caller,
+    mut requests: R,
+    sink: K,
+    writer: Option<fn(Outbox<Out>) -> Writer>,
+) where
+    In: InboundFrame,
+    Out: Send + Batchable + 'static,
+    R: Stream<Item = grpcio::Result<In>> + Unpin + Send + 'static,
+    K: ServerSink<Out>,
+{
+    let who = match admission(&ctx, &caller) {
+        Ok(Admission::Identified(peer, place)) => Who::Known(peer, place),
+        Ok(Admission::Unidentified(waiting)) => {
+            let name = format!("gossip-in-{}", ctx.local);
+            let threads = ctx.threads.clone();
+            let local = ctx.local.clone();
+            let wait = move || {
+                let first = futures::executor::block_on(requests.next());
+                drop(waiting);
+                match first {
+                    Some(Ok(frame)) => {
+                        let who = Who::FirstFrame(frame);
+                        serve(ctx, kind, caller, who, requests, sink, writer);
+                    }
+                    Some(Err(e)) => {
+                        let end = StreamEnd::from_error(e);
+                        warn!(
+                            "{}: {kind:?} from {}: {}",
+                            ctx.local, caller.addr, end.reason
+                        );
+                        let status =
+                            RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, end.reason);
+                        sink.finish(Some(status));
+                    }
+                    None => debug!("{}: {kind:?} from {} ended", ctx.local, caller.addr),
+                }
+            };
+            if let Err(e) = threads.spawn(name, wait) {
+                warn!("{local}: cannot start a stream thread: {e}");
+            }
+            return;
+        }
+        Err((code, why)) => {
+            warn!(
+                "{}: refused {kind:?} from {}: {why}",
+                ctx.local, caller.addr
+            );
+            sink.finish(Some(RpcStatus::with_message(code, why)));
+            return;
+        }
+    };
+    spawn_serving(ctx, kind, caller, who, requests, sink, writer);
 }

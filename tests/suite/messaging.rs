@@ -1,5 +1,7 @@
-//! Messaging between real nodes over loopback gRPC: the seed's tests and the semantics users
-//! rely on (exactly one completion, order, dedup, ACK routing, limits).
+//! Messaging between real nodes: the seed's tests and the semantics users rely on (exactly one
+//! completion, order, dedup, ACK routing, limits). The tests in `on_both!` run twice, over
+//! loopback gRPC (`::grpc`) and over the in-memory network (`::memory`); the others need a
+//! real gRPC client or socket.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -8,64 +10,65 @@ use crate::common::*;
 use bytes::Bytes;
 use grpc_gossip::{ConnectFailure, Error, FailReason, Message, Outcome};
 
-/// The seed's `TwoNodesBasicCommunication`: 15,000 small messages, all ACKed, each delivered once.
-#[test]
-fn two_nodes_basic_communication() {
-    let f = factory();
-    let a = start("a", &f);
-    let b = start("b", &f);
-    connect(&a, &b);
-    connect(&b, &a);
-    const N: usize = 15_000;
-    let sender = std::thread::scope(|s| {
-        let h = s.spawn(|| {
-            for i in 0..N {
-                a.send_message("b", Message::new(format!("m{i}"), format!("payload {i}")))
-                    .unwrap();
-            }
-        });
-        let done = collect(&a.completions(), N);
-        h.join().unwrap();
-        done
-    });
-    assert!(sender.iter().all(|c| c.is_acked()), "every message ACKed");
-    let deliveries = b.deliveries();
-    let mut seen = HashSet::new();
-    for _ in 0..N {
-        let d = deliveries.recv_timeout(PATIENCE).unwrap();
-        assert_eq!(d.from.as_str(), "a");
-        // Sends to one neighbour keep their order.
-        assert_eq!(d.hash, format!("m{}", seen.len()));
-        assert!(seen.insert(d.hash));
-    }
-    assert_quiet(&deliveries);
-    assert_eq!(a.stats().acked, N as u64);
-    assert_eq!(b.stats().delivered, N as u64);
-}
-
-#[test]
-fn bidirectional_sends() {
-    let f = factory();
-    let a = start("a", &f);
-    let b = start("b", &f);
-    connect(&a, &b);
-    connect(&b, &a);
-    std::thread::scope(|s| {
-        for (from, to) in [(&a, "b"), (&b, "a")] {
-            s.spawn(move || {
-                for i in 0..500 {
-                    from.send_message(to, Message::new(format!("{i}"), vec![7u8; 1024]))
+on_both! {
+    /// The seed's `TwoNodesBasicCommunication`: 15,000 small messages, all ACKed, each
+    /// delivered once.
+    fn two_nodes_basic_communication(on) {
+        let a = start("a", on);
+        let b = start("b", on);
+        connect(&a, &b);
+        connect(&b, &a);
+        const N: usize = 15_000;
+        let sender = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                for i in 0..N {
+                    a.send_message("b", Message::new(format!("m{i}"), format!("payload {i}")))
                         .unwrap();
                 }
             });
+            let done = collect(&a.completions(), N);
+            h.join().unwrap();
+            done
+        });
+        assert!(sender.iter().all(|c| c.is_acked()), "every message ACKed");
+        let deliveries = b.deliveries();
+        let mut seen = HashSet::new();
+        for _ in 0..N {
+            let d = deliveries.recv_timeout(PATIENCE).unwrap();
+            assert_eq!(d.from.as_str(), "a");
+            // Sends to one neighbour keep their order.
+            assert_eq!(d.hash, format!("m{}", seen.len()));
+            assert!(seen.insert(d.hash));
         }
-    });
-    for n in [&a, &b] {
-        assert!(collect(&n.completions(), 500).iter().all(|c| c.is_acked()));
+        assert_quiet(&deliveries);
+        assert_eq!(a.stats().acked, N as u64);
+        assert_eq!(b.stats().delivered, N as u64);
     }
-    // Every send of each side is ACKed, and a receiver counts a delivery before it ACKs.
-    for n in [&a, &b] {
-        assert_eq!(n.stats().delivered, 500);
+}
+
+on_both! {
+    fn bidirectional_sends(on) {
+        let a = start("a", on);
+        let b = start("b", on);
+        connect(&a, &b);
+        connect(&b, &a);
+        std::thread::scope(|s| {
+            for (from, to) in [(&a, "b"), (&b, "a")] {
+                s.spawn(move || {
+                    for i in 0..500 {
+                        from.send_message(to, Message::new(format!("{i}"), vec![7u8; 1024]))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        for n in [&a, &b] {
+            assert!(collect(&n.completions(), 500).iter().all(|c| c.is_acked()));
+        }
+        // Every send of each side is ACKed, and a receiver counts a delivery before it ACKs.
+        for n in [&a, &b] {
+            assert_eq!(n.stats().delivered, 500);
+        }
     }
 }
 
@@ -85,113 +88,113 @@ fn seed_round_four_nodes() {
     cluster.shutdown();
 }
 
-#[test]
-fn duplicate_hash_is_delivered_once_and_acked_again() {
-    let f = factory();
-    let a = start("a", &f);
-    let b = start("b", &f);
-    connect(&a, &b);
-    connect(&b, &a);
-    let done = a.completions();
-    a.send_message("b", Message::new("same", "x")).unwrap();
-    let first = collect(&done, 1).remove(0);
-    assert_eq!(
-        first.outcome,
-        Outcome::Acked {
-            by: b.id().clone(),
-            duplicate: false
-        }
-    );
-    // A retransmission of the same hash: ACKed again, as a duplicate, not delivered again.
-    a.send_message("b", Message::new("same", "x")).unwrap();
-    let second = collect(&done, 1).remove(0);
-    assert_eq!(
-        second.outcome,
-        Outcome::Acked {
-            by: b.id().clone(),
-            duplicate: true
-        }
-    );
-    let deliveries = b.deliveries();
-    assert_eq!(deliveries.recv_timeout(PATIENCE).unwrap().hash, "same");
-    assert_quiet(&deliveries);
-}
-
-/// b has no link to a: its ACKs go back on the response side of the AckStream a opened.
-#[test]
-fn one_way_link_gets_acks_on_the_response_side() {
-    let f = factory();
-    let a = start("a", &f);
-    let b = start("b", &f);
-    connect(&a, &b);
-    for i in 0..100 {
-        a.send_message("b", Message::new(format!("{i}"), "hi"))
-            .unwrap();
-    }
-    assert!(collect(&a.completions(), 100).iter().all(|c| c.is_acked()));
-}
-
-#[test]
-fn oversized_message_is_refused_and_nothing_else_is_harmed() {
-    let f = factory();
-    let mut ca = config("a");
-    ca.limits.max_payload_bytes = 1024 * 1024;
-    // Without chunks (the whole-message limit equal to one frame's).
-    ca.limits.max_message_bytes = 1024 * 1024;
-    let a = start_with(ca, &f);
-    let b = start("b", &f);
-    connect(&a, &b);
-    let too_big = Message::new("big", vec![0u8; 1024 * 1024 + 1]);
-    match a.send_message("b", too_big) {
-        Err(Error::TooLarge { size, limit }) => {
-            assert_eq!((size, limit), (1024 * 1024 + 1, 1024 * 1024));
-        }
-        other => panic!("{other:?}"),
-    }
-    assert!(matches!(
-        a.send_message("b", Message::new("", "x")),
-        Err(Error::InvalidId { .. })
-    ));
-    assert!(matches!(
-        a.send_message("b", Message::new("h".repeat(10_000), "x")),
-        Err(Error::InvalidId { .. })
-    ));
-    assert!(matches!(
-        a.send_message("nobody", Message::new("x", "x")),
-        Err(Error::UnknownNeighbor(_))
-    ));
-    // The limit itself is fine, and the link still works.
-    a.send_message("b", Message::new("ok", vec![1u8; 1024 * 1024]))
-        .unwrap();
-    assert!(collect(&a.completions(), 1)[0].is_acked());
-    assert_eq!(a.stats().sent, 1, "nothing was half-sent");
-}
-
-#[test]
-fn try_send_reports_full_and_send_waits() {
-    let f = factory();
-    let mut ca = config("a");
-    ca.slots = 2;
-    let a = start_with(ca, &f);
-    let b = start("b", &f);
-    connect(&a, &b);
-    let payload = Bytes::from(vec![0u8; 16]);
-    // A tight loop outruns the ACKs' round trip, so two slots fill up.
-    let mut full = false;
-    for i in 0..10_000 {
-        match a.try_send_message("b", Message::new(format!("{i}"), payload.clone())) {
-            Ok(_) => {}
-            Err(Error::Full { slots: 2 }) => {
-                full = true;
-                break;
+on_both! {
+    fn duplicate_hash_is_delivered_once_and_acked_again(on) {
+        let a = start("a", on);
+        let b = start("b", on);
+        connect(&a, &b);
+        connect(&b, &a);
+        let done = a.completions();
+        a.send_message("b", Message::new("same", "x")).unwrap();
+        let first = collect(&done, 1).remove(0);
+        assert_eq!(
+            first.outcome,
+            Outcome::Acked {
+                by: b.id().clone(),
+                duplicate: false
             }
-            Err(e) => panic!("{e}"),
-        }
+        );
+        // A retransmission of the same hash: ACKed again, as a duplicate, not delivered again.
+        a.send_message("b", Message::new("same", "x")).unwrap();
+        let second = collect(&done, 1).remove(0);
+        assert_eq!(
+            second.outcome,
+            Outcome::Acked {
+                by: b.id().clone(),
+                duplicate: true
+            }
+        );
+        let deliveries = b.deliveries();
+        assert_eq!(deliveries.recv_timeout(PATIENCE).unwrap().hash, "same");
+        assert_quiet(&deliveries);
     }
-    assert!(full, "a 2-slot store must fill up under a tight loop");
-    // A bounded wait ends with Full or succeeds once a slot frees; either way it returns.
-    let r = a.send_message_timeout("b", Message::new("late", payload), Duration::from_secs(30));
-    assert!(r.is_ok() || matches!(r, Err(Error::Full { .. })));
+}
+
+on_both! {
+    /// b has no link to a: its ACKs go back on the response side of the AckStream a opened.
+    fn one_way_link_gets_acks_on_the_response_side(on) {
+        let a = start("a", on);
+        let b = start("b", on);
+        connect(&a, &b);
+        for i in 0..100 {
+            a.send_message("b", Message::new(format!("{i}"), "hi"))
+                .unwrap();
+        }
+        assert!(collect(&a.completions(), 100).iter().all(|c| c.is_acked()));
+    }
+}
+
+on_both! {
+    fn oversized_message_is_refused_and_nothing_else_is_harmed(on) {
+        let mut ca = config("a");
+        ca.limits.max_payload_bytes = 1024 * 1024;
+        // Without chunks (the whole-message limit equal to one frame's).
+        ca.limits.max_message_bytes = 1024 * 1024;
+        let a = start_with(ca, on);
+        let b = start("b", on);
+        connect(&a, &b);
+        let too_big = Message::new("big", vec![0u8; 1024 * 1024 + 1]);
+        match a.send_message("b", too_big) {
+            Err(Error::TooLarge { size, limit }) => {
+                assert_eq!((size, limit), (1024 * 1024 + 1, 1024 * 1024));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            a.send_message("b", Message::new("", "x")),
+            Err(Error::InvalidId { .. })
+        ));
+        assert!(matches!(
+            a.send_message("b", Message::new("h".repeat(10_000), "x")),
+            Err(Error::InvalidId { .. })
+        ));
+        assert!(matches!(
+            a.send_message("nobody", Message::new("x", "x")),
+            Err(Error::UnknownNeighbor(_))
+        ));
+        // The limit itself is fine, and the link still works.
+        a.send_message("b", Message::new("ok", vec![1u8; 1024 * 1024]))
+            .unwrap();
+        assert!(collect(&a.completions(), 1)[0].is_acked());
+        assert_eq!(a.stats().sent, 1, "nothing was half-sent");
+    }
+}
+
+on_both! {
+    fn try_send_reports_full_and_send_waits(on) {
+        let mut ca = config("a");
+        ca.slots = 2;
+        let a = start_with(ca, on);
+        let b = start("b", on);
+        connect(&a, &b);
+        let payload = Bytes::from(vec![0u8; 16]);
+        // A tight loop outruns the ACKs' round trip, so two slots fill up.
+        let mut full = false;
+        for i in 0..10_000 {
+            match a.try_send_message("b", Message::new(format!("{i}"), payload.clone())) {
+                Ok(_) => {}
+                Err(Error::Full { slots: 2 }) => {
+                    full = true;
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(full, "a 2-slot store must fill up under a tight loop");
+        // A bounded wait ends with Full or succeeds once a slot frees; either way it returns.
+        let r = a.send_message_timeout("b", Message::new("late", payload), Duration::from_secs(30));
+        assert!(r.is_ok() || matches!(r, Err(Error::Full { .. })));
+    }
 }
 
 #[test]
@@ -301,71 +304,71 @@ fn peer_over_the_grpc_limit_gets_resource_exhausted() {
     assert_eq!(b.deliveries().recv_timeout(PATIENCE).unwrap().hash, "fine");
 }
 
-#[test]
-fn disconnect_with_messages_in_flight_completes_every_one() {
-    let f = factory();
-    let a = start("a", &f);
-    let b = start("b", &f);
-    connect(&a, &b);
-    let payload = Bytes::from(vec![0u8; 256 * 1024]);
-    let mut sent = 0;
-    for i in 0..50 {
-        if a.send_message("b", Message::new(format!("{i}"), payload.clone()))
-            .is_ok()
-        {
-            sent += 1;
+on_both! {
+    fn disconnect_with_messages_in_flight_completes_every_one(on) {
+        let a = start("a", on);
+        let b = start("b", on);
+        connect(&a, &b);
+        let payload = Bytes::from(vec![0u8; 256 * 1024]);
+        let mut sent = 0;
+        for i in 0..50 {
+            if a.send_message("b", Message::new(format!("{i}"), payload.clone()))
+                .is_ok()
+            {
+                sent += 1;
+            }
         }
+        a.disconnect_neighbor("b").unwrap();
+        let done = collect(&a.completions(), sent);
+        for c in &done {
+            assert!(
+                c.is_acked() || c.outcome == Outcome::Failed(FailReason::Disconnected),
+                "{c:?}"
+            );
+        }
+        assert_quiet(&a.completions());
+        assert!(matches!(
+            a.send_message("b", Message::new("after", "x")),
+            Err(Error::UnknownNeighbor(_))
+        ));
+        // Removed for good: no reconnection brings it back.
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(a.neighbors().is_empty());
     }
-    a.disconnect_neighbor("b").unwrap();
-    let done = collect(&a.completions(), sent);
-    for c in &done {
-        assert!(
-            c.is_acked() || c.outcome == Outcome::Failed(FailReason::Disconnected),
-            "{c:?}"
-        );
-    }
-    assert_quiet(&a.completions());
-    assert!(matches!(
-        a.send_message("b", Message::new("after", "x")),
-        Err(Error::UnknownNeighbor(_))
-    ));
-    // Removed for good: no reconnection brings it back.
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(a.neighbors().is_empty());
 }
 
-#[test]
-fn peer_gone_for_good_times_out_its_messages_with_attempts() {
-    let f = factory();
-    let mut ca = config("a");
-    ca.ttl = Duration::from_secs(2);
-    let a = start_with(ca, &f);
-    let b = start("b", &f);
-    connect(&a, &b);
-    let events = a.events();
-    assert!(matches!(
-        events.recv_timeout(PATIENCE).unwrap(),
-        grpc_gossip::NeighborEvent::Up { .. }
-    ));
-    b.shutdown();
-    // The link loss is noticed and reported; the node starts reconnecting on its own.
-    match events.recv_timeout(PATIENCE).unwrap() {
-        grpc_gossip::NeighborEvent::Down { peer, .. } => assert_eq!(peer.as_str(), "b"),
-        other => panic!("{other:?}"),
-    }
-    assert!(!a.neighbors()[0].online);
-    assert!(matches!(
-        events.recv_timeout(PATIENCE).unwrap(),
-        grpc_gossip::NeighborEvent::Reconnecting { attempt: 1, .. }
-    ));
-    // Sends are still accepted: they wait for the link, within their TTL.
-    for i in 0..3 {
-        a.send_message("b", Message::new(format!("{i}"), "x"))
-            .unwrap();
-    }
-    for c in collect(&a.completions(), 3) {
-        assert_eq!(c.outcome, Outcome::TimedOut, "{c:?}");
-        assert_eq!(c.attempts, 0, "never got onto a link");
+on_both! {
+    fn peer_gone_for_good_times_out_its_messages_with_attempts(on) {
+        let mut ca = config("a");
+        ca.ttl = Duration::from_secs(2);
+        let a = start_with(ca, on);
+        let b = start("b", on);
+        connect(&a, &b);
+        let events = a.events();
+        assert!(matches!(
+            events.recv_timeout(PATIENCE).unwrap(),
+            grpc_gossip::NeighborEvent::Up { .. }
+        ));
+        b.shutdown();
+        // The link loss is noticed and reported; the node starts reconnecting on its own.
+        match events.recv_timeout(PATIENCE).unwrap() {
+            grpc_gossip::NeighborEvent::Down { peer, .. } => assert_eq!(peer.as_str(), "b"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!a.neighbors()[0].online);
+        assert!(matches!(
+            events.recv_timeout(PATIENCE).unwrap(),
+            grpc_gossip::NeighborEvent::Reconnecting { attempt: 1, .. }
+        ));
+        // Sends are still accepted: they wait for the link, within their TTL.
+        for i in 0..3 {
+            a.send_message("b", Message::new(format!("{i}"), "x"))
+                .unwrap();
+        }
+        for c in collect(&a.completions(), 3) {
+            assert_eq!(c.outcome, Outcome::TimedOut, "{c:?}");
+            assert_eq!(c.attempts, 0, "never got onto a link");
+        }
     }
 }
 
@@ -408,68 +411,68 @@ fn connect_failures_are_classified_and_fast_when_the_os_says_so() {
     );
 }
 
-/// `add_neighbor` returns at once; the node keeps trying, reports each failure, and a message
-/// sent meanwhile waits for the link and is delivered once the neighbour comes up.
-#[test]
-fn add_neighbor_connects_in_the_background() {
-    let f = factory();
-    let mut c = config("a");
-    c.reconnect.initial = Duration::from_millis(20);
-    c.reconnect.max = Duration::from_millis(200);
-    let a = start_with(c, &f);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let started = std::time::Instant::now();
-    a.add_neighbor(grpc_gossip::NeighborInfo::new(
-        "b",
-        format!("127.0.0.1:{port}"),
-    ))
-    .unwrap();
-    a.send_message("b", Message::new("early", "waits for b"))
+on_both! {
+    /// `add_neighbor` returns at once; the node keeps trying, reports each failure, and a message
+    /// sent meanwhile waits for the link and is delivered once the neighbour comes up.
+    fn add_neighbor_connects_in_the_background(on) {
+        let mut c = config("a");
+        c.reconnect.initial = Duration::from_millis(20);
+        c.reconnect.max = Duration::from_millis(200);
+        let a = start_with(c, on);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let started = std::time::Instant::now();
+        a.add_neighbor(grpc_gossip::NeighborInfo::new(
+            "b",
+            format!("127.0.0.1:{port}"),
+        ))
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5));
-    let failure = first_event(&a.events(), |e| match e {
-        grpc_gossip::NeighborEvent::Reconnecting { error, .. } => Some(error),
-        _ => None,
-    });
-    assert!(failure.contains("refused"), "{failure}");
-    // b comes up at that address: the link follows, and so does the message.
-    let mut cb = config("b");
-    cb.listen = format!("127.0.0.1:{port}");
-    let b = start_with(cb, &f);
-    let done = a
-        .completions()
-        .recv_timeout(PATIENCE)
-        .expect("a completion");
-    assert!(done.is_acked(), "{done:?}");
-    let got = b.deliveries().recv_timeout(PATIENCE).expect("delivered");
-    assert_eq!(got.hash, "early");
+        a.send_message("b", Message::new("early", "waits for b"))
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let failure = first_event(&a.events(), |e| match e {
+            grpc_gossip::NeighborEvent::Reconnecting { error, .. } => Some(error),
+            _ => None,
+        });
+        assert!(failure.contains("refused"), "{failure}");
+        // b comes up at that address: the link follows, and so does the message.
+        let mut cb = config("b");
+        cb.listen = format!("127.0.0.1:{port}");
+        let b = start_with(cb, on);
+        let done = a
+            .completions()
+            .recv_timeout(PATIENCE)
+            .expect("a completion");
+        assert!(done.is_acked(), "{done:?}");
+        let got = b.deliveries().recv_timeout(PATIENCE).expect("delivered");
+        assert_eq!(got.hash, "early");
+    }
 }
 
-/// A neighbour configured at the address of another node: that node refuses the streams,
-/// saying who it is, and delivers nothing meant for the configured one.
-#[test]
-fn a_wrong_address_never_delivers_to_the_wrong_node() {
-    let f = factory();
-    let a = start("a", &f);
-    let r = start("r", &f);
-    // `q` is expected at r's address.
-    let _ = a.connect_to_neighbor(grpc_gossip::NeighborInfo::new(
-        "q",
-        r.local_addr().to_string(),
-    ));
-    let _ = a.send_message("q", Message::new("for-q", "not for r"));
-    let reason = first_event(&a.events(), |e| match e {
-        grpc_gossip::NeighborEvent::Down { reason, .. } => Some(reason),
-        _ => None,
-    });
-    assert!(reason.contains("this is node \"r\", not \"q\""), "{reason}");
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(r.stats().delivered, 0);
-    assert!(r.deliveries().try_recv().is_err());
+on_both! {
+    /// A neighbour configured at the address of another node: that node refuses the streams,
+    /// saying who it is, and delivers nothing meant for the configured one.
+    fn a_wrong_address_never_delivers_to_the_wrong_node(on) {
+        let a = start("a", on);
+        let r = start("r", on);
+        // `q` is expected at r's address.
+        let _ = a.connect_to_neighbor(grpc_gossip::NeighborInfo::new(
+            "q",
+            r.local_addr().to_string(),
+        ));
+        let _ = a.send_message("q", Message::new("for-q", "not for r"));
+        let reason = first_event(&a.events(), |e| match e {
+            grpc_gossip::NeighborEvent::Down { reason, .. } => Some(reason),
+            _ => None,
+        });
+        assert!(reason.contains("this is node \"r\", not \"q\""), "{reason}");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(r.stats().delivered, 0);
+        assert!(r.deliveries().try_recv().is_err());
+    }
 }
 
 /// The `batch` extension on the wire: a peer that announces it gets merged ACKs and may send
@@ -548,91 +551,91 @@ fn batches_only_for_peers_that_announce_them() {
     }
 }
 
-/// A message larger than one frame's limit travels in chunks and arrives whole, ACKed once.
-#[test]
-fn large_messages_travel_in_chunks() {
-    let f = factory();
-    let mut ca = config("a");
-    ca.peer_max_bytes = 1 << 30;
-    let a = start_with(ca, &f);
-    let b = start("b", &f);
-    connect(&a, &b);
-    connect(&b, &a);
-    let size = 100 * 1024 * 1024; // above the 64 MiB frame limit
-    let payload: Bytes = (0..size)
-        .map(|i| (i % 251) as u8)
-        .collect::<Vec<u8>>()
-        .into();
-    a.send_message("b", Message::new("big", payload.clone()))
-        .unwrap();
-    let done = a.completions().recv_timeout(PATIENCE).unwrap();
-    assert!(done.is_acked(), "{done:?}");
-    assert_eq!(done.attempts, 1);
-    let got = b.deliveries().recv_timeout(PATIENCE).unwrap();
-    assert_eq!(got.hash, "big");
-    assert!(got.payload == payload, "the same bytes, in order");
-    assert_quiet(&b.deliveries());
-    assert_eq!(b.stats().received, 1, "one message, however many chunks");
+on_both! {
+    /// A message larger than one frame's limit travels in chunks and arrives whole, ACKed once.
+    fn large_messages_travel_in_chunks(on) {
+        let mut ca = config("a");
+        ca.peer_max_bytes = 1 << 30;
+        let a = start_with(ca, on);
+        let b = start("b", on);
+        connect(&a, &b);
+        connect(&b, &a);
+        let size = 100 * 1024 * 1024; // above the 64 MiB frame limit
+        let payload: Bytes = (0..size)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into();
+        a.send_message("b", Message::new("big", payload.clone()))
+            .unwrap();
+        let done = a.completions().recv_timeout(PATIENCE).unwrap();
+        assert!(done.is_acked(), "{done:?}");
+        assert_eq!(done.attempts, 1);
+        let got = b.deliveries().recv_timeout(PATIENCE).unwrap();
+        assert_eq!(got.hash, "big");
+        assert!(got.payload == payload, "the same bytes, in order");
+        assert_quiet(&b.deliveries());
+        assert_eq!(b.stats().received, 1, "one message, however many chunks");
+    }
 }
 
-/// Acknowledged deliveries over gRPC: the ACK waits for the application's confirmation; a
-/// slow application does not look like a dead link; a declined delivery comes again.
-#[test]
-fn confirmed_deliveries_ack_when_the_application_says_so() {
-    let f = factory();
-    let mut ca = config("a");
-    // Far shorter than the application takes to confirm: the receiver's `Pending` answers
-    // must keep the link up.
-    ca.ack_timeout = Duration::from_millis(300);
-    let a = start_with(ca, &f);
-    let mut cb = config("b");
-    cb.deliveries = grpc_gossip::Deliveries::Confirmed(2);
-    let b = start_with(cb, &f);
-    connect(&a, &b);
-    for i in 0..3 {
-        a.send_message("b", Message::new(format!("m{i}"), "x"))
-            .unwrap();
-    }
-    let deliveries = b.deliveries();
-    let first = deliveries.recv_timeout(PATIENCE).expect("delivered");
-    let second = deliveries.recv_timeout(PATIENCE).expect("delivered");
-    assert!(first.needs_confirmation() && second.needs_confirmation());
-    // At most two wait unconfirmed: the third is held back.
-    assert!(deliveries.recv_timeout(Duration::from_millis(300)).is_err());
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        a.completions().try_recv().is_err(),
-        "no ACK before confirmation"
-    );
-    assert_eq!(a.stats().stalls, 0, "a slow application is not a dead link");
-    assert_eq!(b.stats().awaiting_confirmation, 2);
+on_both! {
+    /// Acknowledged deliveries over gRPC: the ACK waits for the application's confirmation; a
+    /// slow application does not look like a dead link; a declined delivery comes again.
+    fn confirmed_deliveries_ack_when_the_application_says_so(on) {
+        let mut ca = config("a");
+        // Far shorter than the application takes to confirm: the receiver's `Pending` answers
+        // must keep the link up.
+        ca.ack_timeout = Duration::from_millis(300);
+        let a = start_with(ca, on);
+        let mut cb = config("b");
+        cb.deliveries = grpc_gossip::Deliveries::Confirmed(2);
+        let b = start_with(cb, on);
+        connect(&a, &b);
+        for i in 0..3 {
+            a.send_message("b", Message::new(format!("m{i}"), "x"))
+                .unwrap();
+        }
+        let deliveries = b.deliveries();
+        let first = deliveries.recv_timeout(PATIENCE).expect("delivered");
+        let second = deliveries.recv_timeout(PATIENCE).expect("delivered");
+        assert!(first.needs_confirmation() && second.needs_confirmation());
+        // At most two wait unconfirmed: the third is held back.
+        assert!(deliveries.recv_timeout(Duration::from_millis(300)).is_err());
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(
+            a.completions().try_recv().is_err(),
+            "no ACK before confirmation"
+        );
+        assert_eq!(a.stats().stalls, 0, "a slow application is not a dead link");
+        assert_eq!(b.stats().awaiting_confirmation, 2);
 
-    first.confirm();
-    let done = a
-        .completions()
-        .recv_timeout(PATIENCE)
-        .expect("a completion");
-    assert_eq!((done.key.hash.as_str(), done.attempts), ("m0", 1));
-    assert!(done.is_acked());
+        first.confirm();
+        let done = a
+            .completions()
+            .recv_timeout(PATIENCE)
+            .expect("a completion");
+        assert_eq!((done.key.hash.as_str(), done.attempts), ("m0", 1));
+        assert!(done.is_acked());
 
-    // Declined (dropped unconfirmed): the sender is asked to send it again, and it comes back.
-    assert_eq!(second.hash, "m1");
-    drop(second);
-    let mut seen = Vec::new();
-    while seen.len() < 2 {
-        let d = deliveries.recv_timeout(PATIENCE).expect("delivered");
-        seen.push(d.hash.clone());
-        d.confirm();
+        // Declined (dropped unconfirmed): the sender is asked to send it again, and it comes back.
+        assert_eq!(second.hash, "m1");
+        drop(second);
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let d = deliveries.recv_timeout(PATIENCE).expect("delivered");
+            seen.push(d.hash.clone());
+            d.confirm();
+        }
+        seen.sort();
+        assert_eq!(seen, ["m1", "m2"]);
+        let mut rest = collect(&a.completions(), 2);
+        rest.sort_by(|x, y| x.key.hash.cmp(&y.key.hash));
+        assert!(rest.iter().all(|c| c.is_acked()), "{rest:?}");
+        assert_eq!(rest[0].attempts, 2, "m1 went twice: {:?}", rest[0]);
+        assert_eq!(b.stats().declined, 1);
+        assert!(a.stats().retry_answers >= 1);
+        assert_eq!(a.stats().stalls, 0);
     }
-    seen.sort();
-    assert_eq!(seen, ["m1", "m2"]);
-    let mut rest = collect(&a.completions(), 2);
-    rest.sort_by(|x, y| x.key.hash.cmp(&y.key.hash));
-    assert!(rest.iter().all(|c| c.is_acked()), "{rest:?}");
-    assert_eq!(rest[0].attempts, 2, "m1 went twice: {:?}", rest[0]);
-    assert_eq!(b.stats().declined, 1);
-    assert!(a.stats().retry_answers >= 1);
-    assert_eq!(a.stats().stalls, 0);
 }
 
 /// Without TLS anyone can claim an id: a stream that claims to be `b` and announces no

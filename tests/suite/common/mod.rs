@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use grpc_gossip::{
-    Completion, Deliveries, NeighborInfo, Node, NodeConfig, StreamFactory, TransportConfig,
+    Completion, Deliveries, MemoryNetwork, NeighborInfo, Node, NodeBuilder, NodeConfig,
+    StreamFactory, TransportConfig,
 };
 
 /// Generous: tests check behaviour, not speed.
@@ -25,16 +26,56 @@ pub(crate) fn config(id: &str) -> NodeConfig {
     c
 }
 
-pub(crate) fn start(id: &str, factory: &Arc<StreamFactory>) -> Node {
-    start_with(config(id), factory)
+/// Where a test's nodes run: loopback gRPC (a factory) or an in-memory network.
+pub(crate) trait Transport {
+    /// A builder for a node on this transport.
+    fn builder(&self, config: NodeConfig) -> NodeBuilder;
 }
 
-pub(crate) fn start_with(config: NodeConfig, factory: &Arc<StreamFactory>) -> Node {
-    Node::builder(config)
-        .factory(factory.clone())
-        .start()
-        .expect("node starts")
+impl Transport for Arc<StreamFactory> {
+    fn builder(&self, config: NodeConfig) -> NodeBuilder {
+        Node::builder(config).factory(self.clone())
+    }
 }
+
+impl Transport for MemoryNetwork {
+    fn builder(&self, config: NodeConfig) -> NodeBuilder {
+        Node::builder(config).memory(self)
+    }
+}
+
+pub(crate) fn start(id: &str, on: &dyn Transport) -> Node {
+    start_with(config(id), on)
+}
+
+pub(crate) fn start_with(config: NodeConfig, on: &dyn Transport) -> Node {
+    on.builder(config).start().expect("node starts")
+}
+
+/// Defines a test run twice, as `NAME::grpc` (loopback gRPC) and `NAME::memory` (the in-memory
+/// network): `on_both! { fn NAME(on) { ... } }`, where `on: &dyn Transport` starts the nodes.
+macro_rules! on_both {
+    ($(#[$attr:meta])* fn $name:ident($on:ident) $body:block) => {
+        $(#[$attr])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($on: &dyn $crate::common::Transport) $body
+
+            #[test]
+            fn grpc() {
+                run(&$crate::common::factory())
+            }
+
+            #[test]
+            fn memory() {
+                run(&grpc_gossip::MemoryNetwork::new())
+            }
+        }
+    };
+}
+pub(crate) use on_both;
 
 pub(crate) fn connect(a: &Node, b: &Node) {
     a.connect_to_neighbor(NeighborInfo::new(
