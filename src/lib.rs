@@ -41,7 +41,11 @@
 //! The gRPC transport is thin. [`StreamFactory`] (shared by the nodes of a process) keeps one
 //! channel per endpoint and opens double streams. Per stream, a blocking reader thread and,
 //! where we write, a writer thread talk to one **manager thread** through crossbeam channels.
-//! The manager thread never blocks on anything but its inbox. Backpressure is explicit: a full
+//! The manager thread never blocks on anything but its inbox. The transport knows nothing of
+//! the node: it reports what happens on each stream, and the node decides what a frame means.
+//! The same node runs on a [`MemoryNetwork`] ([`NodeBuilder::memory`]): calls become
+//! in-process pipes of encoded frames, links can be cut or silenced, and a hundred nodes fit in
+//! one test. Backpressure is explicit: a full
 //! store blocks `send_message` (or `try_send_message` returns [`Error::Full`]), and a full
 //! delivery queue pauses the payload readers, so gRPC flow control slows the senders down.
 //!

@@ -46,6 +46,22 @@ const WINDOW: usize = 64;
 /// Start nodes on it with [`NodeBuilder::memory`](crate::NodeBuilder::memory); they listen on
 /// the address their configuration gives (port 0 picks a free one in this network, no socket
 /// is opened) and reach each other by those addresses.
+///
+/// ```
+/// use grpc_gossip::{MemoryNetwork, Message, NeighborInfo, Node, NodeConfig};
+///
+/// # fn main() -> Result<(), grpc_gossip::Error> {
+/// let net = MemoryNetwork::new();
+/// let a = Node::builder(NodeConfig::new("a", "127.0.0.1:0")).memory(&net).start()?;
+/// let b = Node::builder(NodeConfig::new("b", "127.0.0.1:0")).memory(&net).start()?;
+/// a.connect_to_neighbor(NeighborInfo::new("b", b.local_addr().to_string()))?;
+/// net.cut(a.local_addr(), b.local_addr()); // the link goes down; a keeps reconnecting
+/// a.send_message("b", Message::new("m1", "waits for the link"))?;
+/// net.restore(a.local_addr(), b.local_addr());
+/// assert!(a.completions().recv().unwrap().is_acked());
+/// assert_eq!(&b.deliveries().recv().unwrap().payload[..], b"waits for the link");
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct MemoryNetwork {
     net: Arc<Net>,
