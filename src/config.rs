@@ -245,6 +245,17 @@ fn is_loopback(address: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+impl TransportConfig {
+    /// The defaults, with a gRPC message limit that fits the frames of nodes with `limits`
+    /// ([`Limits::grpc_message_limit`]): what a factory for such nodes needs.
+    pub fn for_limits(limits: &Limits) -> TransportConfig {
+        TransportConfig {
+            max_grpc_message_bytes: limits.grpc_message_limit(),
+            ..TransportConfig::default()
+        }
+    }
+}
+
 impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {

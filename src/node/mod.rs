@@ -184,7 +184,8 @@ impl Node {
                 reason: format!(
                     "frames of up to {needed} bytes exceed the factory's gRPC limit of \
                      {receive_limit} bytes; use a StreamFactory with \
-                     TransportConfig::max_grpc_message_bytes >= {needed}"
+                     TransportConfig::for_limits(&config.limits) (or \
+                     max_grpc_message_bytes >= {needed})"
                 ),
             });
         }

@@ -8,6 +8,9 @@
 //! `cargo test --release --features cli --test suite messaging::` (the suite needs the `gossip`
 //! binary, so the `cli` feature).
 
+// A test's unwrap is its assertion.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 mod broadcast;

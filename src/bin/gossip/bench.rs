@@ -408,13 +408,11 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
             reason: "must be > 0".into(),
         });
     }
+    // The nodes take the workload's payloads in one frame; the factory fits their frames.
+    let mut limits = grpc_gossip::Limits::default();
+    limits.max_payload_bytes = limits.max_payload_bytes.max(w.payload_bytes);
     if args.mode == Mode::AckLatency {
-        let mut limits = grpc_gossip::Limits::default();
-        limits.max_payload_bytes = limits.max_payload_bytes.max(w.payload_bytes);
-        let transport = TransportConfig {
-            max_grpc_message_bytes: limits.grpc_message_limit(),
-            ..Default::default()
-        };
+        let transport = TransportConfig::for_limits(&limits);
         return ack_latency(&args, StreamFactory::new(transport));
     }
     println!(
@@ -426,8 +424,6 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
         w.bytes_per_round() as f64 / (1024.0 * 1024.0)
     );
     reset_peak_rss();
-    let mut limits = grpc_gossip::Limits::default();
-    limits.max_payload_bytes = limits.max_payload_bytes.max(w.payload_bytes);
     let as_u32 = |field: &'static str, v: usize| {
         u32::try_from(v).map_err(|_| grpc_gossip::Error::Config {
             field,
@@ -435,13 +431,12 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
         })
     };
     let mut transport = TransportConfig {
-        max_grpc_message_bytes: limits.grpc_message_limit(),
         http2_bdp_probe: args.bdp_probe.then_some(true),
         stream_window_bytes: args
             .stream_window
             .map(|v| as_u32("stream-window", v))
             .transpose()?,
-        ..Default::default()
+        ..TransportConfig::for_limits(&limits)
     };
     if let Some(n) = args.cq_threads {
         transport.cq_threads = usize::from(n);

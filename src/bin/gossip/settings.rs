@@ -330,10 +330,7 @@ impl Settings {
         }
         node.validate().map_err(as_operator_key)?;
 
-        let mut transport = TransportConfig {
-            max_grpc_message_bytes: node.limits.grpc_message_limit(),
-            ..TransportConfig::default()
-        };
+        let mut transport = TransportConfig::for_limits(&node.limits);
         if let Some(d) = duration("connection.keepalive_time", &c.keepalive_time)? {
             transport.keepalive_time = d;
         }
