@@ -43,7 +43,7 @@ fn main() -> Result<(), grpc_gossip::Error> {
 
     let (a, b) = (&nodes[0], &nodes[1]);
     net.cut(a.local_addr(), b.local_addr()); // the link goes down; a keeps reconnecting
-    a.send_message(b.id().as_str(), Message::new("m1", "waits for the link"))?;
+    a.send_message(b.id(), Message::new("m1", "waits for the link"))?;
     std::thread::sleep(Duration::from_millis(200));
     net.restore(a.local_addr(), b.local_addr());
     let done = a

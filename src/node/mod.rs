@@ -549,8 +549,10 @@ impl Node {
     }
 
     /// Removes a neighbour: closes its double stream and stops reconnecting to it; messages in
-    /// flight to it complete as `Failed(Disconnected)`.
-    pub fn disconnect_neighbor(&self, node_hash: &str) -> Result<(), Error> {
+    /// flight to it complete as `Failed(Disconnected)`. The neighbour is named by its id as
+    /// a `&str` or a [`&NodeId`](NodeId).
+    pub fn disconnect_neighbor(&self, node_hash: impl AsRef<str>) -> Result<(), Error> {
+        let node_hash = node_hash.as_ref();
         let (peer, _) = self
             .links
             .neighbors
@@ -572,24 +574,39 @@ impl Node {
     ///
     /// Errors (nothing was sent, no completion will come): invalid hash, payload too large,
     /// unknown neighbour, same hash to the same neighbour still in flight, shutdown.
-    pub fn send_message(&self, target: &str, message: Message) -> Result<MessageKey, Error> {
-        self.send(target, message, Wait::Forever)
+    ///
+    /// `target` is the neighbour's id as a `&str` or a [`&NodeId`](NodeId) (as in
+    /// [`Delivery::from`] or [`Node::id`]).
+    pub fn send_message(
+        &self,
+        target: impl AsRef<str>,
+        message: Message,
+    ) -> Result<MessageKey, Error> {
+        self.send(target.as_ref(), message, Wait::Forever)
     }
 
     /// Like [`send_message`](Node::send_message) but returns [`Error::Full`] or
     /// [`Error::PeerFull`] at once instead of waiting.
-    pub fn try_send_message(&self, target: &str, message: Message) -> Result<MessageKey, Error> {
-        self.send(target, message, Wait::No)
+    pub fn try_send_message(
+        &self,
+        target: impl AsRef<str>,
+        message: Message,
+    ) -> Result<MessageKey, Error> {
+        self.send(target.as_ref(), message, Wait::No)
     }
 
     /// Like [`send_message`](Node::send_message) but waits at most `timeout` for a slot.
     pub fn send_message_timeout(
         &self,
-        target: &str,
+        target: impl AsRef<str>,
         message: Message,
         timeout: Duration,
     ) -> Result<MessageKey, Error> {
-        self.send(target, message, Wait::Until(Instant::now() + timeout))
+        self.send(
+            target.as_ref(),
+            message,
+            Wait::Until(Instant::now() + timeout),
+        )
     }
 
     /// Refuses, before anything is sent, a message this node cannot send: the node is shut

@@ -269,9 +269,11 @@ fn a_hundred_nodes_in_memory() {
         }
     }
     for &(a, b) in &edges {
-        let to = nodes[b].id().as_str();
         nodes[a]
-            .send_message(to, Message::new(format!("{a}-{b}"), "along the link"))
+            .send_message(
+                nodes[b].id(),
+                Message::new(format!("{a}-{b}"), "along the link"),
+            )
             .unwrap();
     }
     let mut per_sender = vec![0usize; NODES];
