@@ -1,6 +1,7 @@
 //! Fault tests on loopback: links cut under load, a peer that never ACKs, a peer restarted on
 //! the same address, a whole cluster shut down while sending. Every time the invariant holds:
-//! completions = messages sent, no delivery twice, nothing left in flight.
+//! completions = messages sent, no delivery twice, nothing left in flight. Those in `on_both!`
+//! also run on the in-memory network; `memory.rs` cuts and silences its links.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -216,82 +217,82 @@ fn a_stuck_neighbour_does_not_block_the_others() {
     let _ = futures::executor::block_on(server.shutdown());
 }
 
-/// The receiver goes away and a new one starts on the same address: messages sent meanwhile
-/// wait, and reach the new incarnation once the node has reconnected on its own.
-#[test]
-fn peer_restarted_on_the_same_address() {
-    let f = factory();
-    let a = start("a", &f);
-    let b = start("b", &f);
-    let addr = b.local_addr();
-    connect(&a, &b);
-    for i in 0..10 {
-        a.send_message("b", Message::new(format!("before-{i}"), "x"))
-            .unwrap();
+on_both! {
+    /// The receiver goes away and a new one starts on the same address: messages sent meanwhile
+    /// wait, and reach the new incarnation once the node has reconnected on its own.
+    fn peer_restarted_on_the_same_address(on) {
+        let a = start("a", on);
+        let b = start("b", on);
+        let addr = b.local_addr();
+        connect(&a, &b);
+        for i in 0..10 {
+            a.send_message("b", Message::new(format!("before-{i}"), "x"))
+                .unwrap();
+        }
+        assert!(collect(&a.completions(), 10).iter().all(|c| c.is_acked()));
+        b.shutdown();
+        drop(b);
+        wait_until("a to notice b is gone", || !a.neighbors()[0].online);
+        for i in 0..10 {
+            a.send_message("b", Message::new(format!("during-{i}"), vec![1u8; 100_000]))
+                .unwrap();
+        }
+        let mut cb = config("b");
+        cb.listen = addr.to_string();
+        let b2 = start_with(cb, on);
+        let done = collect(&a.completions(), 10);
+        assert!(done.iter().all(|c| c.is_acked()), "{done:?}");
+        let got: HashSet<String> = (0..10)
+            .map(|_| b2.deliveries().recv_timeout(PATIENCE).unwrap().hash)
+            .collect();
+        assert_eq!(got.len(), 10);
+        assert!(a.neighbors()[0].online);
     }
-    assert!(collect(&a.completions(), 10).iter().all(|c| c.is_acked()));
-    b.shutdown();
-    drop(b);
-    wait_until("a to notice b is gone", || !a.neighbors()[0].online);
-    for i in 0..10 {
-        a.send_message("b", Message::new(format!("during-{i}"), vec![1u8; 100_000]))
-            .unwrap();
-    }
-    let mut cb = config("b");
-    cb.listen = addr.to_string();
-    let b2 = start_with(cb, &f);
-    let done = collect(&a.completions(), 10);
-    assert!(done.iter().all(|c| c.is_acked()), "{done:?}");
-    let got: HashSet<String> = (0..10)
-        .map(|_| b2.deliveries().recv_timeout(PATIENCE).unwrap().hash)
-        .collect();
-    assert_eq!(got.len(), 10);
-    assert!(a.neighbors()[0].online);
 }
 
-/// Every node of a full mesh shuts down while all of them are sending 512 KiB messages: every
-/// accepted send completes exactly once, as `Acked` or `Failed(Shutdown)`.
-#[test]
-fn whole_cluster_shut_down_while_sending() {
-    let f = factory();
-    let nodes: Vec<_> = (0..4).map(|i| start(&format!("n{i}"), &f)).collect();
-    mesh(&nodes);
-    let payload = Bytes::from(vec![3u8; 512 * 1024]);
-    let accepted: Vec<usize> = std::thread::scope(|s| {
-        let mut senders = Vec::new();
-        for (i, node) in nodes.iter().enumerate() {
-            let payload = payload.clone();
-            senders.push(s.spawn(move || {
-                let mut ok = 0;
-                for k in 0.. {
-                    let target = format!("n{}", (i + 1 + k % 3) % 4);
-                    match node.send_message(&target, Message::new(format!("{k}"), payload.clone()))
-                    {
-                        Ok(_) => ok += 1,
-                        Err(Error::Shutdown) => break,
-                        Err(e) => panic!("{e}"),
+on_both! {
+    /// Every node of a full mesh shuts down while all of them are sending 512 KiB messages: every
+    /// accepted send completes exactly once, as `Acked` or `Failed(Shutdown)`.
+    fn whole_cluster_shut_down_while_sending(on) {
+        let nodes: Vec<_> = (0..4).map(|i| start(&format!("n{i}"), on)).collect();
+        mesh(&nodes);
+        let payload = Bytes::from(vec![3u8; 512 * 1024]);
+        let accepted: Vec<usize> = std::thread::scope(|s| {
+            let mut senders = Vec::new();
+            for (i, node) in nodes.iter().enumerate() {
+                let payload = payload.clone();
+                senders.push(s.spawn(move || {
+                    let mut ok = 0;
+                    for k in 0.. {
+                        let target = format!("n{}", (i + 1 + k % 3) % 4);
+                        match node.send_message(&target, Message::new(format!("{k}"), payload.clone()))
+                        {
+                            Ok(_) => ok += 1,
+                            Err(Error::Shutdown) => break,
+                            Err(e) => panic!("{e}"),
+                        }
                     }
-                }
-                ok
-            }));
+                    ok
+                }));
+            }
+            std::thread::sleep(Duration::from_millis(400));
+            for node in &nodes {
+                s.spawn(move || node.shutdown());
+            }
+            senders.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (node, n) in nodes.iter().zip(accepted) {
+            let done = collect(&node.completions(), n);
+            for c in &done {
+                assert!(
+                    c.is_acked() || c.outcome == Outcome::Failed(FailReason::Shutdown),
+                    "{c:?}"
+                );
+            }
+            assert_quiet(&node.completions());
+            assert_eq!(node.stats().in_flight, 0);
+            assert_eq!(node.stream_threads(), 0);
         }
-        std::thread::sleep(Duration::from_millis(400));
-        for node in &nodes {
-            s.spawn(move || node.shutdown());
-        }
-        senders.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    for (node, n) in nodes.iter().zip(accepted) {
-        let done = collect(&node.completions(), n);
-        for c in &done {
-            assert!(
-                c.is_acked() || c.outcome == Outcome::Failed(FailReason::Shutdown),
-                "{c:?}"
-            );
-        }
-        assert_quiet(&node.completions());
-        assert_eq!(node.stats().in_flight, 0);
-        assert_eq!(node.stream_threads(), 0);
     }
 }
 
