@@ -13,7 +13,8 @@
 //! Faults are set per pair of node addresses: [`MemoryNetwork::cut`] ends every call between
 //! them at once (`UNAVAILABLE`) and refuses new ones until [`MemoryNetwork::restore`];
 //! [`MemoryNetwork::silence`] lets frames vanish without a word (a black-holed route) and
-//! makes new calls wait out their connect timeout. There is no TLS here.
+//! makes new calls wait out their connect timeout; [`MemoryNetwork::delay`] holds every frame
+//! for a while before its reader sees it (a long route). There is no TLS here.
 
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
@@ -95,6 +96,8 @@ struct State {
     next_port: u16,
     listeners: HashMap<SocketAddr, Arc<Context>>,
     faults: HashMap<(SocketAddr, SocketAddr), Fault>,
+    /// One-way delay of each frame, per link.
+    delays: HashMap<(SocketAddr, SocketAddr), Duration>,
     calls: Vec<Weak<Call>>,
 }
 
@@ -162,9 +165,19 @@ impl MemoryNetwork {
             .insert(link(a, b), Fault::Silent);
     }
 
-    /// Undoes [`cut`](Self::cut) or [`silence`](Self::silence) between `a` and `b`.
+    /// Delays every frame between `a` and `b`, either way, by `one_way` from when it is sent
+    /// (order is kept; calls already open are affected too), until [`restore`](Self::restore).
+    /// A reader waiting for a delayed frame is woken by a short-lived timer thread.
+    pub fn delay(&self, a: SocketAddr, b: SocketAddr, one_way: Duration) {
+        self.net.state.lock().delays.insert(link(a, b), one_way);
+    }
+
+    /// Undoes [`cut`](Self::cut), [`silence`](Self::silence) and [`delay`](Self::delay)
+    /// between `a` and `b`.
     pub fn restore(&self, a: SocketAddr, b: SocketAddr) {
-        self.net.state.lock().faults.remove(&link(a, b));
+        let mut state = self.net.state.lock();
+        state.faults.remove(&link(a, b));
+        state.delays.remove(&link(a, b));
     }
 
     /// Listens at `listen` (a port of 0 picks a free one) for calls to `ctx`'s node.
@@ -413,15 +426,18 @@ struct Call {
 
 /// One direction of a call: encoded frames in flight, at most [`WINDOW`] of them.
 #[derive(Default)]
-struct Pipe(Mutex<PipeState>);
+struct Pipe(Arc<Mutex<PipeState>>);
 
 #[derive(Default)]
 struct PipeState {
-    frames: VecDeque<Bytes>,
+    /// Each frame with when its reader may have it (frames keep their order).
+    frames: VecDeque<(Instant, Bytes)>,
     closed: bool,
     /// Each direction has one writer and one reader, so one waker each.
     reader: Option<Waker>,
     writer: Option<Waker>,
+    /// When a timer thread will wake the reader for a delayed frame, if one is set.
+    timer: Option<Instant>,
 }
 
 impl Pipe {
@@ -439,12 +455,12 @@ impl Pipe {
     }
 
     /// False if the pipe is closed.
-    fn push(&self, frame: Bytes) -> bool {
+    fn push(&self, frame: Bytes, due: Instant) -> bool {
         let mut p = self.0.lock();
         if p.closed {
             return false;
         }
-        p.frames.push_back(frame);
+        p.frames.push_back((due, frame));
         let reader = p.reader.take();
         drop(p);
         if let Some(w) = reader {
@@ -456,13 +472,46 @@ impl Pipe {
     /// The next frame; `None` once the pipe is closed and empty.
     fn poll_pop(&self, cx: &mut TaskContext<'_>) -> Poll<Option<Bytes>> {
         let mut p = self.0.lock();
-        if let Some(frame) = p.frames.pop_front() {
-            let writer = p.writer.take();
-            drop(p);
-            if let Some(w) = writer {
-                w.wake();
+        let now = Instant::now();
+        if p.timer.is_some_and(|t| t <= now) {
+            p.timer = None;
+        }
+        match p.frames.front() {
+            Some((due, _)) if *due <= now => {
+                let frame = p.frames.pop_front().map(|(_, f)| f);
+                let writer = p.writer.take();
+                drop(p);
+                if let Some(w) = writer {
+                    w.wake();
+                }
+                return Poll::Ready(frame);
             }
-            return Poll::Ready(Some(frame));
+            Some((due, _)) => {
+                // A delayed frame: a timer wakes the reader when it is due (one timer at a
+                // time per pipe; only delayed links start any).
+                let due = *due;
+                p.reader = Some(cx.waker().clone());
+                if p.timer.is_none_or(|t| t > due) {
+                    p.timer = Some(due);
+                    // It wakes whoever reads then, not whoever set it.
+                    let state = self.0.clone();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                        let reader = {
+                            let mut p = state.lock();
+                            if p.timer == Some(due) {
+                                p.timer = None;
+                            }
+                            p.reader.take()
+                        };
+                        if let Some(w) = reader {
+                            w.wake();
+                        }
+                    });
+                }
+                return Poll::Pending;
+            }
+            None => {}
         }
         if p.closed {
             return Poll::Ready(None);
@@ -502,11 +551,19 @@ impl Call {
         self.ended.lock().clone()
     }
 
-    /// Whether frames on this call vanish now.
-    fn silenced(&self) -> bool {
-        self.net.upgrade().is_some_and(|net| {
-            net.state.lock().faults.get(&link(self.from, self.to)) == Some(&Fault::Silent)
-        })
+    /// What happens now to a frame sent on this call: `None` if it vanishes, else when its
+    /// reader may have it.
+    fn due(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let Some(net) = self.net.upgrade() else {
+            return Some(now);
+        };
+        let state = net.state.lock();
+        let key = link(self.from, self.to);
+        if state.faults.get(&key) == Some(&Fault::Silent) {
+            return None;
+        }
+        Some(state.delays.get(&key).map_or(now, |d| now + *d))
     }
 }
 
@@ -582,10 +639,10 @@ impl<T: protobuf::Message> Sink<(T, WriteFlags)> for FrameWriter<T> {
             });
             return Ok(());
         }
-        if self.call.silenced() {
-            return Ok(());
-        }
-        if self.pipe().push(Bytes::from(bytes)) {
+        let Some(due) = self.call.due() else {
+            return Ok(()); // silenced: it vanishes
+        };
+        if self.pipe().push(Bytes::from(bytes), due) {
             Ok(())
         } else {
             Err(self.closed_error())
@@ -855,6 +912,33 @@ mod tests {
             Some(Err(grpcio::Error::RpcFinished(None)))
         ));
         assert!(send(&mut tx, message("after", b"x")).is_err());
+    }
+
+    #[test]
+    fn a_delayed_link_holds_each_frame_and_keeps_the_order() {
+        let net = MemoryNetwork::new();
+        net.delay(addr(1), addr(2), Duration::from_millis(150));
+        let ((mut tx, _rx), mut requests, _sink) =
+            net.call::<GossipMessage, GossipACK>(addr(1), addr(2));
+        let sent = Instant::now();
+        for i in 0..3 {
+            send(&mut tx, message(&i.to_string(), b"x")).unwrap();
+        }
+        assert!(
+            requests.next().now_or_never().is_none(),
+            "not before its time"
+        );
+        for i in 0..3 {
+            assert_eq!(
+                block_on(requests.next()).unwrap().unwrap().hash,
+                i.to_string()
+            );
+        }
+        assert!(sent.elapsed() >= Duration::from_millis(150));
+        // Restored: at once again.
+        net.restore(addr(1), addr(2));
+        send(&mut tx, message("now", b"x")).unwrap();
+        assert!(requests.next().now_or_never().is_some());
     }
 
     #[test]

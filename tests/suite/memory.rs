@@ -1,6 +1,6 @@
-//! Link faults on the in-memory network, which needs no proxy to cut or black-hole a link:
-//! every message still ends exactly once, is delivered at most once, and nothing is left in
-//! flight.
+//! Link faults on the in-memory network, which needs no proxy to cut, black-hole or delay a
+//! link: every message still ends exactly once, is delivered at most once, and nothing is
+//! left in flight.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -177,4 +177,37 @@ fn net_start(
     config: grpc_gossip::NodeConfig,
 ) -> Result<grpc_gossip::Node, Error> {
     grpc_gossip::Node::builder(config).memory(net).start()
+}
+
+/// A long route (150 ms each way, set while the link is up): nothing changes but the time
+/// things take. Every message is ACKed a round trip after it was sent, and delivered once, in
+/// order.
+#[test]
+fn a_delayed_link_delivers_everything_in_order_a_round_trip_later() {
+    let net = MemoryNetwork::new();
+    let a = start("a", &net);
+    let b = start("b", &net);
+    connect(&a, &b);
+    connect(&b, &a);
+    net.delay(a.local_addr(), b.local_addr(), Duration::from_millis(150));
+    for i in 0..50 {
+        a.send_message("b", Message::new(format!("m{i}"), vec![0u8; 10_000]))
+            .unwrap();
+    }
+    for c in collect(&a.completions(), 50) {
+        assert!(c.is_acked(), "{c:?}");
+        assert!(
+            c.elapsed >= Duration::from_millis(300),
+            "a round trip: {c:?}"
+        );
+    }
+    let deliveries = b.deliveries();
+    for i in 0..50 {
+        assert_eq!(
+            deliveries.recv_timeout(PATIENCE).unwrap().hash,
+            format!("m{i}")
+        );
+    }
+    assert_quiet(&deliveries);
+    assert_eq!(a.stats().stalls, 0, "a slow route is not a dead link");
 }
