@@ -11,7 +11,8 @@
 //! makes its writer wait, as HTTP/2 flow control would.
 //!
 //! Faults are set per pair of node addresses: [`MemoryNetwork::cut`] ends every call between
-//! them at once (`UNAVAILABLE`) and refuses new ones until [`MemoryNetwork::restore`];
+//! them at once, losing what was in flight (`UNAVAILABLE`), and refuses new ones until
+//! [`MemoryNetwork::restore`];
 //! [`MemoryNetwork::silence`] lets frames vanish without a word (a black-holed route) and
 //! makes new calls wait out their connect timeout; [`MemoryNetwork::delay`] holds every frame
 //! for a while before its reader sees it (a long route). There is no TLS here.
@@ -141,9 +142,9 @@ impl MemoryNetwork {
         self.net.max_message_bytes
     }
 
-    /// Cuts the link between the nodes at `a` and `b`: every call between them ends now
-    /// (`UNAVAILABLE` to the caller, cancelled for the callee) and new ones are refused, until
-    /// [`restore`](Self::restore).
+    /// Cuts the link between the nodes at `a` and `b`: every call between them ends now, as
+    /// when a connection breaks (the frames in flight are lost; `UNAVAILABLE` to the caller,
+    /// cancelled for the callee), and new ones are refused, until [`restore`](Self::restore).
     pub fn cut(&self, a: SocketAddr, b: SocketAddr) {
         let calls = {
             let mut state = self.net.state.lock();
@@ -151,7 +152,7 @@ impl MemoryNetwork {
             state.live_calls(|c| link(c.from, c.to) == link(a, b))
         };
         for call in calls {
-            call.end(Ended::cut("link cut"));
+            call.break_off(Ended::cut("link cut"));
         }
     }
 
@@ -364,7 +365,8 @@ pub(crate) struct MemoryListener {
 }
 
 impl MemoryListener {
-    /// Takes no new calls and ends those to this node (`UNAVAILABLE` to their callers).
+    /// Takes no new calls and ends those to this node as broken connections (`UNAVAILABLE` to
+    /// their callers; frames in flight are lost).
     pub(crate) fn shutdown(&self) {
         if self.stopped.swap(true, Ordering::AcqRel) {
             return;
@@ -376,7 +378,7 @@ impl MemoryListener {
             state.live_calls(|c| c.to == to)
         };
         for call in calls {
-            call.end(Ended::cut("the node shut down"));
+            call.break_off(Ended::cut("the node shut down"));
         }
     }
 }
@@ -520,10 +522,14 @@ impl Pipe {
         Poll::Pending
     }
 
-    /// Takes no more frames; what is in flight can still be read. Wakes both ends.
-    fn close(&self) {
+    /// Takes no more frames; what is in flight can still be read, unless `lose_in_flight`.
+    /// Wakes both ends.
+    fn close(&self, lose_in_flight: bool) {
         let mut p = self.0.lock();
         p.closed = true;
+        if lose_in_flight {
+            p.frames.clear();
+        }
         let wakers = [p.reader.take(), p.writer.take()];
         drop(p);
         for w in wakers.into_iter().flatten() {
@@ -536,6 +542,15 @@ impl Call {
     /// Ends the call (the first end wins): both directions close, and their readers read what
     /// was in flight, then the end.
     fn end(&self, how: Ended) {
+        self.end_with(how, false);
+    }
+
+    /// Ends the call as a broken connection does: what was in flight is lost.
+    fn break_off(&self, how: Ended) {
+        self.end_with(how, true);
+    }
+
+    fn end_with(&self, how: Ended, lose_in_flight: bool) {
         {
             let mut ended = self.ended.lock();
             if ended.is_some() {
@@ -543,8 +558,8 @@ impl Call {
             }
             *ended = Some(how);
         }
-        self.requests.close();
-        self.responses.close();
+        self.requests.close(lose_in_flight);
+        self.responses.close(lose_in_flight);
     }
 
     fn ended(&self) -> Option<Ended> {
@@ -659,7 +674,7 @@ impl<T: protobuf::Message> Sink<(T, WriteFlags)> for FrameWriter<T> {
     ) -> Poll<Result<(), Self::Error>> {
         match self.side {
             // The caller is done sending; the callee may still answer.
-            Side::Caller => self.call.requests.close(),
+            Side::Caller => self.call.requests.close(false),
             Side::Callee => {
                 self.finished = true;
                 self.call.end(Ended {
@@ -905,8 +920,10 @@ mod tests {
         send(&mut tx, message("found", b"x")).unwrap();
         assert_eq!(block_on(requests.next()).unwrap().unwrap().hash, "found");
 
+        send(&mut tx, message("in flight", b"x")).unwrap();
         net.cut(addr(1), addr(2));
         assert_eq!(code(block_on(rx.next())), RpcStatusCode::UNAVAILABLE);
+        // What was in flight is lost, as on a broken connection.
         assert!(matches!(
             block_on(requests.next()),
             Some(Err(grpcio::Error::RpcFinished(None)))
