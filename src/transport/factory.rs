@@ -250,13 +250,7 @@ impl StreamFactory {
         };
         // Resolved here first: a name that does not resolve fails at once, with its reason,
         // where gRPC would only keep retrying.
-        let addrs: Vec<SocketAddr> = endpoint
-            .to_socket_addrs()
-            .map_err(|e| fail(ConnectFailure::Unresolvable, e.to_string()))?
-            .collect();
-        if addrs.is_empty() {
-            return Err(fail(ConnectFailure::Unresolvable, "no address".into()));
-        }
+        let addrs = resolve(endpoint)?;
         let (channel, lease) = self.lease(endpoint, peer, keepalive);
         let deadline = Instant::now() + timeout;
         // Whether a plain TCP connection succeeds, asked once gRPC has not connected at once:
@@ -361,6 +355,24 @@ impl StreamFactory {
 
 /// Opens (and closes) one TCP connection to the first of `addrs` that accepts; the error of
 /// the last one otherwise.
+/// The addresses of `endpoint` (`host:port`; never empty), or why it has none
+/// ([`ConnectFailure::Unresolvable`]).
+pub(crate) fn resolve(endpoint: &str) -> Result<Vec<SocketAddr>, Error> {
+    let unresolvable = |reason: String| Error::Connect {
+        endpoint: endpoint.to_owned(),
+        kind: ConnectFailure::Unresolvable,
+        reason,
+    };
+    let addrs: Vec<SocketAddr> = endpoint
+        .to_socket_addrs()
+        .map_err(|e| unresolvable(e.to_string()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(unresolvable("no address".into()));
+    }
+    Ok(addrs)
+}
+
 fn tcp_probe(addrs: &[SocketAddr], timeout: Duration) -> std::io::Result<()> {
     let mut last = std::io::Error::new(std::io::ErrorKind::TimedOut, "no time left to connect");
     let each = timeout.max(Duration::from_millis(1));

@@ -31,7 +31,7 @@ use futures::{Sink, Stream};
 use grpcio::{RpcStatus, RpcStatusCode, WriteFlags};
 use parking_lot::Mutex;
 
-use super::factory::DoubleStream;
+use super::factory::{resolve, DoubleStream};
 use super::server::{accept_call, Caller, Context, ServerSink};
 use super::{Features, FrameSink, OutboundSink, OutboundStream, Writer};
 use crate::config::TransportConfig;
@@ -241,11 +241,7 @@ impl MemoryNetwork {
             kind,
             reason,
         };
-        let to = endpoint
-            .to_socket_addrs()
-            .map_err(|e| fail(ConnectFailure::Unresolvable, e.to_string()))?
-            .next()
-            .ok_or_else(|| fail(ConnectFailure::Unresolvable, "no address".into()))?;
+        let to = resolve(endpoint)?[0];
         let deadline = Instant::now() + timeout;
         let ctx = loop {
             if cancel.load(Ordering::Acquire) {

@@ -395,18 +395,7 @@ impl GossipService {
                             spawn_serving(ctx, kind, caller, who, requests, sink, writer);
                         }
                         Some(Err(e)) => {
-                            let mut end = StreamEnd::from_error(e);
-                            if end.cancelled {
-                                end.reason = cancelled_reason(ctx.receive_limit);
-                            }
-                            warn!(
-                                "{}: {kind:?} from {}: {}",
-                                ctx.local, caller.addr, end.reason
-                            );
-                            let status = RpcStatus::with_message(
-                                RpcStatusCode::INVALID_ARGUMENT,
-                                end.reason,
-                            );
+                            let status = first_frame_failed(&ctx, kind, &caller.addr, e);
                             let _ = sink.fail(status).await;
                             drop(requests);
                         }
@@ -429,6 +418,17 @@ impl GossipService {
         };
         spawn_serving(ctx, kind, caller, who, requests, sink, writer);
     }
+}
+
+/// A call without the id header whose first frame failed to arrive: logged, and the status
+/// to end it with.
+fn first_frame_failed(ctx: &Context, kind: StreamKind, addr: &str, e: grpcio::Error) -> RpcStatus {
+    let mut end = StreamEnd::from_error(e);
+    if end.cancelled {
+        end.reason = cancelled_reason(ctx.receive_limit);
+    }
+    warn!("{}: {kind:?} from {addr}: {}", ctx.local, end.reason);
+    RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, end.reason)
 }
 
 /// Why a server stream ended when gRPC finished its call under us. gRPC refuses a message over
@@ -726,13 +726,7 @@ pub(crate) fn accept_call<In, Out, R, K>(
                         serve(ctx, kind, caller, who, requests, sink, writer);
                     }
                     Some(Err(e)) => {
-                        let end = StreamEnd::from_error(e);
-                        warn!(
-                            "{}: {kind:?} from {}: {}",
-                            ctx.local, caller.addr, end.reason
-                        );
-                        let status =
-                            RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, end.reason);
+                        let status = first_frame_failed(&ctx, kind, &caller.addr, e);
                         sink.finish(Some(status));
                     }
                     None => debug!("{}: {kind:?} from {} ended", ctx.local, caller.addr),

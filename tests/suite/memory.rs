@@ -2,7 +2,6 @@
 //! link: every message still ends exactly once, is delivered at most once, and nothing is
 //! left in flight.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::common::*;
@@ -23,52 +22,17 @@ fn a_cut_under_load_loses_nothing() {
     connect(&a, &b);
     connect(&b, &a);
     net.delay(a.local_addr(), b.local_addr(), Duration::from_millis(20));
-    const N: usize = 300;
     let payload = Bytes::from(vec![0xcd; 256 * 1024]);
-    let events = a.events();
-    let completions = std::thread::scope(|s| {
-        let sender = s.spawn(|| {
-            for i in 0..N {
-                a.send_message("b", Message::new(format!("m{i}"), payload.clone()))
-                    .unwrap();
-            }
-        });
-        let done = a.completions();
-        let mut got = Vec::new();
-        while got.len() < 60 {
-            got.push(done.recv_timeout(PATIENCE).expect("completion"));
-        }
-        net.cut(a.local_addr(), b.local_addr());
-        std::thread::sleep(Duration::from_millis(500));
-        net.restore(a.local_addr(), b.local_addr()); // the delay too
-        while got.len() < N {
-            got.push(done.recv_timeout(PATIENCE).expect("completion"));
-        }
-        sender.join().unwrap();
-        got
-    });
-    assert!(
-        completions.iter().all(|c| c.is_acked()),
-        "{:?}",
-        completions.iter().find(|c| !c.is_acked())
+    let (a_at, b_at) = (a.local_addr(), b.local_addr());
+    survive_a_cut(
+        &a,
+        &b,
+        300,
+        payload,
+        Duration::from_millis(500),
+        || net.cut(a_at, b_at),
+        || net.restore(a_at, b_at), // the delay too
     );
-    assert!(
-        completions.iter().any(|c| c.attempts > 1),
-        "the cut caught messages in flight"
-    );
-    let seen: Vec<NeighborEvent> = events.try_iter().collect();
-    assert!(
-        seen.iter().any(|e| matches!(e, NeighborEvent::Down { .. })),
-        "{seen:?}"
-    );
-    let deliveries = b.deliveries();
-    let mut hashes = HashSet::new();
-    for _ in 0..N {
-        let d = deliveries.recv_timeout(PATIENCE).unwrap();
-        assert!(hashes.insert(d.hash.clone()), "{} delivered twice", d.hash);
-    }
-    assert_quiet(&deliveries);
-    assert_eq!(a.stats().in_flight, 0);
 }
 
 /// A black-holed link (frames vanish, nothing is said): the sender sees no progress within

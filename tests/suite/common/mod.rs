@@ -105,6 +105,63 @@ pub(crate) fn collect(rx: &Receiver<Completion>, n: usize) -> Vec<Completion> {
         .collect()
 }
 
+/// Streams `n` messages of `payload` from `a` to its neighbour "b", calls `cut` once 60 have
+/// completed, waits `outage`, calls `restore`, and checks what a cut link must leave: every
+/// message `Acked`, some sent again (the cut caught them in flight), the link reported down,
+/// each message delivered to `b` exactly once, nothing left in flight. Returns the
+/// completions and the neighbour events `a` reported meanwhile.
+pub(crate) fn survive_a_cut(
+    a: &Node,
+    b: &Node,
+    n: usize,
+    payload: bytes::Bytes,
+    outage: Duration,
+    cut: impl FnOnce(),
+    restore: impl FnOnce(),
+) -> (Vec<Completion>, Vec<grpc_gossip::NeighborEvent>) {
+    use grpc_gossip::{Message, NeighborEvent};
+    let events = a.events();
+    let completions = std::thread::scope(|s| {
+        let sender = s.spawn(|| {
+            for i in 0..n {
+                a.send_message("b", Message::new(format!("m{i}"), payload.clone()))
+                    .unwrap();
+            }
+        });
+        let done = a.completions();
+        let mut got = collect(&done, 60);
+        cut();
+        std::thread::sleep(outage);
+        restore();
+        got.extend(collect(&done, n - 60));
+        sender.join().unwrap();
+        got
+    });
+    assert!(
+        completions.iter().all(|c| c.is_acked()),
+        "{:?}",
+        completions.iter().find(|c| !c.is_acked())
+    );
+    assert!(
+        completions.iter().any(|c| c.attempts > 1),
+        "the cut caught messages in flight"
+    );
+    let seen: Vec<NeighborEvent> = events.try_iter().collect();
+    assert!(
+        seen.iter().any(|e| matches!(e, NeighborEvent::Down { .. })),
+        "{seen:?}"
+    );
+    let deliveries = b.deliveries();
+    let mut hashes = std::collections::HashSet::new();
+    for _ in 0..n {
+        let d = deliveries.recv_timeout(PATIENCE).unwrap();
+        assert!(hashes.insert(d.hash.clone()), "{} delivered twice", d.hash);
+    }
+    assert_quiet(&deliveries);
+    assert_eq!(a.stats().in_flight, 0);
+    (completions, seen)
+}
+
 /// Asserts that nothing more arrives for a short while (exactly-once checks).
 pub(crate) fn assert_quiet<T: std::fmt::Debug>(rx: &Receiver<T>) {
     if let Ok(extra) = rx.recv_timeout(Duration::from_millis(300)) {
