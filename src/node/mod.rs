@@ -1,5 +1,6 @@
 //! `Node` (the seed's DoubleStreamNode): the public handle that ties the parts together.
 
+pub(crate) mod core;
 pub(crate) mod driver;
 mod link;
 mod supervisor;
@@ -15,6 +16,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use log::info;
 use parking_lot::Mutex;
 
+use self::core::{CoreSettings, NodeCore};
 use crate::broadcast::{BroadcastCompletion, BroadcastEngine, BroadcastId};
 use crate::config::{Deliveries, NodeConfig};
 use crate::error::Error;
@@ -33,7 +35,7 @@ use crate::transport::memory::MemoryNetwork;
 use crate::transport::server::{self, Context};
 use crate::transport::threads::{ReadGate, ThreadSet};
 use crate::transport::Events;
-use driver::{Driver, Input};
+use driver::{Driver, Input, Io};
 use link::Links;
 use supervisor::{Notice, Supervisor};
 
@@ -268,46 +270,34 @@ impl Node {
         }
         let (settlement_tx, settlements) = unbounded();
         let (supervisor_tx, supervisor_rx) = unbounded();
-        let driver = Driver {
-            manager,
-            broadcast: BroadcastEngine::new(
-                id.clone(),
-                broadcast_config(&config),
-                router.unwrap_or_else(|| Box::new(FanoutRouter::new(config.broadcast.fanout))),
-            ),
-            broadcast_completions: broadcast_tx,
-            local: id.clone(),
+        let broadcast = BroadcastEngine::new(
+            id.clone(),
+            broadcast_config(&config),
+            router.unwrap_or_else(|| Box::new(FanoutRouter::new(config.broadcast.fanout))),
+        );
+        let settings = CoreSettings {
             limits: config.limits.clone(),
-            broadcast_actions: Vec::new(),
-            inbox: inbox_rx,
-            completions: completion_tx,
-            deliveries: driver_deliveries,
+            delivering: driver_deliveries.is_some(),
             confirm_limit,
-            unsettled: 0,
-            settlement_tx,
-            settlements,
-            gate: gate.clone(),
-            supervisor: supervisor_tx.clone(),
-            tick: config.tick,
             ack_timeout: config.ack_timeout,
             max_queued_acks: config.max_queued_acks,
-            counters: counters.clone(),
+        };
+        let core = NodeCore::new(id.clone(), manager, broadcast, settings, counters.clone());
+        let io = Io {
             writers: HashMap::new(),
-            held: Default::default(),
-            actions: Vec::new(),
-            // Half the gRPC limit leaves room for the ids and tags of every item.
-            batch_budget: (receive_limit / 2).min(256 * 1024),
-            features: HashMap::new(),
-            unresolved: HashMap::new(),
-            stream_peers: HashMap::new(),
             pending_messages: HashMap::new(),
             pending_acks: HashMap::new(),
-            proven: Default::default(),
-            heard_hello: Default::default(),
+            // Half the gRPC limit leaves room for the ids and tags of every item.
+            batch_budget: (receive_limit / 2).min(256 * 1024),
+            completions: completion_tx,
+            broadcast_completions: broadcast_tx,
+            deliveries: driver_deliveries,
+            settlement_tx,
+            gate: gate.clone(),
+            supervisor: supervisor_tx.clone(),
             originals: links.originals.clone(),
-            fast_links: HashMap::new(),
-            redial: Default::default(),
         };
+        let driver = Driver::new(core, inbox_rx, settlements, config.tick, io);
         let supervisor = Supervisor {
             links: links.clone(),
             notices: supervisor_rx,

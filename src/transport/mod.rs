@@ -163,10 +163,13 @@ impl Backlog {
         now.saturating_duration_since(*self.progress.lock())
     }
 
-    /// Whether nothing waits and no write completed within `quiet` before `now`: whatever was
-    /// written has long left for the wire.
-    pub(crate) fn quiet_for(&self, quiet: Duration, now: Instant) -> bool {
-        self.frames() == 0 && now.saturating_duration_since(*self.progress.lock()) >= quiet
+    /// How long since the last write completed, when nothing waits (zero otherwise): whatever
+    /// was written has had that long to leave for the wire.
+    pub(crate) fn idle_for(&self, now: Instant) -> Duration {
+        if self.frames() != 0 {
+            return Duration::ZERO;
+        }
+        now.saturating_duration_since(*self.progress.lock())
     }
 
     fn added(&self, frames: usize, bytes: usize) {

@@ -1,0 +1,380 @@
+//! The node core driven deterministically: a recording world, a clock that moves only when a
+//! test moves it, no threads and no network.
+
+use super::*;
+use crate::broadcast::BroadcastConfig;
+use crate::manager::WireMessage;
+use crate::router::FanoutRouter;
+use crate::store::SlotStore;
+
+const OUT_MSG: StreamId = StreamId(1);
+const OUT_ACK: StreamId = StreamId(2);
+const IN_MSG: StreamId = StreamId(3);
+const IN_ACK: StreamId = StreamId(4);
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s, &Limits::default()).unwrap()
+}
+
+/// A world that records what the core does to it; writers are the streams it was told of,
+/// each with the load a test gives it.
+#[derive(Default)]
+struct Recorder {
+    loads: HashMap<StreamId, Load>,
+    messages: Vec<(StreamId, GossipMessage)>,
+    acks: Vec<(StreamId, GossipACK)>,
+    closed: Vec<StreamId>,
+    /// How many more deliveries the application takes.
+    room: usize,
+    delivered: Vec<Delivery>,
+    gate_open: Option<bool>,
+    completions: Vec<Completion>,
+    notices: Vec<Notice>,
+    originals: HashMap<NodeId, bool>,
+}
+
+impl World for Recorder {
+    fn send_message(&mut self, stream: StreamId, message: GossipMessage) {
+        self.messages.push((stream, message));
+    }
+    fn send_ack(&mut self, stream: StreamId, ack: GossipACK) {
+        self.acks.push((stream, ack));
+    }
+    fn load(&self, stream: StreamId, _now: Instant) -> Option<Load> {
+        self.loads.get(&stream).copied()
+    }
+    fn close(&mut self, stream: StreamId) {
+        self.loads.remove(&stream);
+        self.closed.push(stream);
+    }
+    fn deliver(&mut self, delivery: Delivery, _confirm: bool) -> Offer {
+        if self.room == 0 {
+            return Offer::Full(delivery);
+        }
+        self.room -= 1;
+        self.delivered.push(delivery);
+        Offer::Taken
+    }
+    fn set_read_gate(&mut self, open: bool) {
+        self.gate_open = Some(open);
+    }
+    fn complete(&mut self, completion: Completion) {
+        self.completions.push(completion);
+    }
+    fn complete_broadcast(&mut self, _completion: BroadcastCompletion) {}
+    fn notify(&mut self, notice: Notice) {
+        self.notices.push(notice);
+    }
+    fn set_original(&mut self, peer: &NodeId, original: bool) {
+        self.originals.insert(peer.clone(), original);
+    }
+}
+
+struct Harness {
+    core: NodeCore,
+    world: Recorder,
+    now: Instant,
+    counters: Arc<Counters>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let counters = Arc::new(Counters::default());
+        let store = Arc::new(SlotStore::new(16, Duration::from_secs(30), 1 << 20));
+        let manager = MessageManager::new(
+            id("a"),
+            store,
+            Limits::default(),
+            counters.clone(),
+            Duration::from_secs(5),
+        );
+        let broadcast = BroadcastEngine::new(
+            id("a"),
+            BroadcastConfig::default(),
+            Box::new(FanoutRouter::new(4)),
+        );
+        let settings = CoreSettings {
+            limits: Limits::default(),
+            delivering: true,
+            confirm_limit: None,
+            ack_timeout: Duration::from_secs(5),
+            max_queued_acks: 8,
+        };
+        let core = NodeCore::new(id("a"), manager, broadcast, settings, counters.clone());
+        Harness {
+            core,
+            world: Recorder {
+                room: usize::MAX,
+                ..Recorder::default()
+            },
+            now: Instant::now(),
+            counters,
+        }
+    }
+
+    fn input(&mut self, input: In) {
+        self.core.handle(input, self.now, &mut self.world);
+    }
+
+    fn open(&mut self, stream: StreamId, peer: &str, kind: StreamKind, features: Features) {
+        self.world.loads.insert(stream, Load::default());
+        self.input(In::Opened {
+            stream,
+            peer: id(peer),
+            kind,
+            writes: true,
+            features,
+        });
+    }
+
+    /// Our link to `peer`: its MessageStream and AckStream (features come by handshake).
+    fn link(&mut self, peer: &str) {
+        self.open(
+            OUT_MSG,
+            peer,
+            StreamKind::OutboundMessages,
+            Features::default(),
+        );
+        self.open(OUT_ACK, peer, StreamKind::OutboundAcks, Features::default());
+    }
+
+    fn hello(&mut self, from: &str, features: Features) {
+        let mut ack = GossipACK::new();
+        ack.from_hash = from.into();
+        ack.features = features.header_value();
+        self.input(In::Frame {
+            stream: OUT_ACK,
+            frame: Received::ack(OUT_ACK, ack),
+        });
+    }
+
+    fn receive(&mut self, stream: StreamId, from: &str, hash: &str) {
+        let message = WireMessage::whole(hash.into(), from.into(), Bytes::from_static(b"hi"));
+        self.input(In::Frame {
+            stream,
+            frame: Received::Manager(Event::MessageReceived { stream, message }),
+        });
+    }
+
+    fn broadcast(&mut self, hash: &str) {
+        let payload = Bytes::from_static(b"to everyone");
+        let started = self
+            .core
+            .start_broadcast(hash.into(), payload, self.now, &mut self.world);
+        started.unwrap();
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.input(In::Tick);
+    }
+}
+
+#[test]
+fn broadcast_frames_wait_for_the_handshake_then_go_in_our_form() {
+    let mut h = Harness::new();
+    h.link("b");
+    h.broadcast("x");
+    assert!(
+        h.world.messages.is_empty(),
+        "features unknown: the frame waits"
+    );
+    h.hello("b", Features::ALL);
+    assert_eq!(h.world.messages.len(), 1);
+    let (stream, frame) = &h.world.messages[0];
+    assert_eq!(*stream, OUT_MSG);
+    assert_eq!(frame.kind, FrameKind::BROADCAST);
+    assert!(matches!(&h.world.notices[..], [Notice::Progress(p)] if p.as_str() == "b"));
+    assert!(h.world.originals.get(&id("b")) != Some(&true));
+}
+
+#[test]
+fn a_link_without_a_handshake_is_an_original_node_after_the_wait() {
+    let mut h = Harness::new();
+    h.link("b");
+    h.broadcast("x");
+    h.advance(FEATURES_WAIT / 2);
+    assert!(
+        h.world.messages.is_empty(),
+        "still waiting for the handshake"
+    );
+    h.advance(FEATURES_WAIT);
+    assert_eq!(h.world.originals.get(&id("b")), Some(&true));
+    // An original takes a broadcast as a plain message.
+    let frames: Vec<_> = h.world.messages.iter().map(|(_, m)| m.kind).collect();
+    assert_eq!(frames, [FrameKind::DIRECT]);
+    // It was dialled with our fast keepalive, which it refuses: once the link is quiet (the
+    // frame sent, its ACK back, nothing written for a while), it is dialled again.
+    let hash = h.world.messages[0].1.hash.clone();
+    let mut ack = GossipACK::new();
+    ack.hash = hash;
+    ack.from_hash = "b".into();
+    h.input(In::Frame {
+        stream: OUT_ACK,
+        frame: Received::ack(OUT_ACK, ack),
+    });
+    h.world.loads.insert(
+        OUT_MSG,
+        Load {
+            idle_for: REDIAL_QUIET,
+            ..Load::default()
+        },
+    );
+    h.world.loads.insert(
+        OUT_ACK,
+        Load {
+            idle_for: REDIAL_QUIET,
+            ..Load::default()
+        },
+    );
+    h.advance(Duration::from_millis(50));
+    let down = h.world.notices.iter().any(
+        |n| matches!(n, Notice::LinkDown { peer, reason, .. } if peer.as_str() == "b" && reason.contains("original")),
+    );
+    assert!(down, "{:?}", h.world.notices.len());
+}
+
+#[test]
+fn a_handshake_from_another_id_takes_the_link_down() {
+    let mut h = Harness::new();
+    h.link("b");
+    h.hello("impostor", Features::ALL);
+    assert!(h.world.closed.contains(&OUT_ACK));
+    let down = h
+        .world
+        .notices
+        .iter()
+        .any(|n| matches!(n, Notice::LinkDown { reason, .. } if reason.contains("impostor")));
+    assert!(down);
+}
+
+#[test]
+fn an_ack_waits_behind_a_held_delivery_and_follows_it_in_order() {
+    let mut h = Harness::new();
+    h.link("b");
+    h.hello("b", Features::ALL);
+    h.open(IN_MSG, "b", StreamKind::InboundMessages, Features::ALL);
+    h.world.room = 1;
+    h.receive(IN_MSG, "b", "m1");
+    assert_eq!(h.world.delivered.len(), 1);
+    let acks_after_first = h.world.acks.len();
+    assert_eq!(acks_after_first, 1, "the first is ACKed at once");
+    // The application's queue is full: the next delivery is held, reading stops, and so does
+    // its ACK; the one after waits behind it.
+    h.receive(IN_MSG, "b", "m2");
+    h.receive(IN_MSG, "b", "m3");
+    assert_eq!(h.world.delivered.len(), 1);
+    assert_eq!(h.world.gate_open, Some(false));
+    assert!(h.core.waits_for_room());
+    // While held, no ACK for m2 or m3 goes out (an ACK means the application has it).
+    assert_eq!(h.world.acks.len(), acks_after_first);
+    h.world.room = 8;
+    h.input(In::Room);
+    let hashes: Vec<_> = h.world.delivered.iter().map(|d| d.hash.as_str()).collect();
+    assert_eq!(hashes, ["m1", "m2", "m3"]);
+    let acked: Vec<_> = h.world.acks.iter().map(|(_, a)| a.hash.as_str()).collect();
+    assert_eq!(acked, ["m1", "m2", "m3"]);
+    assert_eq!(h.world.gate_open, Some(true));
+    assert!(!h.core.waits_for_room());
+}
+
+#[test]
+fn a_closed_message_stream_is_a_link_down_for_the_supervisor() {
+    let mut h = Harness::new();
+    h.link("b");
+    h.hello("b", Features::ALL);
+    h.input(In::Closed {
+        stream: OUT_MSG,
+        reason: "connection reset".into(),
+    });
+    assert!(h.world.closed.contains(&OUT_MSG));
+    let down = h.world.notices.iter().any(|n| {
+        matches!(n, Notice::LinkDown { peer, stream, reason }
+            if peer.as_str() == "b" && *stream == OUT_MSG && reason.contains("reset"))
+    });
+    assert!(down);
+    // The next link must prove itself again before the supervisor's backoff starts over.
+    h.link("b");
+    h.hello("b", Features::ALL);
+    let progress = h
+        .world
+        .notices
+        .iter()
+        .filter(|n| matches!(n, Notice::Progress(_)))
+        .count();
+    assert_eq!(progress, 2);
+}
+
+#[test]
+fn a_writer_that_takes_nothing_for_the_ack_timeout_is_a_stalled_link() {
+    let mut h = Harness::new();
+    h.link("b");
+    h.hello("b", Features::ALL);
+    h.world.loads.insert(
+        OUT_MSG,
+        Load {
+            queued: 3,
+            bytes: 300,
+            stuck_for: Duration::from_secs(4),
+            ..Load::default()
+        },
+    );
+    h.advance(Duration::from_millis(50));
+    assert!(
+        h.world.closed.is_empty(),
+        "4 s is under the 5 s ACK timeout"
+    );
+    h.world.loads.get_mut(&OUT_MSG).unwrap().stuck_for = Duration::from_secs(5);
+    h.advance(Duration::from_millis(50));
+    // The link goes, both its streams, and the supervisor hears why.
+    assert_eq!(h.world.closed, [OUT_MSG, OUT_ACK]);
+    assert_eq!(h.counters.stalls.load(Ordering::Relaxed), 1);
+    let down = h.world.notices.iter().any(
+        |n| matches!(n, Notice::LinkDown { reason, .. } if reason.contains("stopped reading")),
+    );
+    assert!(down);
+}
+
+#[test]
+fn acks_beyond_the_queue_bound_are_dropped_and_counted() {
+    let mut h = Harness::new();
+    h.link("b");
+    h.hello("b", Features::ALL);
+    h.open(IN_MSG, "b", StreamKind::InboundMessages, Features::ALL);
+    h.open(IN_ACK, "b", StreamKind::InboundAcks, Features::ALL);
+    let acks_before = h.world.acks.len();
+    // The ACK route for b is full: 8 frames wait (the bound in these tests).
+    for stream in [OUT_ACK, IN_ACK] {
+        h.world.loads.insert(
+            stream,
+            Load {
+                queued: 8,
+                ..Load::default()
+            },
+        );
+    }
+    h.receive(IN_MSG, "b", "m1");
+    assert_eq!(h.world.delivered.len(), 1, "delivered all the same");
+    assert_eq!(h.world.acks.len(), acks_before, "no room for its ACK");
+    assert_eq!(h.counters.acks_dropped.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn an_inbound_ack_stream_is_greeted_with_our_features() {
+    let mut h = Harness::new();
+    h.open(IN_ACK, "c", StreamKind::InboundAcks, Features::ALL);
+    let [(stream, hello)] = &h.world.acks[..] else {
+        panic!("one hello expected, got {}", h.world.acks.len());
+    };
+    assert_eq!(*stream, IN_ACK);
+    assert_eq!(hello.from_hash, "a");
+    assert_eq!(Features::parse(&hello.features), Features::ALL);
+    // A header-less (original) AckStream gets none: an original would take it for an ACK.
+    h.open(
+        StreamId(9),
+        "d",
+        StreamKind::InboundAcks,
+        Features::default(),
+    );
+    assert_eq!(h.world.acks.len(), 1);
+}
