@@ -54,11 +54,8 @@ enum Command {
     Certs(certs::CertsArgs),
 }
 
-/// Parses a size such as `512KiB`, `64MiB` or `1000`.
-pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
-    let size: bytesize::ByteSize = s.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
-    usize::try_from(size.as_u64()).map_err(|_| format!("{s:?} is too large"))
-}
+/// Sizes on the command line read as in the configuration file: `512KiB`, `64MiB`, `1000`.
+pub(crate) use grpc_gossip::config::file::parse_size;
 
 /// Logs to stderr, one line per event, at `level` unless `RUST_LOG` says otherwise. gRPC's C
 /// core logs the same way: its errors (TLS handshake failures among them) always, its chatty

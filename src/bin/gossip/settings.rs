@@ -5,8 +5,10 @@ use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use grpc_gossip::config::file::{duration_of, Key, NodeFile, Parse, TlsFiles, KEYS as NODE_KEYS};
 use grpc_gossip::transport::tls::TlsConfig;
 use grpc_gossip::{Deliveries, Error, NeighborInfo, NodeConfig, TransportConfig};
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::parse_size;
@@ -79,94 +81,62 @@ fn parse_peer(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// The configuration file. Unknown keys are refused, so that a misspelt setting is not
-/// silently ignored.
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
+/// The configuration file: the node's keys ([`NodeFile`], read straight into the library's
+/// configuration) and the four of the process. Unknown keys are refused by name, so that a
+/// misspelt setting is not silently ignored.
+#[derive(Default, Debug)]
 struct FileConfig {
-    id: Option<String>,
-    listen: Option<String>,
+    node: NodeFile,
     log_level: Option<String>,
     metrics_addr: Option<String>,
-    drain_timeout: Option<String>,
+    drain_timeout: Option<Duration>,
     deliver_dir: Option<PathBuf>,
-    #[serde(default)]
-    peers: Vec<FilePeer>,
-    #[serde(default)]
-    store: FileStore,
-    #[serde(default)]
-    limits: FileLimits,
-    #[serde(default)]
-    connection: FileConnection,
-    #[serde(default)]
-    broadcast: FileBroadcast,
-    tls: Option<FileTls>,
 }
 
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct FilePeer {
-    id: String,
-    endpoint: String,
-    /// What it takes in one gRPC message if it is an original Go node.
-    max_message: Option<Size>,
-}
+/// The keys `gossip node` adds to the node's.
+const PROCESS_KEYS: &[&str] = &["log_level", "metrics_addr", "drain_timeout", "deliver_dir"];
 
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
-struct FileStore {
-    slots: Option<usize>,
-    ttl: Option<String>,
-}
+impl<'de> Deserialize<'de> for FileConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<FileConfig, D::Error> {
+        struct Top;
+        impl<'de> Visitor<'de> for Top {
+            type Value = FileConfig;
 
-/// A size: a number of bytes, or text such as "64MiB".
-#[derive(Deserialize, Debug, Clone)]
-#[serde(untagged)]
-enum Size {
-    Bytes(u64),
-    Text(String),
-}
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a gossip node configuration")
+            }
 
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
-struct FileLimits {
-    max_payload: Option<Size>,
-    max_message: Option<Size>,
-    partial_budget: Option<Size>,
-    peer_partial_budget: Option<Size>,
-    peer_max_messages: Option<usize>,
-    peer_max_bytes: Option<Size>,
-    max_inbound_streams: Option<usize>,
-    max_streams_per_peer: Option<usize>,
-    original_max_message: Option<Size>,
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
-struct FileBroadcast {
-    held_budget: Option<Size>,
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(deny_unknown_fields)]
-struct FileConnection {
-    connect_timeout: Option<String>,
-    ack_timeout: Option<String>,
-    keepalive_time: Option<String>,
-    keepalive_timeout: Option<String>,
-    original_keepalive: Option<String>,
-    reconnect_initial: Option<String>,
-    reconnect_max: Option<String>,
-    stream_window: Option<Size>,
-    bdp_probe: Option<bool>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct FileTls {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FileConfig, A::Error> {
+                let mut file = FileConfig::default();
+                let key_of = Key {
+                    known: NODE_KEYS,
+                    also: PROCESS_KEYS,
+                    section: "",
+                };
+                while let Some(key) = map.next_key_seed(key_of.clone())? {
+                    match key.as_str() {
+                        "log_level" => file.log_level = Some(map.next_value()?),
+                        "metrics_addr" => file.metrics_addr = Some(map.next_value()?),
+                        "deliver_dir" => file.deliver_dir = Some(map.next_value()?),
+                        "drain_timeout" => {
+                            let key = "drain_timeout";
+                            let seed = Parse {
+                                key,
+                                parse: duration_of,
+                            };
+                            file.drain_timeout = Some(map.next_value_seed(seed)?);
+                        }
+                        // `Key` lets through only ours and the node's.
+                        _ => {
+                            file.node.take(&key, &mut map)?;
+                        }
+                    }
+                }
+                Ok(file)
+            }
+        }
+        deserializer.deserialize_map(Top)
+    }
 }
 
 /// Everything `gossip node` runs with, checked.
@@ -226,22 +196,6 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
     }
 }
 
-fn duration(field: &'static str, text: &Option<String>) -> Result<Option<Duration>, Error> {
-    text.as_deref()
-        .map(|t| humantime::parse_duration(t).map_err(|e| invalid(field, format!("{t:?}: {e}"))))
-        .transpose()
-}
-
-fn size(field: &'static str, value: &Option<Size>) -> Result<Option<usize>, Error> {
-    match value {
-        None => Ok(None),
-        Some(Size::Bytes(n)) => usize::try_from(*n)
-            .map(Some)
-            .map_err(|_| invalid(field, format!("{n} is too large"))),
-        Some(Size::Text(t)) => parse_size(t).map(Some).map_err(|e| invalid(field, e)),
-    }
-}
-
 /// Reads and parses the configuration file.
 fn read_file(path: &Path) -> Result<FileConfig, Error> {
     let text = std::fs::read_to_string(path)
@@ -262,125 +216,39 @@ impl Settings {
     }
 
     fn merge(args: NodeArgs, file: FileConfig) -> Result<Settings, Error> {
-        let tls_config = tls(&args, file.tls)?;
-        let id = args
-            .id
-            .or(file.id)
-            .ok_or_else(|| invalid("id", "is required (--id or `id` in the file)"))?;
-        let listen = args
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| "127.0.0.1:0".into());
-        let mut node = NodeConfig::new(id, listen);
-        if let Some(slots) = args.slots.or(file.store.slots) {
+        let tls_config = tls(&args, file.node.tls.clone())?;
+        let sets_peer_max_messages = file.node.sets_peer_max_messages();
+        let (mut node, mut transport) = file.node.configs();
+        // Flags win over the file.
+        if let Some(id) = args.id {
+            node.id = id;
+        }
+        if node.id.is_empty() {
+            return Err(invalid("id", "is required (--id or `id` in the file)"));
+        }
+        if let Some(listen) = args.listen {
+            node.listen = listen;
+        }
+        if let Some(slots) = args.slots {
             node.slots = slots;
-            node.peer_max_messages = node.peer_max_messages.min(slots);
-        }
-        if let Some(ttl) = args.ttl.or(duration("store.ttl", &file.store.ttl)?) {
-            node.ttl = ttl;
-        }
-        if let Some(max) = args
-            .max_payload
-            .or(size("limits.max_payload", &file.limits.max_payload)?)
-        {
-            node.limits.max_payload_bytes = max;
-        }
-        let limits = &file.limits;
-        if let Some(n) = size("limits.max_message", &limits.max_message)? {
-            node.limits.max_message_bytes = n;
-        }
-        if let Some(n) = size("limits.partial_budget", &limits.partial_budget)? {
-            node.limits.partial_bytes = n;
-            // The share defaults to the whole budget.
-            node.limits.peer_partial_bytes = n;
-        }
-        if let Some(n) = size("limits.peer_partial_budget", &limits.peer_partial_budget)? {
-            node.limits.peer_partial_bytes = n;
-        }
-        if let Some(n) = file.limits.peer_max_messages {
-            node.peer_max_messages = n;
-        }
-        if let Some(n) = size("limits.peer_max_bytes", &file.limits.peer_max_bytes)? {
-            node.peer_max_bytes = n;
-        }
-        if let Some(n) = size("limits.original_max_message", &limits.original_max_message)? {
-            node.original_max_message_bytes = n;
-        }
-        if let Some(n) = file.limits.max_inbound_streams {
-            node.max_inbound_streams = n;
-        }
-        if let Some(n) = file.limits.max_streams_per_peer {
-            node.max_streams_per_peer = n;
-        }
-        if let Some(n) = size("broadcast.held_budget", &file.broadcast.held_budget)? {
-            node.broadcast.max_held_bytes = n;
-        }
-        let c = &file.connection;
-        if let Some(d) = duration("connection.connect_timeout", &c.connect_timeout)? {
-            node.connect_timeout = d;
-        }
-        if let Some(d) = duration("connection.ack_timeout", &c.ack_timeout)? {
-            node.ack_timeout = d;
-        }
-        if let Some(d) = duration("connection.reconnect_initial", &c.reconnect_initial)? {
-            node.reconnect.initial = d;
-        }
-        if let Some(d) = duration("connection.reconnect_max", &c.reconnect_max)? {
-            node.reconnect.max = d;
-        }
-        node.validate().map_err(as_operator_key)?;
-
-        let mut transport = TransportConfig::for_limits(&node.limits);
-        if let Some(d) = duration("connection.keepalive_time", &c.keepalive_time)? {
-            transport.keepalive_time = d;
-        }
-        if let Some(d) = duration("connection.keepalive_timeout", &c.keepalive_timeout)? {
-            transport.keepalive_timeout = d;
-        }
-        if let Some(d) = duration("connection.original_keepalive", &c.original_keepalive)? {
-            transport.original_keepalive_time = d;
-        }
-        if let Some(w) = size("connection.stream_window", &c.stream_window)? {
-            let w = u32::try_from(w)
-                .ok()
-                .filter(|w| (65_535..=i32::MAX as u32).contains(w))
-                .ok_or_else(|| {
-                    invalid(
-                        "connection.stream_window",
-                        format!("{w} is outside 64KiB - 1 ..= 2GiB - 1"),
-                    )
-                })?;
-            transport.stream_window_bytes = Some(w);
-        }
-        if let Some(probe) = c.bdp_probe {
-            transport.http2_bdp_probe = Some(probe);
-        }
-        for (field, d) in [
-            ("connection.keepalive_time", transport.keepalive_time),
-            ("connection.keepalive_timeout", transport.keepalive_timeout),
-            (
-                "connection.original_keepalive",
-                transport.original_keepalive_time,
-            ),
-        ] {
-            if d.is_zero() {
-                return Err(invalid(field, "must be > 0"));
+            if !sets_peer_max_messages {
+                let default = NodeConfig::new("", "").peer_max_messages;
+                node.peer_max_messages = default.min(slots);
             }
         }
+        if let Some(ttl) = args.ttl {
+            node.ttl = ttl;
+        }
+        if let Some(max) = args.max_payload {
+            node.limits.max_payload_bytes = max;
+        }
+        node.validate().map_err(as_operator_key)?;
+        // The gRPC message limit follows the limits, flags among them.
+        transport.max_grpc_message_bytes = node.limits.grpc_message_limit();
         transport.tls = tls_config;
 
         let peers = if args.peers.is_empty() {
-            let mut peers = Vec::new();
-            for p in file.peers {
-                let mut info = NeighborInfo::new(p.id, p.endpoint);
-                info.max_message = size("peers.max_message", &p.max_message)?;
-                if info.max_message == Some(0) {
-                    let why = format!("peer {:?}: must be > 0", info.node_hash);
-                    return Err(invalid("peers.max_message", why));
-                }
-                peers.push(info);
-            }
-            peers
+            file.node.peers
         } else {
             let peers = args.peers.into_iter();
             peers
@@ -401,7 +269,7 @@ impl Settings {
         check_log_level(&log_level)?;
         let drain_timeout = args
             .drain_timeout
-            .or(duration("drain_timeout", &file.drain_timeout)?)
+            .or(file.drain_timeout)
             .unwrap_or(Duration::from_secs(10));
         let deliver_dir = args.deliver_dir.or(file.deliver_dir);
         if let Some(dir) = &deliver_dir {
@@ -425,7 +293,7 @@ impl Settings {
 }
 
 /// TLS from the flags (all three, each overriding the file's) or the `[tls]` section.
-fn tls(args: &NodeArgs, file: Option<FileTls>) -> Result<Option<TlsConfig>, Error> {
+fn tls(args: &NodeArgs, file: Option<TlsFiles>) -> Result<Option<TlsConfig>, Error> {
     let (ca, cert, key) = match file {
         Some(f) => (Some(f.ca), Some(f.cert), Some(f.key)),
         None => (None, None, None),
@@ -513,7 +381,8 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node.toml");
         let file = read_file(&path).unwrap();
         // The example's TLS files live elsewhere; everything else must hold.
-        let file = FileConfig { tls: None, ..file };
+        let mut file = file;
+        file.node.tls = None;
         let s = Settings::merge(NodeArgs::default(), file).unwrap();
         assert_eq!(s.node.id, "n1");
         assert_eq!(s.peers.len(), 2);
@@ -588,65 +457,60 @@ mod tests {
         assert!(err.to_string().contains("sltos"), "{err}");
     }
 
+    /// What a file's error names: the field of a configuration error, or the whole message
+    /// of a parse error (which names the key, and the line).
+    fn named(text: &str) -> String {
+        match parse(text) {
+            Ok(file) => field_of(Settings::merge(NodeArgs::default(), file)).to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
     #[test]
     fn bad_values_name_their_field() {
-        let with = |text: &str| Settings::merge(NodeArgs::default(), parse(text).unwrap());
-        assert_eq!(field_of(with("listen = \"x\"")), "id");
-        assert_eq!(
-            field_of(with("id = \"a\"\n[store]\nslots = 0")),
-            "store.slots (--slots)"
-        );
-        assert_eq!(field_of(with("id = \"a b\"")), "id (--id)");
-        assert_eq!(
-            field_of(with("id = \"a\"\n[store]\nttl = \"soon\"")),
-            "store.ttl"
-        );
-        assert_eq!(
-            field_of(with("id = \"a\"\n[limits]\nmax_payload = \"lots\"")),
-            "limits.max_payload"
-        );
-        assert_eq!(
-            field_of(with(
-                "id = \"a\"\n[[peers]]\nid = \"b\"\nendpoint = \"nowhere\""
-            )),
-            "peers.endpoint"
-        );
-        assert_eq!(
-            field_of(with(
-                "id = \"a\"\n[[peers]]\nid = \"a\"\nendpoint = \"h:1\""
-            )),
-            "peers.id"
-        );
-        assert_eq!(
-            field_of(with(
-                "id = \"a\"\n[[peers]]\nid = \"b\"\nendpoint = \"h:1\"\nmax_message = 0"
-            )),
-            "peers.max_message"
-        );
-        assert_eq!(
-            field_of(with(
-                "id = \"a\"\n[[peers]]\nid = \"b\"\nendpoint = \"h:1\"\nmax_message = \"big\""
-            )),
-            "peers.max_message"
-        );
-        assert_eq!(
-            field_of(with("id = \"a\"\nlog_level = \"loud\"")),
-            "log_level"
-        );
-        assert_eq!(
-            field_of(with("id = \"a\"\n[connection]\nkeepalive_time = \"0s\"")),
-            "connection.keepalive_time"
-        );
-        assert_eq!(
-            field_of(with("id = \"a\"\n[connection]\nstream_window = \"1KiB\"")),
-            "connection.stream_window"
-        );
-        assert_eq!(
-            field_of(with(
-                "id = \"a\"\n[tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"c\"\nkey = \"k\""
-            )),
-            "tls.ca"
-        );
+        for (text, key) in [
+            ("listen = \"x\"", "id"),
+            ("id = \"a\"\n[store]\nslots = 0", "store.slots (--slots)"),
+            ("id = \"a b\"", "id (--id)"),
+            ("id = \"a\"\n[store]\nttl = \"soon\"", "store.ttl"),
+            (
+                "id = \"a\"\n[limits]\nmax_payload = \"lots\"",
+                "limits.max_payload",
+            ),
+            (
+                "id = \"a\"\n[[peers]]\nid = \"b\"\nendpoint = \"nowhere\"",
+                "peers.endpoint",
+            ),
+            (
+                "id = \"a\"\n[[peers]]\nid = \"a\"\nendpoint = \"h:1\"",
+                "peers.id",
+            ),
+            (
+                "id = \"a\"\n[[peers]]\nid = \"b\"\nendpoint = \"h:1\"\nmax_message = 0",
+                "peers.max_message",
+            ),
+            (
+                "id = \"a\"\n[[peers]]\nid = \"b\"\nendpoint = \"h:1\"\nmax_message = \"big\"",
+                "peers.max_message",
+            ),
+            ("id = \"a\"\nlog_level = \"loud\"", "log_level"),
+            ("id = \"a\"\ndrain_timeout = \"later\"", "drain_timeout"),
+            (
+                "id = \"a\"\n[connection]\nkeepalive_time = \"0s\"",
+                "connection.keepalive_time",
+            ),
+            (
+                "id = \"a\"\n[connection]\nstream_window = \"1KiB\"",
+                "connection.stream_window",
+            ),
+            (
+                "id = \"a\"\n[tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"c\"\nkey = \"k\"",
+                "tls.ca",
+            ),
+        ] {
+            let named = named(text);
+            assert!(named.contains(key), "{text:?}: {named}");
+        }
         let half_tls = NodeArgs {
             id: Some("a".into()),
             tls_ca: Some("/x".into()),
@@ -656,6 +520,19 @@ mod tests {
             field_of(Settings::merge(half_tls, FileConfig::default())),
             "tls.cert"
         );
+    }
+
+    #[test]
+    fn flag_slots_bound_the_per_peer_share_unless_the_file_sets_it() {
+        let args = || NodeArgs {
+            slots: Some(100),
+            ..NodeArgs::default()
+        };
+        let s = Settings::merge(args(), parse("id = \"a\"\n[store]\nslots = 50").unwrap());
+        assert_eq!(s.unwrap().node.peer_max_messages, 100);
+        let text = "id = \"a\"\n[limits]\npeer_max_messages = 30";
+        let s = Settings::merge(args(), parse(text).unwrap()).unwrap();
+        assert_eq!((s.node.slots, s.node.peer_max_messages), (100, 30));
     }
 
     #[test]

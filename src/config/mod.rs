@@ -1,6 +1,10 @@
-//! Configuration of a node, its limits and its gRPC transport.
+//! Configuration of a node, its limits and its gRPC transport; with the feature
+//! `config-file`, [`file`] reads them from an operator's file.
 
 use std::time::Duration;
+
+#[cfg(feature = "config-file")]
+pub mod file;
 
 use crate::backoff::Backoff;
 use crate::broadcast::BroadcastConfig;
