@@ -161,7 +161,7 @@ impl Harness {
     fn new() -> Harness {
         let limits = limits();
         let local = NodeId::new("me", &limits).expect("a valid id");
-        let store = Arc::new(SlotStore::new(8, Duration::from_secs(5), 64));
+        let store = Arc::new(SlotStore::new(8, Duration::from_secs(5)));
         let manager = MessageManager::new(
             local.clone(),
             store,

@@ -1,11 +1,12 @@
-//! `SlotStore`: the seed's TTL storage. It bounds how many messages are in flight, remembers
-//! when each must complete, and keeps a bounded seen-cache for de-duplication.
+//! `SlotStore`: the seed's TTL storage. It bounds how many messages are in flight and
+//! remembers when each must complete. (The seen-cache that de-duplicates received messages is
+//! the manager's own, `manager/seen.rs`: only the manager thread uses it.)
 //!
 //! Application threads reserve slots here directly (so a full store blocks the caller, not the
 //! manager); the manager thread completes and expires entries. Both sides take a
 //! `parking_lot` mutex for O(log n) work at most.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -75,37 +76,13 @@ impl Slots {
     }
 }
 
-/// Bounded, TTL-expiring record of (sender, hash) pairs already received.
-struct SeenCache {
-    capacity: usize,
-    ttl: Duration,
-    entries: HashMap<(NodeId, String), Instant>,
-    order: VecDeque<(Instant, NodeId, String)>,
-}
-
-impl SeenCache {
-    fn evict(&mut self, now: Instant) {
-        while let Some((at, _, _)) = self.order.front() {
-            let expired = now.saturating_duration_since(*at) >= self.ttl;
-            if !(expired || self.order.len() > self.capacity) {
-                break;
-            }
-            if let Some((_, from, hash)) = self.order.pop_front() {
-                self.entries.remove(&(from, hash));
-            }
-        }
-    }
-}
-
-/// The mutex-guarded store of in-flight messages (at most `slots`, each for at most `ttl`) and
-/// of recently seen hashes.
+/// The mutex-guarded store of in-flight messages (at most `slots`, each for at most `ttl`).
 pub struct SlotStore {
     slots: usize,
     peer_limit: PeerLimit,
     ttl: Duration,
     state: Mutex<Slots>,
     slot_freed: Condvar,
-    seen: Mutex<SeenCache>,
 }
 
 impl std::fmt::Debug for SlotStore {
@@ -118,23 +95,18 @@ impl std::fmt::Debug for SlotStore {
 }
 
 impl SlotStore {
-    /// A store with `slots` slots whose entries (and seen hashes) live at most `ttl`; the
-    /// seen-cache keeps at most `seen_capacity` entries. No per-neighbour limit beyond `slots`.
-    pub fn new(slots: usize, ttl: Duration, seen_capacity: usize) -> SlotStore {
+    /// A store with `slots` slots whose entries live at most `ttl`. No per-neighbour limit
+    /// beyond `slots`.
+    pub fn new(slots: usize, ttl: Duration) -> SlotStore {
         let unlimited = PeerLimit {
             messages: slots,
             bytes: usize::MAX,
         };
-        SlotStore::with_peer_limit(slots, unlimited, ttl, seen_capacity)
+        SlotStore::with_peer_limit(slots, unlimited, ttl)
     }
 
     /// Like [`new`](SlotStore::new), with a limit per neighbour.
-    pub fn with_peer_limit(
-        slots: usize,
-        peer_limit: PeerLimit,
-        ttl: Duration,
-        seen_capacity: usize,
-    ) -> SlotStore {
+    pub fn with_peer_limit(slots: usize, peer_limit: PeerLimit, ttl: Duration) -> SlotStore {
         SlotStore {
             slots,
             peer_limit,
@@ -147,12 +119,6 @@ impl SlotStore {
                 closed: false,
             }),
             slot_freed: Condvar::new(),
-            seen: Mutex::new(SeenCache {
-                capacity: seen_capacity,
-                ttl,
-                entries: HashMap::new(),
-                order: VecDeque::new(),
-            }),
         }
     }
 
@@ -317,33 +283,6 @@ impl SlotStore {
         out.sort_by_key(|(_, t)| t.seq);
         out
     }
-
-    /// Records that `hash` arrived from `from`; true the first time (within the TTL and the
-    /// cache's capacity), false for a duplicate.
-    pub fn observe(&self, from: &NodeId, hash: &str, now: Instant) -> bool {
-        let mut seen = self.seen.lock();
-        seen.evict(now);
-        let key = (from.clone(), hash.to_owned());
-        if seen.entries.contains_key(&key) {
-            return false;
-        }
-        seen.entries.insert(key.clone(), now);
-        seen.order.push_back((now, key.0, key.1));
-        seen.evict(now);
-        true
-    }
-
-    /// Whether `hash` from `from` is in the seen-cache, without recording it.
-    pub fn has_seen(&self, from: &NodeId, hash: &str, now: Instant) -> bool {
-        let mut seen = self.seen.lock();
-        seen.evict(now);
-        seen.entries.contains_key(&(from.clone(), hash.to_owned()))
-    }
-
-    /// Entries in the seen-cache now.
-    pub fn seen_len(&self) -> usize {
-        self.seen.lock().entries.len()
-    }
 }
 
 #[cfg(test)]
@@ -371,7 +310,7 @@ mod tests {
 
     #[test]
     fn slots_bound_in_flight_and_free_on_complete() {
-        let store = SlotStore::new(2, Duration::from_secs(10), 16);
+        let store = SlotStore::new(2, Duration::from_secs(10));
         let now = Instant::now();
         take(&store, &key("b", "1"), now, Wait::No).unwrap();
         take(&store, &key("b", "2"), now, Wait::No).unwrap();
@@ -387,7 +326,7 @@ mod tests {
 
     #[test]
     fn same_key_twice_is_refused() {
-        let store = SlotStore::new(4, Duration::from_secs(10), 16);
+        let store = SlotStore::new(4, Duration::from_secs(10));
         let now = Instant::now();
         take(&store, &key("b", "1"), now, Wait::No).unwrap();
         assert!(matches!(
@@ -400,7 +339,7 @@ mod tests {
 
     #[test]
     fn blocked_reserve_wakes_when_a_slot_frees() {
-        let store = Arc::new(SlotStore::new(1, Duration::from_secs(10), 16));
+        let store = Arc::new(SlotStore::new(1, Duration::from_secs(10)));
         take(&store, &key("b", "1"), Instant::now(), Wait::No).unwrap();
         let s2 = store.clone();
         let waiter =
@@ -413,7 +352,7 @@ mod tests {
 
     #[test]
     fn bounded_wait_gives_full() {
-        let store = SlotStore::new(1, Duration::from_secs(10), 16);
+        let store = SlotStore::new(1, Duration::from_secs(10));
         take(&store, &key("b", "1"), Instant::now(), Wait::No).unwrap();
         let until = Instant::now() + Duration::from_millis(20);
         assert!(matches!(
@@ -424,7 +363,7 @@ mod tests {
 
     #[test]
     fn close_wakes_waiters_and_returns_everything() {
-        let store = Arc::new(SlotStore::new(1, Duration::from_secs(10), 16));
+        let store = Arc::new(SlotStore::new(1, Duration::from_secs(10)));
         take(&store, &key("b", "1"), Instant::now(), Wait::No).unwrap();
         let s2 = store.clone();
         let waiter =
@@ -441,7 +380,7 @@ mod tests {
 
     #[test]
     fn ttl_expiry_in_deadline_order() {
-        let store = SlotStore::new(8, Duration::from_secs(10), 16);
+        let store = SlotStore::new(8, Duration::from_secs(10));
         let t0 = Instant::now();
         take(&store, &key("b", "1"), t0, Wait::No).unwrap();
         take(
@@ -462,7 +401,7 @@ mod tests {
 
     #[test]
     fn remove_peer_keeps_send_order() {
-        let store = SlotStore::new(8, Duration::from_secs(10), 16);
+        let store = SlotStore::new(8, Duration::from_secs(10));
         let now = Instant::now();
         for h in ["3", "1", "2"] {
             take(&store, &key("b", h), now, Wait::No).unwrap();
@@ -483,7 +422,7 @@ mod tests {
             messages: 2,
             bytes: 100,
         };
-        let store = SlotStore::with_peer_limit(4, limit, Duration::from_secs(10), 16);
+        let store = SlotStore::with_peer_limit(4, limit, Duration::from_secs(10));
         let now = Instant::now();
         store.reserve(&key("slow", "1"), 10, now, Wait::No).unwrap();
         store.reserve(&key("slow", "2"), 10, now, Wait::No).unwrap();
@@ -507,22 +446,5 @@ mod tests {
             store.in_flight_by_peer().get(&key("slow", "").peer),
             Some(&2)
         );
-    }
-
-    #[test]
-    fn seen_cache_dedups_and_is_bounded() {
-        let store = SlotStore::new(1, Duration::from_secs(10), 3);
-        let a = key("a", "").peer;
-        let b = key("b", "").peer;
-        let t0 = Instant::now();
-        assert!(store.observe(&a, "h1", t0));
-        assert!(!store.observe(&a, "h1", t0), "duplicate");
-        assert!(store.observe(&b, "h1", t0), "other sender, other message");
-        assert!(store.observe(&a, "h2", t0));
-        assert!(store.observe(&a, "h3", t0));
-        assert_eq!(store.seen_len(), 3, "capacity bounds the cache");
-        // After the TTL everything is forgotten.
-        assert!(store.observe(&a, "h3", t0 + Duration::from_secs(11)));
-        assert_eq!(store.seen_len(), 1);
     }
 }

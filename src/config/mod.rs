@@ -1,5 +1,5 @@
 //! Configuration of a node, its limits and its gRPC transport; with the feature
-//! `config-file`, [`file`] reads them from an operator's file.
+//! `config-file`, [`file`](mod@file) reads them from an operator's file.
 
 use std::time::Duration;
 
@@ -106,7 +106,7 @@ impl NodeConfig {
             ttl: Duration::from_secs(120),
             limits: Limits::default(),
             deliveries: Deliveries::Queue(1024),
-            seen_capacity: 1 << 16,
+            seen_capacity: crate::manager::DEFAULT_SEEN_CAPACITY,
             tick: Duration::from_millis(50),
             connect_timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(5),

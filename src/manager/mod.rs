@@ -28,8 +28,10 @@ use crate::message::{Completion, Delivery, FailReason, MessageKey, Outcome};
 use crate::stats::{add, bump, Counters};
 use crate::store::{SlotStore, Tracked};
 use reassembly::{Reassembler, Reassembly};
+use seen::SeenCache;
 
 mod reassembly;
+mod seen;
 
 /// Identifies one gRPC stream of this node (unique for the node's lifetime).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -117,6 +119,10 @@ pub struct WireAck {
 }
 
 pub use crate::limits::ORIGINAL_LIMIT;
+
+/// (Sender, hash) pairs the seen-cache remembers unless told otherwise
+/// ([`MessageManager::with_seen_capacity`]; a node takes `NodeConfig::seen_capacity`).
+pub const DEFAULT_SEEN_CAPACITY: usize = 1 << 16;
 
 /// The size of a plain message frame as protobuf encodes it (hash, sender, payload).
 pub fn encoded_len(hash: &str, from: &str, payload: usize) -> usize {
@@ -371,6 +377,8 @@ pub struct MessageManager {
     /// Limits configured per neighbour, in place of `original_limit` ([`Event::NeighborLimit`]).
     neighbor_limits: HashMap<NodeId, usize>,
     reassembler: Reassembler,
+    /// What arrived lately, for de-duplication.
+    seen: SeenCache,
     /// Acknowledged deliveries: ACK only on [`Event::Settled`].
     confirmed: bool,
     awaiting: HashMap<NodeId, Awaiting>,
@@ -399,6 +407,7 @@ impl MessageManager {
     ) -> MessageManager {
         MessageManager {
             reassembler: Reassembler::new(&limits),
+            seen: SeenCache::new(DEFAULT_SEEN_CAPACITY, store.ttl()),
             local,
             store,
             limits,
@@ -437,6 +446,23 @@ impl MessageManager {
     pub fn with_original_limit(mut self, bytes: usize) -> MessageManager {
         self.original_limit = bytes;
         self
+    }
+
+    /// The seen-cache remembers at most `pairs` (sender, hash) pairs (each for the store's TTL);
+    /// default [`DEFAULT_SEEN_CAPACITY`].
+    pub fn with_seen_capacity(mut self, pairs: usize) -> MessageManager {
+        self.seen = SeenCache::new(pairs, self.store.ttl());
+        self
+    }
+
+    /// Whether `hash` from `from` arrived within the TTL (it would be ACKed, not delivered).
+    pub fn has_seen(&self, from: &NodeId, hash: &str, now: Instant) -> bool {
+        self.seen.contains(from, hash, now)
+    }
+
+    /// (Sender, hash) pairs the seen-cache remembers now.
+    pub fn seen_len(&self) -> usize {
+        self.seen.len()
     }
 
     /// Messages larger than `bytes` go in chunks of `bytes` to peers that take them.
@@ -982,7 +1008,7 @@ impl MessageManager {
                 );
                 (AckStatus::Rejected, why)
             }
-            None if self.store.observe(&peer, &message.hash, now) => {
+            None if self.seen.observe(&peer, &message.hash, now) => {
                 bump(&self.counters.delivered);
                 bump(&counted.delivered);
                 out.push(Action::Deliver(Delivery::new(
@@ -1085,7 +1111,7 @@ impl MessageManager {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        if self.store.has_seen(&peer, &message.hash, now) {
+        if self.seen.contains(&peer, &message.hash, now) {
             bump(&self.counters.duplicates);
             let ack = self.ack(message.hash, AckStatus::Duplicate, String::new());
             return self.route_ack(&peer, kind, stream, ack, now, out);
@@ -1166,7 +1192,7 @@ impl MessageManager {
             self.awaiting.remove(&from);
         }
         if taken {
-            self.store.observe(&from, &hash, now);
+            self.seen.observe(&from, &hash, now);
             let ack = self.ack(hash, AckStatus::Received, String::new());
             self.route_ack(&from, kind, stream, ack, now, out);
         } else {

@@ -29,7 +29,7 @@ struct Harness {
 
 impl Harness {
     fn new(slots: usize) -> Harness {
-        let store = Arc::new(SlotStore::new(slots, Duration::from_secs(10), 1024));
+        let store = Arc::new(SlotStore::new(slots, Duration::from_secs(10)));
         Harness {
             m: MessageManager::new(
                 id("a"),
@@ -572,7 +572,7 @@ fn small_frames(name: &str) -> MessageManager {
         partial_bytes: 64,
         peer_partial_bytes: 64,
     };
-    let store = Arc::new(SlotStore::new(4, Duration::from_secs(10), 64));
+    let store = Arc::new(SlotStore::new(4, Duration::from_secs(10)));
     MessageManager::new(
         id(name),
         store,
@@ -784,7 +784,7 @@ fn confirmed_delivery_acks_only_on_confirmation() {
     assert_eq!(ack_routes(&out), [(IN_ACK, AckStatus::Pending)]);
     assert_eq!(h.m.awaiting_confirmation(), 1);
     // Not seen yet: the seen-cache learns it on confirmation only.
-    assert!(!h.m.store().has_seen(&id("b"), "x", h.now));
+    assert!(!h.m.has_seen(&id("b"), "x", h.now));
 
     // A retransmission while it waits: neither delivered again nor ACKed as a duplicate.
     let again = h.receive(IN_MSG, "b", "x");
@@ -794,7 +794,7 @@ fn confirmed_delivery_acks_only_on_confirmation() {
     let out = h.settle("b", "x", true);
     assert_eq!(ack_routes(&out), [(IN_ACK, AckStatus::Received)]);
     assert_eq!(h.m.awaiting_confirmation(), 0);
-    assert!(h.m.store().has_seen(&id("b"), "x", h.now));
+    assert!(h.m.has_seen(&id("b"), "x", h.now));
 
     // After the confirmation a copy is a duplicate, ACKed as such.
     let late = h.receive(IN_MSG, "b", "x");
@@ -813,7 +813,7 @@ fn declined_delivery_asks_for_it_again_and_delivers_the_next_copy() {
     h.receive(IN_MSG, "b", "x");
     let out = h.settle("b", "x", false);
     assert_eq!(ack_routes(&out), [(IN_ACK, AckStatus::Retry)]);
-    assert!(!h.m.store().has_seen(&id("b"), "x", h.now));
+    assert!(!h.m.has_seen(&id("b"), "x", h.now));
     // The next copy is a new delivery.
     let out = h.receive(IN_MSG, "b", "x");
     assert_eq!(delivered(&out), 1);

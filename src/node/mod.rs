@@ -200,7 +200,6 @@ impl Node {
             config.slots,
             peer_limit,
             config.ttl,
-            config.seen_capacity,
         ));
         let counters = Arc::new(Counters::default());
         let neighbors = Arc::new(NeighborManager::new(
@@ -263,6 +262,7 @@ impl Node {
             counters.clone(),
             config.ack_timeout,
         )
+        .with_seen_capacity(config.seen_capacity)
         .with_chunk_bytes(config.chunk_bytes.min(config.limits.max_payload_bytes))
         .with_original_limit(config.original_max_message_bytes);
         if confirm_limit.is_some() {

@@ -676,7 +676,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     fn manager() -> MessageManager {
-        let store = Arc::new(SlotStore::new(8, Duration::from_secs(10), 64));
+        let store = Arc::new(SlotStore::new(8, Duration::from_secs(10)));
         let limits = Limits {
             max_payload_bytes: 64,
             max_id_bytes: 16,

@@ -80,7 +80,7 @@ struct Harness {
 impl Harness {
     fn new() -> Harness {
         let counters = Arc::new(Counters::default());
-        let store = Arc::new(SlotStore::new(16, Duration::from_secs(30), 1 << 20));
+        let store = Arc::new(SlotStore::new(16, Duration::from_secs(30)));
         let manager = MessageManager::new(
             id("a"),
             store,
