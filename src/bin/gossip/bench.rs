@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 use grpc_gossip::bench::cluster::GossipCluster;
 use grpc_gossip::bench::latency::{ack_latency_under_load, LatencyWorkload};
-use grpc_gossip::bench::tcp::TcpCluster;
+use grpc_gossip::bench::tcp::{TcpCluster, TLS_NAME};
 use grpc_gossip::bench::{peak_rss_bytes, reset_peak_rss, RoundReport, Summary, Workload};
 use grpc_gossip::transport::tls::CertificateAuthority;
 use grpc_gossip::{Error, StreamFactory, TransportConfig};
@@ -86,7 +86,9 @@ pub(crate) struct BenchArgs {
     /// Turn HTTP/2 BDP probing on (off by default on loopback, where the benchmark runs).
     #[arg(long)]
     bdp_probe: bool,
-    /// Run the gossip nodes with mutual TLS (throw-away certificates), to measure its cost.
+    /// Run the gossip nodes with mutual TLS (throw-away certificates), to measure its cost;
+    /// with --baseline tcp the baseline runs over TLS 1.3 too (OpenSSL, AES-256-GCM: the
+    /// suite gRPC negotiates between our nodes).
     #[arg(long)]
     tls: bool,
     /// Write each measured round's figures to FILE as CSV.
@@ -444,9 +446,12 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
     if let Some(frame) = args.max_frame {
         transport.http2_max_frame_bytes = Some(as_u32("max-frame", frame)?);
     }
-    let cluster = if args.tls {
+    let ca = match args.tls {
+        true => Some(CertificateAuthority::generate("gossip bench CA")?),
+        false => None,
+    };
+    let cluster = if let Some(ca) = &ca {
         // Each node holds its own certificate, so each gets its own factory.
-        let ca = CertificateAuthority::generate("gossip bench CA")?;
         GossipCluster::start_with(&w, |id| {
             Ok(StreamFactory::new(TransportConfig {
                 tls: Some(ca.node_config(id)?),
@@ -480,7 +485,14 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
 
     let tcp = match args.baseline {
         Some(Baseline::Tcp) => {
-            let cluster = TcpCluster::start(&w)?;
+            // With --tls the baseline is encrypted too: same suite, same library.
+            let cluster = match &ca {
+                Some(ca) => {
+                    println!("the TCP baseline uses mutual TLS 1.3 (OpenSSL, AES-256-GCM)");
+                    TcpCluster::start_tls(&w, &ca.node_config(TLS_NAME)?)?
+                }
+                None => TcpCluster::start(&w)?,
+            };
             let reports = rounds("tcp", &args, &w, &progress, &mut rows, |i| {
                 cluster.run_round(i)
             });
