@@ -107,6 +107,7 @@ pub mod fuzzing;
 pub mod id;
 mod limits;
 pub mod manager;
+pub mod membership;
 pub mod message;
 pub mod metrics;
 pub mod neighbor;

@@ -1,0 +1,144 @@
+//! Partial views for clusters that assemble themselves: HyParView (Leitão, Pereira, Rodrigues,
+//! DSN 2007) as a state machine that never touches a socket, beside the message manager and
+//! the broadcast engine.
+//!
+//! Each node keeps a small, symmetric **active view** (the peers it holds links to, and over
+//! which broadcasts run) and a larger **passive view** (peers it knows of, to repair the active
+//! one). A node joins by sending [`Message::Join`] to any member; the contact takes it into its
+//! active view and starts random walks ([`Message::ForwardJoin`]) that end by adding the joiner
+//! to other active views, and leave it in passive views on the way. When an active link fails,
+//! a node asks a passive peer to become a neighbour ([`Message::Neighbor`]; with high priority
+//! when it has no neighbour left, which is never refused). A periodic shuffle
+//! ([`Message::Shuffle`]) walks a sample of each view to a random node and swaps it for a sample
+//! of that node's passive view, so passive views stay fresh and mixed.
+//!
+//! The machine is driven by [`In`]puts and answers with [`Out`]puts, like the other cores; the
+//! node (or [`sim`], which runs thousands of them) carries them out. It is generic over the
+//! peer's identity so the simulator can use small integers. Threads and connections per node
+//! are then bounded by [`ViewConfig::active`], whatever the cluster size.
+//!
+//! What this module does not do yet: carry the messages over the node's links, join by address
+//! (`gossip node --join`), and the membership list with failure confirmation. Those build on it.
+
+mod views;
+
+pub mod sim;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+pub use views::HyParView;
+
+/// The sizes and walk lengths of the views.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViewConfig {
+    /// Peers in the active view (the links): default 5 (log10 of 10,000 nodes + 1, the paper's
+    /// log(n) + c).
+    pub active: usize,
+    /// Peers in the passive view: default 30 (the paper's k(log(n) + c) with k = 6).
+    pub passive: usize,
+    /// Active random walk length: hops a [`Message::ForwardJoin`] takes (default 6).
+    pub active_walk: u32,
+    /// Passive random walk length: where, counting down, a walk also leaves the joiner in the
+    /// passive view (default 3).
+    pub passive_walk: u32,
+    /// Peers of the active view sent in a shuffle (default 3).
+    pub shuffle_active: usize,
+    /// Peers of the passive view sent in a shuffle (default 4).
+    pub shuffle_passive: usize,
+    /// Hops a shuffle walks (default 6, as the active walk).
+    pub shuffle_walk: u32,
+    /// How often a node shuffles ([`In::Shuffle`] is the node's timer): default 10 s.
+    pub shuffle_period: Duration,
+}
+
+impl Default for ViewConfig {
+    fn default() -> ViewConfig {
+        ViewConfig {
+            active: 5,
+            passive: 30,
+            active_walk: 6,
+            passive_walk: 3,
+            shuffle_active: 3,
+            shuffle_passive: 4,
+            shuffle_walk: 6,
+            shuffle_period: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What nodes send each other to keep their views.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message<P> {
+    /// "Take me in": sent by a joining node to its contact.
+    Join,
+    /// A random walk that adds `joiner` to an active view where it ends.
+    ForwardJoin {
+        /// The node that joins.
+        joiner: P,
+        /// Hops left.
+        ttl: u32,
+    },
+    /// "Be my neighbour"; `high` when the sender has no neighbour at all (never refused).
+    Neighbor {
+        /// Priority.
+        high: bool,
+    },
+    /// The answer to [`Message::Neighbor`].
+    NeighborReply {
+        /// Whether the sender took us into its active view.
+        accepted: bool,
+    },
+    /// "You are no longer in my active view" (the link may close).
+    Disconnect,
+    /// A sample of `origin`'s views, walking `ttl` more hops.
+    Shuffle {
+        /// The node that started the shuffle (the reply goes to it).
+        origin: P,
+        /// Hops left.
+        ttl: u32,
+        /// The sample: `origin` and peers of its views.
+        peers: Vec<P>,
+    },
+    /// A sample of the passive view of the node where a shuffle ended.
+    ShuffleReply {
+        /// The sample.
+        peers: Vec<P>,
+    },
+}
+
+/// What the view machine is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum In<P> {
+    /// Join the cluster through `contact`.
+    Join(P),
+    /// A message arrived from `from`.
+    Received {
+        /// Its sender.
+        from: P,
+        /// The message.
+        message: Message<P>,
+    },
+    /// The link to `peer` failed, or `peer` could not be reached at all.
+    Failed(P),
+    /// The shuffle timer ([`ViewConfig::shuffle_period`]) fired.
+    Shuffle,
+}
+
+/// What the view machine asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Out<P> {
+    /// Send `message` to `to` (over its link, or a short-lived one if it has none).
+    Send {
+        /// The recipient.
+        to: P,
+        /// The message.
+        message: Message<P>,
+    },
+    /// `peer` entered the active view: hold a link to it (broadcasts run over it).
+    NeighborUp(P),
+    /// `peer` left the active view: its link may close.
+    NeighborDown(P),
+}

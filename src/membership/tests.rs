@@ -1,0 +1,242 @@
+//! The view machine driven by hand, and small simulated clusters.
+
+use super::sim::{self, MembershipSimConfig};
+use super::*;
+
+fn small() -> ViewConfig {
+    ViewConfig {
+        active: 2,
+        passive: 3,
+        ..ViewConfig::default()
+    }
+}
+
+fn sends(out: &[Out<u32>]) -> Vec<(u32, Message<u32>)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Out::Send { to, message } => Some((*to, message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn received(node: &mut HyParView<u32>, from: u32, message: Message<u32>) -> Vec<Out<u32>> {
+    let mut out = Vec::new();
+    node.handle(In::Received { from, message }, &mut out);
+    out
+}
+
+#[test]
+fn a_joiner_and_its_contact_take_each_other_in_and_the_contact_starts_walks() {
+    let mut joiner = HyParView::new(9, small(), 1);
+    let mut out = Vec::new();
+    joiner.handle(In::Join(0), &mut out);
+    assert_eq!(joiner.active(), [0]);
+    assert_eq!(sends(&out), [(0, Message::Join)]);
+
+    let mut contact = HyParView::new(0, small(), 2);
+    received(&mut contact, 1, Message::Neighbor { high: true });
+    let out = received(&mut contact, 9, Message::Join);
+    assert_eq!(contact.active(), [1, 9]);
+    assert!(out.contains(&Out::NeighborUp(9)));
+    let walks = sends(&out);
+    assert_eq!(
+        walks,
+        [(
+            1,
+            Message::ForwardJoin {
+                joiner: 9,
+                ttl: ViewConfig::default().active_walk
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_walk_ends_where_it_runs_out_and_the_joiner_is_asked_in_with_high_priority() {
+    let mut node = HyParView::new(5, small(), 3);
+    received(&mut node, 1, Message::Neighbor { high: true });
+    let out = received(&mut node, 1, Message::ForwardJoin { joiner: 9, ttl: 0 });
+    assert!(node.active().contains(&9));
+    assert_eq!(sends(&out), [(9, Message::Neighbor { high: true })]);
+}
+
+#[test]
+fn a_walk_with_hops_left_goes_on_and_leaves_the_joiner_in_the_passive_view_at_the_mark() {
+    let mut node = HyParView::new(5, small(), 4);
+    received(&mut node, 1, Message::Neighbor { high: true });
+    received(&mut node, 2, Message::Neighbor { high: true });
+    let ttl = ViewConfig::default().passive_walk;
+    let out = received(&mut node, 1, Message::ForwardJoin { joiner: 9, ttl });
+    assert_eq!(
+        sends(&out),
+        [(
+            2,
+            Message::ForwardJoin {
+                joiner: 9,
+                ttl: ttl - 1
+            }
+        )]
+    );
+    assert_eq!(node.passive(), [9]);
+    assert!(!node.active().contains(&9));
+}
+
+#[test]
+fn a_full_active_view_drops_a_neighbour_into_the_passive_view_and_tells_it() {
+    let mut node = HyParView::new(5, small(), 5);
+    received(&mut node, 1, Message::Neighbor { high: true });
+    received(&mut node, 2, Message::Neighbor { high: true });
+    let out = received(&mut node, 3, Message::Neighbor { high: true });
+    assert_eq!(node.active().len(), 2, "the bound holds");
+    assert!(node.active().contains(&3));
+    let dropped: Vec<u32> = sends(&out)
+        .into_iter()
+        .filter(|(_, m)| *m == Message::Disconnect)
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(dropped.len(), 1);
+    assert!(node.passive().contains(&dropped[0]));
+    assert!(out.contains(&Out::NeighborDown(dropped[0])));
+    // A low-priority request to a full view is refused; the asker is remembered.
+    let out = received(&mut node, 4, Message::Neighbor { high: false });
+    assert_eq!(
+        sends(&out),
+        [(4, Message::NeighborReply { accepted: false })]
+    );
+    assert!(node.passive().contains(&4));
+}
+
+#[test]
+fn a_failed_neighbour_is_replaced_from_the_passive_view() {
+    let mut node = HyParView::new(5, small(), 6);
+    received(&mut node, 1, Message::Neighbor { high: true });
+    received(&mut node, 2, Message::Neighbor { high: true });
+    received(&mut node, 3, Message::Neighbor { high: true }); // drops 1 or 2 to passive
+    let gone = node.active()[0];
+    let mut out = Vec::new();
+    node.handle(In::Failed(gone), &mut out);
+    assert!(!node.active().contains(&gone));
+    assert!(
+        !node.passive().contains(&gone),
+        "a failed peer is no candidate"
+    );
+    let [(asked, Message::Neighbor { high: false })] = sends(&out)[..] else {
+        panic!("expected one low-priority request, got {:?}", sends(&out));
+    };
+    received(&mut node, asked, Message::NeighborReply { accepted: true });
+    assert!(node.active().contains(&asked));
+    assert_eq!(node.active().len(), 2);
+}
+
+#[test]
+fn a_node_alone_asks_with_high_priority_and_tries_the_next_when_refused_or_unreachable() {
+    let mut node = HyParView::new(5, small(), 7);
+    received(&mut node, 1, Message::Neighbor { high: true });
+    received(&mut node, 1, Message::Disconnect);
+    received(&mut node, 2, Message::Neighbor { high: false });
+    received(&mut node, 2, Message::Disconnect);
+    assert!(node.active().is_empty());
+    let mut out = Vec::new();
+    node.handle(In::Shuffle, &mut out);
+    let asked: Vec<(u32, Message<u32>)> = sends(&out);
+    assert_eq!(asked.len(), 2, "asks as many as it lacks: {asked:?}");
+    assert!(asked
+        .iter()
+        .all(|(_, m)| *m == Message::Neighbor { high: true }));
+    let mut out = Vec::new();
+    node.handle(In::Failed(1), &mut out);
+    assert!(!node.passive().contains(&1));
+    received(&mut node, 2, Message::NeighborReply { accepted: true });
+    assert_eq!(node.active(), [2]);
+}
+
+#[test]
+fn a_shuffle_walks_then_swaps_samples_of_the_views() {
+    let config = ViewConfig {
+        active: 3,
+        passive: 4,
+        ..ViewConfig::default()
+    };
+    let mut a = HyParView::new(0, config.clone(), 8);
+    for p in [1, 2] {
+        received(&mut a, p, Message::Neighbor { high: true });
+    }
+    received(&mut a, 7, Message::Neighbor { high: false });
+    received(&mut a, 7, Message::Disconnect); // 7 now in a's passive view
+    let mut out = Vec::new();
+    a.handle(In::Shuffle, &mut out);
+    let shuffles: Vec<(u32, Message<u32>)> = sends(&out)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, Message::Shuffle { .. }))
+        .collect();
+    let [(to, Message::Shuffle { origin, ttl, peers })] = &shuffles[..] else {
+        panic!("one shuffle expected: {shuffles:?}");
+    };
+    assert_eq!((*origin, *ttl), (0, config.shuffle_walk));
+    assert!(peers.contains(&0) && peers.contains(&7));
+    assert!([1, 2].contains(to));
+
+    // Where it ends (one hop left), the receiver answers the origin from its passive view and
+    // keeps what it was sent.
+    let mut b = HyParView::new(4, config, 9);
+    received(&mut b, 20, Message::Neighbor { high: false });
+    received(&mut b, 20, Message::Disconnect);
+    let out = received(
+        &mut b,
+        1,
+        Message::Shuffle {
+            origin: 0,
+            ttl: 1,
+            peers: vec![0, 7],
+        },
+    );
+    assert_eq!(
+        sends(&out),
+        [(0, Message::ShuffleReply { peers: vec![20] })]
+    );
+    assert!(b.passive().contains(&0) && b.passive().contains(&7));
+    received(&mut a, 4, Message::ShuffleReply { peers: vec![20] });
+    assert!(a.passive().contains(&20));
+}
+
+#[test]
+fn a_simulated_cluster_heals_after_a_fifth_crashes() {
+    let cfg = MembershipSimConfig {
+        nodes: 300,
+        churn: 0.2,
+        ..MembershipSimConfig::default()
+    };
+    let report = sim::run(&cfg).unwrap();
+    assert_eq!(report.crashed, 60);
+    assert_eq!(report.joined_after, 60);
+    assert_eq!(report.live, 300);
+    assert_eq!(report.components, 1, "{report:?}");
+    assert_eq!(report.reliability, 1.0, "{report:?}");
+    assert!(report.rounds_to_heal.is_some(), "{report:?}");
+    assert!(report.max_active_view <= cfg.views.active);
+    assert!(report.min_active_view >= 1);
+}
+
+#[test]
+fn a_simulated_cluster_heals_after_half_crashes() {
+    let cfg = MembershipSimConfig {
+        nodes: 300,
+        churn: 0.5,
+        seed: 2,
+        ..MembershipSimConfig::default()
+    };
+    let report = sim::run(&cfg).unwrap();
+    assert_eq!(report.components, 1, "{report:?}");
+    assert_eq!(report.reliability, 1.0, "{report:?}");
+    assert!(report.max_active_view <= cfg.views.active);
+}
+
+#[test]
+fn the_simulation_is_repeatable() {
+    let cfg = MembershipSimConfig {
+        nodes: 100,
+        ..MembershipSimConfig::default()
+    };
+    assert_eq!(sim::run(&cfg).unwrap(), sim::run(&cfg).unwrap());
+}
