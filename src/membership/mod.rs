@@ -20,6 +20,7 @@
 //! What this module does not do yet: carry the messages over the node's links, join by address
 //! (`gossip node --join`), and the membership list with failure confirmation. Those build on it.
 
+mod list;
 mod views;
 
 pub mod sim;
@@ -29,6 +30,7 @@ mod tests;
 
 use std::time::Duration;
 
+pub use list::{ListConfig, Member, MemberEvent, MemberList, MemberState, Update};
 pub use views::HyParView;
 
 /// The sizes and walk lengths of the views.

@@ -2,14 +2,23 @@
 //! through one seed, a fraction of them crash at once and as many new ones join, and shuffle
 //! rounds heal the overlay. Messages are delivered in order of sending; a message to a crashed
 //! node fails back to its sender, as a dial would; a crash is seen at once by the crashed
-//! node's neighbours, as a broken link is. Node ids are small integers, so 10,000 nodes take a
-//! few MiB.
+//! node's neighbours, as a broken link is. Node ids are small integers.
+//!
+//! Each node also keeps a [`MemberList`]. An update a node originates (its join, a suspicion,
+//! a refutation) reaches every live node of its component of the active-view graph, as a
+//! broadcast over the views does; a joining node is given its contact's list; every few rounds
+//! each node merges the list of one random neighbour (pull anti-entropy), which is how
+//! the parts of a split overlay learn what they missed; and every round it probes one member it
+//! believes up (SWIM's ping), which is how a member whose neighbours all crashed with it is
+//! found. A round is one shuffle period.
 
 use std::collections::VecDeque;
 
 use serde::Serialize;
 
-use super::{HyParView, In, Message, Out, ViewConfig};
+use std::time::{Duration, Instant};
+
+use super::{HyParView, In, ListConfig, MemberList, Message, Out, Update, ViewConfig};
 use crate::error::Error;
 
 /// What to simulate.
@@ -25,8 +34,13 @@ pub struct MembershipSimConfig {
     pub max_rounds: usize,
     /// Origins of the flood that measures reliability (the lowest counts).
     pub origins: usize,
+    /// Every this many rounds each node merges a random neighbour's whole list (anti-entropy;
+    /// memberlist's push-pull runs every 30 s, three shuffle periods).
+    pub anti_entropy_every: usize,
     /// View sizes and walks.
     pub views: ViewConfig,
+    /// How the member lists decide (the suspicion timeout counts in shuffle periods).
+    pub list: ListConfig,
     /// Seed of every random choice.
     pub seed: u64,
 }
@@ -39,7 +53,9 @@ impl Default for MembershipSimConfig {
             settle_rounds: 5,
             max_rounds: 50,
             origins: 10,
+            anti_entropy_every: 3,
             views: ViewConfig::default(),
+            list: ListConfig::default(),
             seed: 1,
         }
     }
@@ -83,10 +99,22 @@ pub struct MembershipSimReport {
     /// Active links that are not symmetric (one side holds the other, not the reverse), at the
     /// end.
     pub asymmetric_links: usize,
+    /// Whether every live node's list of live members is exactly the live set, at the end.
+    pub members_converged: bool,
+    /// Shuffle rounds from the crash until the lists converged; `None` if not within
+    /// `max_rounds`.
+    pub rounds_to_converge: Option<usize>,
+    /// Members each list holds at the end (failed ones included).
+    pub list_entries: usize,
 }
 
 struct Cluster {
     nodes: Vec<HyParView<u32>>,
+    lists: Vec<MemberList<u32>>,
+    list_config: ListConfig,
+    /// Updates originated and not yet delivered: (origin, update).
+    floods: Vec<(u32, Update<u32>)>,
+    now: Instant,
     alive: Vec<bool>,
     queue: VecDeque<(u32, u32, Message<u32>)>,
     out: Vec<Out<u32>>,
@@ -99,8 +127,120 @@ impl Cluster {
         let node_seed = seed ^ (u64::from(id) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         self.nodes
             .push(HyParView::new(id, views.clone(), node_seed));
+        let list = MemberList::new(id, 1, self.list_config.clone());
+        self.floods.push((id, list.me()));
+        self.lists.push(list);
         self.alive.push(true);
         id
+    }
+
+    /// Merges `updates` into `at`'s list; what it originates in answer is flooded later.
+    fn merge(&mut self, at: u32, updates: impl IntoIterator<Item = Update<u32>>) {
+        let (mut spread, mut events) = (Vec::new(), Vec::new());
+        let list = &mut self.lists[at as usize];
+        for u in updates {
+            list.merge(u, self.now, &mut spread, &mut events);
+        }
+        self.floods.extend(spread.into_iter().map(|u| (at, u)));
+    }
+
+    /// `at` lost its link to `peer`: its view repairs, its list suspects.
+    fn failed(&mut self, at: u32, peer: u32) {
+        self.input(at, In::Failed(peer));
+        let (mut spread, mut events) = (Vec::new(), Vec::new());
+        self.lists[at as usize].unreachable(&peer, self.now, &mut spread, &mut events);
+        self.floods.extend(spread.into_iter().map(|u| (at, u)));
+    }
+
+    /// Delivers every originated update to the live nodes of its origin's component, until
+    /// no more are originated.
+    fn flood(&mut self) {
+        while !self.floods.is_empty() {
+            let floods = std::mem::take(&mut self.floods);
+            let (mut spread, mut events) = (Vec::new(), Vec::new());
+            let roots = self.roots();
+            let mut by_root: std::collections::HashMap<usize, Vec<u32>> = Default::default();
+            for i in self.live() {
+                by_root.entry(roots[i as usize]).or_default().push(i);
+            }
+            for (origin, update) in floods {
+                if !self.alive[origin as usize] {
+                    continue;
+                }
+                let Some(members) = by_root.get(&roots[origin as usize]) else {
+                    continue;
+                };
+                for &i in members {
+                    if i != origin {
+                        let list = &mut self.lists[i as usize];
+                        list.merge(update.clone(), self.now, &mut spread, &mut events);
+                        self.floods.extend(spread.drain(..).map(|u| (i, u)));
+                        events.clear();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every live node merges the list of one random live neighbour.
+    fn anti_entropy(&mut self, rng: &mut fastrand::Rng) {
+        for i in self.live().collect::<Vec<_>>() {
+            let peers: Vec<u32> = self.nodes[i as usize]
+                .active()
+                .iter()
+                .copied()
+                .filter(|j| self.alive[*j as usize])
+                .collect();
+            if peers.is_empty() {
+                continue;
+            }
+            let j = peers[rng.usize(..peers.len())];
+            let snapshot = self.lists[j as usize].snapshot();
+            self.merge(i, snapshot);
+        }
+    }
+
+    /// Every live node probes one member it believes up, picked at random (SWIM's ping): a
+    /// member that every neighbour lost at once is found this way.
+    fn probe(&mut self, rng: &mut fastrand::Rng) {
+        let n = self.nodes.len() as u32;
+        for i in self.live().collect::<Vec<_>>() {
+            // A few draws find a member the list holds up; ids are dense.
+            for _ in 0..4 {
+                let p = rng.u32(..n);
+                let up = self.lists[i as usize].get(&p).is_some_and(|m| {
+                    matches!(
+                        m.state,
+                        super::MemberState::Joined | super::MemberState::Suspected
+                    )
+                });
+                if p != i && up {
+                    if !self.alive[p as usize] {
+                        let (mut spread, mut events) = (Vec::new(), Vec::new());
+                        self.lists[i as usize].unreachable(&p, self.now, &mut spread, &mut events);
+                        self.floods.extend(spread.into_iter().map(|u| (i, u)));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Suspicions time out.
+    fn tick_lists(&mut self) {
+        for i in self.live().collect::<Vec<_>>() {
+            let mut events = Vec::new();
+            self.lists[i as usize].tick(self.now, &mut events);
+        }
+    }
+
+    /// Whether every live node's live members are exactly the live nodes.
+    fn converged(&self) -> bool {
+        let live: Vec<u32> = self.live().collect();
+        live.iter().all(|&i| {
+            let list = &self.lists[i as usize];
+            list.live().count() == live.len() && list.live().all(|p| self.alive[*p as usize])
+        })
     }
 
     fn input(&mut self, at: u32, input: In<u32>) {
@@ -129,7 +269,7 @@ impl Cluster {
             }
             if !self.alive[to as usize] {
                 if self.alive[from as usize] {
-                    self.input(from, In::Failed(to));
+                    self.failed(from, to);
                 }
                 continue;
             }
@@ -153,6 +293,15 @@ impl Cluster {
 
     /// Connected components of the undirected active-view graph among live nodes.
     fn components(&self) -> usize {
+        let roots = self.roots();
+        let mut roots: Vec<usize> = self.live().map(|i| roots[i as usize]).collect();
+        roots.sort_unstable();
+        roots.dedup();
+        roots.len()
+    }
+
+    /// Per node, its component's root in the undirected active-view graph among live nodes.
+    fn roots(&self) -> Vec<usize> {
         let n = self.nodes.len();
         let mut parent: Vec<usize> = (0..n).collect();
         fn find(parent: &mut [usize], mut x: usize) -> usize {
@@ -170,10 +319,7 @@ impl Cluster {
                 }
             }
         }
-        let mut roots: Vec<usize> = self.live().map(|i| find(&mut parent, i as usize)).collect();
-        roots.sort_unstable();
-        roots.dedup();
-        roots.len()
+        (0..n).map(|i| find(&mut parent, i)).collect()
     }
 
     /// The lowest share of live nodes a flood over active views reaches from `origins`
@@ -243,21 +389,31 @@ pub fn run(cfg: &MembershipSimConfig) -> Result<MembershipSimReport, Error> {
         });
     }
     let mut rng = fastrand::Rng::with_seed(cfg.seed);
+    let period = cfg.views.shuffle_period.max(Duration::from_millis(1));
     let mut c = Cluster {
         nodes: Vec::with_capacity(cfg.nodes * 2),
+        lists: Vec::with_capacity(cfg.nodes * 2),
+        list_config: cfg.list.clone(),
+        floods: Vec::new(),
+        now: Instant::now(),
         alive: Vec::with_capacity(cfg.nodes * 2),
         queue: VecDeque::new(),
         out: Vec::new(),
         delivered: 0,
     };
     c.add(&cfg.views, cfg.seed);
-    for _ in 1..cfg.nodes {
-        let id = c.add(&cfg.views, cfg.seed);
-        c.input(id, In::Join(0));
-        c.drain()?;
+    c.floods.clear();
+    for i in 1..cfg.nodes {
+        join(&mut c, &cfg.views, cfg.seed, 0)?;
+        if i % JOIN_BATCH == 0 {
+            c.flood();
+        }
     }
+    c.flood();
     for _ in 0..cfg.settle_rounds {
+        c.now += period;
         c.shuffle_round()?;
+        c.flood();
     }
 
     // The crash: at once, and seen at once by the crashed nodes' neighbours.
@@ -276,26 +432,41 @@ pub fn run(cfg: &MembershipSimConfig) -> Result<MembershipSimReport, Error> {
             .filter(|j| !c.alive[*j as usize])
             .collect();
         for j in lost {
-            c.input(i, In::Failed(j));
+            c.failed(i, j);
         }
     }
     let components_after_crash = c.components();
     let reliability_after_crash = c.reliability(cfg.origins, &mut rng);
     c.drain()?;
+    c.flood();
     for _ in 0..crashed {
         let Some(contact) = c.contact(&mut rng) else {
             break;
         };
-        let id = c.add(&cfg.views, cfg.seed);
-        c.input(id, In::Join(contact));
-        c.drain()?;
+        join(&mut c, &cfg.views, cfg.seed, contact)?;
     }
+    c.flood();
 
-    let mut rounds_to_heal = None;
+    let (mut rounds_to_heal, mut rounds_to_converge) = (None, None);
     for round in 1..=cfg.max_rounds {
+        c.now += period;
         c.shuffle_round()?;
-        if c.components() == 1 && c.reliability(cfg.origins, &mut rng) >= 1.0 {
+        c.tick_lists();
+        c.probe(&mut rng);
+        if round % cfg.anti_entropy_every.max(1) == 0 {
+            c.anti_entropy(&mut rng);
+        }
+        c.flood();
+        if rounds_to_heal.is_none()
+            && c.components() == 1
+            && c.reliability(cfg.origins, &mut rng) >= 1.0
+        {
             rounds_to_heal = Some(round);
+        }
+        if rounds_to_converge.is_none() && c.converged() {
+            rounds_to_converge = Some(round);
+        }
+        if rounds_to_heal.is_some() && rounds_to_converge.is_some() {
             break;
         }
     }
@@ -303,15 +474,13 @@ pub fn run(cfg: &MembershipSimConfig) -> Result<MembershipSimReport, Error> {
     let before = c.delivered;
     let steady = 3;
     for _ in 0..steady {
+        c.now += period;
         c.shuffle_round()?;
+        c.flood();
     }
     let live = c.live().count();
     let per_round = (c.delivered - before) as f64 / (steady as f64 * live.max(1) as f64);
-    let period = cfg
-        .views
-        .shuffle_period
-        .as_secs_f64()
-        .max(f64::MIN_POSITIVE);
+    let period = period.as_secs_f64();
     let (min_active_view, max_active_view) = c.active_sizes();
     Ok(MembershipSimReport {
         nodes: cfg.nodes,
@@ -329,5 +498,32 @@ pub fn run(cfg: &MembershipSimConfig) -> Result<MembershipSimReport, Error> {
         messages_per_node_per_round: per_round,
         messages_per_node_per_second: per_round / period,
         asymmetric_links: c.asymmetric_links(),
+        members_converged: c.converged(),
+        rounds_to_converge,
+        list_entries: c
+            .lists
+            .iter()
+            .map(|l| l.members().count())
+            .max()
+            .unwrap_or(0),
     })
+}
+
+/// Joins announced together: their announcements are delivered after this many joins (a
+/// component computation per delivery is what costs).
+const JOIN_BATCH: usize = 100;
+
+/// A new node joins through `contact`: its view, then the lists (the joiner gets its
+/// contact's, the contact learns the joiner); the announcement goes out with the next delivery
+/// of updates.
+fn join(c: &mut Cluster, views: &ViewConfig, seed: u64, contact: u32) -> Result<u32, Error> {
+    let id = c.add(views, seed);
+    c.input(id, In::Join(contact));
+    c.drain()?;
+    let snapshot = c.lists[contact as usize].snapshot();
+    c.merge(id, snapshot);
+    // The contact knows its joiner at once, whatever becomes of the announcement.
+    let joiner = c.lists[id as usize].me();
+    c.merge(contact, [joiner]);
+    Ok(id)
 }

@@ -216,6 +216,11 @@ fn a_simulated_cluster_heals_after_a_fifth_crashes() {
     assert!(report.rounds_to_heal.is_some(), "{report:?}");
     assert!(report.max_active_view <= cfg.views.active);
     assert!(report.min_active_view >= 1);
+    assert!(report.members_converged, "{report:?}");
+    assert_eq!(
+        report.list_entries, 360,
+        "the 300 first, and the 60 joined after"
+    );
 }
 
 #[test]
@@ -230,6 +235,7 @@ fn a_simulated_cluster_heals_after_half_crashes() {
     assert_eq!(report.components, 1, "{report:?}");
     assert_eq!(report.reliability, 1.0, "{report:?}");
     assert!(report.max_active_view <= cfg.views.active);
+    assert!(report.members_converged, "{report:?}");
 }
 
 #[test]
@@ -239,4 +245,152 @@ fn the_simulation_is_repeatable() {
         ..MembershipSimConfig::default()
     };
     assert_eq!(sim::run(&cfg).unwrap(), sim::run(&cfg).unwrap());
+}
+
+mod list {
+    use super::super::*;
+    use std::time::Instant;
+
+    fn update(id: u32, incarnation: u32, state: MemberState, reporter: Option<u32>) -> Update<u32> {
+        Update {
+            member: Member {
+                id,
+                incarnation,
+                state,
+            },
+            reporter,
+        }
+    }
+
+    fn merge(
+        list: &mut MemberList<u32>,
+        u: Update<u32>,
+        now: Instant,
+    ) -> (Vec<Update<u32>>, Vec<MemberEvent<u32>>) {
+        let (mut spread, mut events) = (Vec::new(), Vec::new());
+        list.merge(u, now, &mut spread, &mut events);
+        (spread, events)
+    }
+
+    fn state_of(list: &MemberList<u32>, id: u32) -> Option<MemberState> {
+        list.get(&id).map(|m| m.state)
+    }
+
+    #[test]
+    fn one_suspicion_is_not_enough_two_reporters_fail_a_member_at_once() {
+        let now = Instant::now();
+        let mut list = MemberList::new(0, 1, ListConfig::default());
+        merge(&mut list, update(7, 1, MemberState::Joined, None), now);
+        let (_, events) = merge(
+            &mut list,
+            update(7, 1, MemberState::Suspected, Some(1)),
+            now,
+        );
+        assert_eq!(state_of(&list, 7), Some(MemberState::Suspected));
+        assert_eq!(events.len(), 1);
+        // The same reporter again counts once.
+        merge(
+            &mut list,
+            update(7, 1, MemberState::Suspected, Some(1)),
+            now,
+        );
+        assert_eq!(state_of(&list, 7), Some(MemberState::Suspected));
+        let (_, events) = merge(
+            &mut list,
+            update(7, 1, MemberState::Suspected, Some(2)),
+            now,
+        );
+        assert_eq!(state_of(&list, 7), Some(MemberState::Failed));
+        assert_eq!(events[0].member.state, MemberState::Failed);
+        assert_eq!(list.live().copied().collect::<Vec<_>>(), [0]);
+    }
+
+    #[test]
+    fn a_lone_suspicion_fails_the_member_after_the_timeout_unless_refuted() {
+        let now = Instant::now();
+        let config = ListConfig::default();
+        let mut list = MemberList::new(0, 1, config.clone());
+        merge(&mut list, update(7, 1, MemberState::Joined, None), now);
+        merge(&mut list, update(8, 1, MemberState::Joined, None), now);
+        let (mut spread, mut events) = (Vec::new(), Vec::new());
+        list.unreachable(&7, now, &mut spread, &mut events);
+        list.unreachable(&8, now, &mut spread, &mut events);
+        assert_eq!(
+            spread.len(),
+            2,
+            "our suspicions go out for the others to count"
+        );
+        // 8 refutes with a higher incarnation before the timeout.
+        merge(&mut list, update(8, 2, MemberState::Joined, None), now);
+        let mut events = Vec::new();
+        list.tick(now + config.suspect_timeout / 2, &mut events);
+        assert_eq!(state_of(&list, 7), Some(MemberState::Suspected));
+        list.tick(now + config.suspect_timeout, &mut events);
+        assert_eq!(state_of(&list, 7), Some(MemberState::Failed));
+        assert_eq!(state_of(&list, 8), Some(MemberState::Joined));
+        // A late confirmation of 8's old incarnation changes nothing.
+        merge(
+            &mut list,
+            update(8, 1, MemberState::Suspected, Some(3)),
+            now,
+        );
+        merge(
+            &mut list,
+            update(8, 1, MemberState::Suspected, Some(4)),
+            now,
+        );
+        assert_eq!(state_of(&list, 8), Some(MemberState::Joined));
+    }
+
+    #[test]
+    fn a_live_member_refutes_a_suspicion_of_itself_with_a_higher_incarnation() {
+        let now = Instant::now();
+        let mut list = MemberList::new(0, 5, ListConfig::default());
+        let (spread, _) = merge(
+            &mut list,
+            update(0, 5, MemberState::Suspected, Some(1)),
+            now,
+        );
+        assert_eq!(spread, [update(0, 6, MemberState::Joined, None)]);
+        // An older accusation needs no answer.
+        let (spread, _) = merge(&mut list, update(0, 3, MemberState::Failed, None), now);
+        assert!(spread.is_empty());
+    }
+
+    #[test]
+    fn a_restarted_member_comes_back_with_a_higher_incarnation_and_leaving_is_final_for_one() {
+        let now = Instant::now();
+        let mut list = MemberList::new(0, 1, ListConfig::default());
+        merge(&mut list, update(7, 1, MemberState::Failed, None), now);
+        merge(&mut list, update(7, 1, MemberState::Joined, None), now);
+        assert_eq!(
+            state_of(&list, 7),
+            Some(MemberState::Failed),
+            "same life: still failed"
+        );
+        merge(&mut list, update(7, 2, MemberState::Joined, None), now);
+        assert_eq!(state_of(&list, 7), Some(MemberState::Joined));
+        merge(&mut list, update(7, 2, MemberState::Left, None), now);
+        assert_eq!(state_of(&list, 7), Some(MemberState::Left));
+        let mut me = MemberList::new(9, 4, ListConfig::default());
+        assert_eq!(me.leave(), update(9, 4, MemberState::Left, None));
+        assert_eq!(me.live().count(), 0);
+    }
+
+    #[test]
+    fn a_snapshot_carries_everything_known() {
+        let now = Instant::now();
+        let mut a = MemberList::new(0, 1, ListConfig::default());
+        for (id, state) in [(1, MemberState::Joined), (2, MemberState::Failed)] {
+            merge(&mut a, update(id, 1, state, None), now);
+        }
+        let mut b = MemberList::new(3, 1, ListConfig::default());
+        for u in a.snapshot() {
+            merge(&mut b, u, now);
+        }
+        let mut live: Vec<u32> = b.live().copied().collect();
+        live.sort();
+        assert_eq!(live, [0, 1, 3]);
+        assert_eq!(state_of(&b, 2), Some(MemberState::Failed));
+    }
 }

@@ -100,13 +100,25 @@ fn membership(args: &SimArgs) -> Result<ExitCode, grpc_gossip::Error> {
         r.messages_per_node_per_second,
         started.elapsed().as_secs_f64()
     );
+    match r.rounds_to_converge {
+        Some(n) => println!(
+            "member lists converged in {n} shuffle rounds ({} entries each, failed ones included)",
+            r.list_entries
+        ),
+        None => println!(
+            "member lists NOT converged within {} shuffle rounds",
+            cfg.max_rounds
+        ),
+    }
     if args.json {
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
     }
-    Ok(match r.components == 1 && r.reliability >= 1.0 {
-        true => ExitCode::SUCCESS,
-        false => ExitCode::FAILURE,
-    })
+    Ok(
+        match r.components == 1 && r.reliability >= 1.0 && r.members_converged {
+            true => ExitCode::SUCCESS,
+            false => ExitCode::FAILURE,
+        },
+    )
 }
 
 /// Runs the simulation and prints its figures.

@@ -1,0 +1,310 @@
+//! The membership list: every member a node has heard of, with its state and incarnation,
+//! merged from updates that travel the broadcast plane (SWIM's rules, with Lifeguard's idea of
+//! confirmations). The broadcast plane relays; a list only originates: its node's join, its
+//! own suspicions, its refutations and its leave. Every list decides failures for itself from
+//! the same suspicions, so a failure needs no message of its own.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// What a member is, as far as this node knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Up, as far as anyone has said.
+    Joined,
+    /// A member lost its link to it; it fails unless it refutes in time.
+    Suspected,
+    /// Declared failed.
+    Failed,
+    /// It left on its own (a graceful shutdown).
+    Left,
+}
+
+/// One entry of the list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Member<P> {
+    /// Its identity.
+    pub id: P,
+    /// Its incarnation: a member that restarts, or refutes a suspicion, raises it; the higher
+    /// one always wins. (32 bits: seconds of the clock at start fit until 2106, and the
+    /// simulator keeps 10,000 lists of 10,000 members.)
+    pub incarnation: u32,
+    /// Its state.
+    pub state: MemberState,
+}
+
+/// What travels between lists: one member's state at an incarnation, and who says so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Update<P> {
+    /// The member.
+    pub member: Member<P>,
+    /// For a suspicion: the member that lost its link to it (confirmations count distinct
+    /// reporters).
+    pub reporter: Option<P>,
+}
+
+/// A change the application hears of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberEvent<P> {
+    /// The member and its new state.
+    pub member: Member<P>,
+}
+
+/// How the list decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListConfig {
+    /// Distinct members that must suspect a member for it to fail at once (default 2: one bad
+    /// link does not evict a healthy node).
+    pub confirmations: usize,
+    /// A suspicion with fewer confirmations fails the member after this long without a
+    /// refutation (default 10 s): how a node with a single neighbour, or the survivor of a
+    /// cluster of two, decides.
+    pub suspect_timeout: Duration,
+}
+
+impl Default for ListConfig {
+    fn default() -> ListConfig {
+        ListConfig {
+            confirmations: 2,
+            suspect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Suspicion<P> {
+    since: Instant,
+    /// The first reporter, if any (inline: most suspicions end before a second comes, and a
+    /// list may hold thousands at once).
+    first: Option<P>,
+    /// Distinct reporters after the first.
+    others: Vec<P>,
+}
+
+impl<P: PartialEq> Suspicion<P> {
+    fn add(&mut self, reporter: P) {
+        match &self.first {
+            None => self.first = Some(reporter),
+            Some(f) if *f == reporter || self.others.contains(&reporter) => {}
+            Some(_) => self.others.push(reporter),
+        }
+    }
+
+    fn reporters(&self) -> usize {
+        usize::from(self.first.is_some()) + self.others.len()
+    }
+}
+
+/// One node's membership list.
+pub struct MemberList<P> {
+    me: Member<P>,
+    config: ListConfig,
+    /// The others: incarnation and state (the id is the key, kept once).
+    members: HashMap<P, (u32, MemberState)>,
+    suspicions: HashMap<P, Suspicion<P>>,
+}
+
+impl<P: Debug> Debug for MemberList<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberList")
+            .field("me", &self.me)
+            .field("members", &self.members.len())
+            .field("suspicions", &self.suspicions.len())
+            .finish()
+    }
+}
+
+/// Whether `new` replaces `old`: a higher incarnation, or at the same one a graver state.
+fn overrides<P>(new: &Member<P>, old: &(u32, MemberState)) -> bool {
+    (new.incarnation, new.state) > *old
+}
+
+impl<P: Clone + Eq + Hash + Debug> MemberList<P> {
+    /// The list of node `me`, started at `incarnation` (a node that restarts must start higher
+    /// than before, e.g. from the clock, so that its new life overrides its failure).
+    pub fn new(me: P, incarnation: u32, config: ListConfig) -> MemberList<P> {
+        MemberList {
+            me: Member {
+                id: me,
+                incarnation,
+                state: MemberState::Joined,
+            },
+            config,
+            members: HashMap::new(),
+            suspicions: HashMap::new(),
+        }
+    }
+
+    /// This node's own entry: what it announces when it joins.
+    pub fn me(&self) -> Update<P> {
+        Update {
+            member: self.me.clone(),
+            reporter: None,
+        }
+    }
+
+    /// Every member known, this node included.
+    pub fn members(&self) -> impl Iterator<Item = Member<P>> + '_ {
+        let others = self
+            .members
+            .iter()
+            .map(|(id, (incarnation, state))| Member {
+                id: id.clone(),
+                incarnation: *incarnation,
+                state: *state,
+            });
+        std::iter::once(self.me.clone()).chain(others)
+    }
+
+    /// What this node knows of `id`.
+    pub fn get(&self, id: &P) -> Option<Member<P>> {
+        if *id == self.me.id {
+            return Some(self.me.clone());
+        }
+        let (incarnation, state) = self.members.get(id)?;
+        Some(Member {
+            id: id.clone(),
+            incarnation: *incarnation,
+            state: *state,
+        })
+    }
+
+    /// The members believed up (joined or suspected), this node included.
+    pub fn live(&self) -> impl Iterator<Item = &P> {
+        let up = |s: &MemberState| matches!(s, MemberState::Joined | MemberState::Suspected);
+        let others = self.members.iter().filter(move |(_, (_, s))| up(s));
+        let me = up(&self.me.state).then_some(&self.me.id);
+        me.into_iter().chain(others.map(|(id, _)| id))
+    }
+
+    /// Everything known, as updates: the state a joining node is given.
+    pub fn snapshot(&self) -> Vec<Update<P>> {
+        self.members()
+            .map(|member| Update {
+                member,
+                reporter: None,
+            })
+            .collect()
+    }
+
+    /// Merges an update that arrived (or that this node made); what this node must broadcast
+    /// in answer (a refutation) goes to `spread`, what changed for the application to `events`.
+    pub fn merge(
+        &mut self,
+        update: Update<P>,
+        now: Instant,
+        spread: &mut Vec<Update<P>>,
+        events: &mut Vec<MemberEvent<P>>,
+    ) {
+        let Update { member, reporter } = update;
+        if member.id == self.me.id {
+            let accuses = matches!(member.state, MemberState::Suspected | MemberState::Failed);
+            if accuses && member.incarnation >= self.me.incarnation {
+                // Alive after all: a new incarnation overrides the suspicion everywhere.
+                self.me.incarnation = member.incarnation + 1;
+                spread.push(self.me());
+            }
+            return;
+        }
+        let id = member.id.clone();
+        let known = self.members.get(&id);
+        let changes = known.is_none_or(|old| overrides(&member, old));
+        if member.state == MemberState::Suspected {
+            let same =
+                known.is_some_and(|old| *old == (member.incarnation, MemberState::Suspected));
+            if same || changes {
+                let suspicion = self.suspicions.entry(id.clone()).or_insert(Suspicion {
+                    since: now,
+                    first: None,
+                    others: Vec::new(),
+                });
+                if let Some(r) = &reporter {
+                    suspicion.add(r.clone());
+                }
+                let confirmed = suspicion.reporters() >= self.config.confirmations;
+                if confirmed {
+                    self.fail(id.clone(), member.incarnation, events);
+                    return;
+                }
+            }
+        }
+        if !changes {
+            return;
+        }
+        if member.state != MemberState::Suspected {
+            self.suspicions.remove(&id);
+        }
+        self.members.insert(id, (member.incarnation, member.state));
+        events.push(MemberEvent { member });
+    }
+
+    /// This node lost its link to `peer` (or could not reach it): it suspects it, and its
+    /// suspicion goes to `spread` for the others to count.
+    pub fn unreachable(
+        &mut self,
+        peer: &P,
+        now: Instant,
+        spread: &mut Vec<Update<P>>,
+        events: &mut Vec<MemberEvent<P>>,
+    ) {
+        let Some(&(incarnation, state)) = self.members.get(peer) else {
+            return;
+        };
+        if state != MemberState::Joined && state != MemberState::Suspected {
+            return;
+        }
+        let update = Update {
+            member: Member {
+                id: peer.clone(),
+                incarnation,
+                state: MemberState::Suspected,
+            },
+            reporter: Some(self.me.id.clone()),
+        };
+        spread.push(update.clone());
+        self.merge(update, now, spread, events);
+    }
+
+    /// Suspicions without enough confirmations fail once their timeout passes.
+    pub fn tick(&mut self, now: Instant, events: &mut Vec<MemberEvent<P>>) {
+        let timeout = self.config.suspect_timeout;
+        let due: Vec<P> = self
+            .suspicions
+            .iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.since) >= timeout)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in due {
+            let incarnation = self.members.get(&p).map_or(0, |(i, _)| *i);
+            self.fail(p, incarnation, events);
+        }
+    }
+
+    /// This node leaves: what to tell the others.
+    pub fn leave(&mut self) -> Update<P> {
+        self.me.state = MemberState::Left;
+        self.me()
+    }
+
+    fn fail(&mut self, id: P, incarnation: u32, events: &mut Vec<MemberEvent<P>>) {
+        self.suspicions.remove(&id);
+        let member = Member {
+            id: id.clone(),
+            incarnation,
+            state: MemberState::Failed,
+        };
+        if self
+            .members
+            .get(&id)
+            .is_some_and(|old| !overrides(&member, old))
+        {
+            return;
+        }
+        self.members.insert(id, (incarnation, MemberState::Failed));
+        events.push(MemberEvent { member });
+    }
+}
