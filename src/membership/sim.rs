@@ -7,7 +7,7 @@
 //! Each node also keeps a [`MemberList`]. An update a node originates (its join, a suspicion,
 //! a refutation) reaches every live node of its component of the active-view graph, as a
 //! broadcast over the views does; a joining node is given its contact's list; every few rounds
-//! each node merges the list of one random neighbour (pull anti-entropy), which is how
+//! each node and a random neighbour merge each other's lists (push-pull anti-entropy), which is how
 //! the parts of a split overlay learn what they missed; and every round it probes one member it
 //! believes up (SWIM's ping), which is how a member whose neighbours all crashed with it is
 //! found. A round is one shuffle period.
@@ -34,8 +34,8 @@ pub struct MembershipSimConfig {
     pub max_rounds: usize,
     /// Origins of the flood that measures reliability (the lowest counts).
     pub origins: usize,
-    /// Every this many rounds each node merges a random neighbour's whole list (anti-entropy;
-    /// memberlist's push-pull runs every 30 s, three shuffle periods).
+    /// Every this many rounds each node and a random neighbour merge each other's whole lists
+    /// (push-pull anti-entropy; memberlist's runs every 30 s, three shuffle periods).
     pub anti_entropy_every: usize,
     /// View sizes and walks.
     pub views: ViewConfig,
@@ -182,7 +182,8 @@ impl Cluster {
         }
     }
 
-    /// Every live node merges the list of one random live neighbour.
+    /// Every live node and one random live neighbour of it merge each other's lists
+    /// (push-pull).
     fn anti_entropy(&mut self, rng: &mut fastrand::Rng) {
         for i in self.live().collect::<Vec<_>>() {
             let peers: Vec<u32> = self.nodes[i as usize]
@@ -197,6 +198,8 @@ impl Cluster {
             let j = peers[rng.usize(..peers.len())];
             let snapshot = self.lists[j as usize].snapshot();
             self.merge(i, snapshot);
+            let snapshot = self.lists[i as usize].snapshot();
+            self.merge(j, snapshot);
         }
     }
 
