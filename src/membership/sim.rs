@@ -147,6 +147,11 @@ impl Cluster {
     /// `at` lost its link to `peer`: its view repairs, its list suspects.
     fn failed(&mut self, at: u32, peer: u32) {
         self.input(at, In::Failed(peer));
+        self.suspect(at, peer);
+    }
+
+    /// `at`'s list suspects `peer`; the suspicion is flooded later.
+    fn suspect(&mut self, at: u32, peer: u32) {
         let (mut spread, mut events) = (Vec::new(), Vec::new());
         self.lists[at as usize].unreachable(&peer, self.now, &mut spread, &mut events);
         self.floods.extend(spread.into_iter().map(|u| (at, u)));
@@ -219,9 +224,7 @@ impl Cluster {
                 });
                 if p != i && up {
                     if !self.alive[p as usize] {
-                        let (mut spread, mut events) = (Vec::new(), Vec::new());
-                        self.lists[i as usize].unreachable(&p, self.now, &mut spread, &mut events);
-                        self.floods.extend(spread.into_iter().map(|u| (i, u)));
+                        self.suspect(i, p);
                     }
                     break;
                 }
