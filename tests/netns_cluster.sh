@@ -162,7 +162,8 @@ round() {
   done
 }
 # broadcast_reaches_all NODE TAG: NODE broadcasts; its convergence must count 4, none missing.
-broadcast_reaches_all() {
+# Sends a broadcast from n$1 and waits for its convergence; 0 if it reached everyone.
+broadcast_once() {
   local i=$1 tag=$2 file
   file=$(out "$i")
   local before
@@ -174,8 +175,33 @@ broadcast_reaches_all() {
     rc=0
     python3 tests/netns/check.py converged "$file" "$before" 4 >"$WORK/last_converged" || rc=$?
   done
-  [ $rc = 0 ] || die "$tag broadcast from n$i did not reach everyone: $(cat "$WORK/last_converged")"
+  return $rc
+}
+
+broadcast_reaches_all() {
+  local i=$1 tag=$2
+  broadcast_once "$i" "$tag" ||
+    die "$tag broadcast from n$i did not reach everyone: $(cat "$WORK/last_converged")"
   log "$tag: $(cat "$WORK/last_converged")"
+}
+
+# Under frame loss a link can also be reset (gRPC's keepalive sets TCP_USER_TIMEOUT to
+# keepalive_timeout, 2 s, and a segment lost several times in a row outlasts it); a broadcast
+# sent while it is replaced honestly counts that neighbour missing. So one such miss is
+# logged with the link events, and a second broadcast, on the links as they are now, must
+# reach everyone.
+broadcast_reaches_all_despite_a_reset() {
+  local i=$1 tag=$2
+  if broadcast_once "$i" "$tag"; then
+    log "$tag: $(cat "$WORK/last_converged")"
+    return
+  fi
+  log "$tag: first broadcast missed someone: $(cat "$WORK/last_converged")"
+  grep -h "state=down" "$WORK"/out_n*.log | tail -5 || true
+  grep -qh "state=down" "$WORK"/out_n*.log ||
+    die "$tag broadcast from n$i missed someone without any link going down"
+  settle 120
+  broadcast_reaches_all "$i" "$tag-again"
 }
 
 log "starting 5 nodes (mutual TLS)"
@@ -201,7 +227,7 @@ log "phase 3: 5% frame loss between the halves"
 wire "delay_ms=0 loss=0.05 cut=0"
 round lossy
 round lossy-file "@$WORK/blob64k"
-broadcast_reaches_all 2 lossy
+broadcast_reaches_all_despite_a_reset 2 lossy
 settle 120
 
 log "phase 4: a partition (n1-n3 | n4-n5), messages across it, then healing"
