@@ -59,6 +59,7 @@ impl GossipCluster {
             let mut config = NodeConfig::new(id, "127.0.0.1:0");
             config.slots = workload.slots;
             config.peer_max_bytes = workload.peer_max_bytes;
+            config.lane_max_bytes = workload.lane_max_bytes;
             config.ttl = workload.ttl;
             config.deliveries = Deliveries::Discard;
             config.limits.max_payload_bytes =

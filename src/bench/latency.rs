@@ -31,6 +31,8 @@ pub struct LatencyWorkload {
     pub slots: usize,
     /// Payload bytes in flight to one neighbour (`NodeConfig::peer_max_bytes`).
     pub peer_max_bytes: usize,
+    /// Largest message that takes the priority lane (`NodeConfig::lane_max_bytes`; 0: off).
+    pub lane_max_bytes: usize,
 }
 
 impl Default for LatencyWorkload {
@@ -43,6 +45,7 @@ impl Default for LatencyWorkload {
             bulk_bytes: 512 * 1024,
             slots: 200,
             peer_max_bytes: NodeConfig::new("", "").peer_max_bytes,
+            lane_max_bytes: crate::config::DEFAULT_LANE_MAX_BYTES,
         }
     }
 }
@@ -98,6 +101,7 @@ impl LoadedPair {
             c.slots = w.slots;
             c.peer_max_messages = w.slots;
             c.peer_max_bytes = w.peer_max_bytes;
+            c.lane_max_bytes = w.lane_max_bytes;
             c.deliveries = Deliveries::Discard;
             c.limits.max_payload_bytes = c.limits.max_payload_bytes.max(w.bulk_bytes);
             Node::builder(c)

@@ -26,6 +26,8 @@ pub struct Workload {
     pub ttl: Duration,
     /// Payload bytes in flight to one neighbour (`NodeConfig::peer_max_bytes`).
     pub peer_max_bytes: usize,
+    /// Largest message that takes the priority lane (`NodeConfig::lane_max_bytes`; 0: off).
+    pub lane_max_bytes: usize,
 }
 
 impl Default for Workload {
@@ -39,6 +41,7 @@ impl Default for Workload {
             slots: 200,
             ttl: Duration::from_secs(120),
             peer_max_bytes: crate::NodeConfig::new("", "").peer_max_bytes,
+            lane_max_bytes: crate::config::DEFAULT_LANE_MAX_BYTES,
         }
     }
 }

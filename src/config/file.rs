@@ -298,6 +298,7 @@ impl NodeFile {
                 transport.stream_window_bytes = Some(window);
             }
             ("connection", "bdp_probe") => transport.http2_bdp_probe = Some(value(map, n)?),
+            ("connection", "lane_max_bytes") => node.lane_max_bytes = size(map, n)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -401,6 +402,7 @@ fn section_keys(section: &str) -> &'static [&'static str] {
             "original_keepalive",
             "stream_window",
             "bdp_probe",
+            "lane_max_bytes",
         ],
         _ => &["held_budget"],
     }
@@ -461,6 +463,7 @@ mod tests {
             keepalive_time = "20s"
             stream_window = "8MiB"
             bdp_probe = false
+            lane_max_bytes = "16KiB"
             [broadcast]
             held_budget = "16MiB"
             [tls]
@@ -490,6 +493,7 @@ mod tests {
         assert_eq!(transport.keepalive_time, Duration::from_secs(20));
         assert_eq!(transport.stream_window_bytes, Some(8 << 20));
         assert_eq!(transport.http2_bdp_probe, Some(false));
+        assert_eq!(node.lane_max_bytes, 16 << 10);
         assert_eq!(
             transport.max_grpc_message_bytes,
             node.limits.grpc_message_limit()

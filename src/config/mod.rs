@@ -92,9 +92,19 @@ pub struct NodeConfig {
     /// own [`NeighborInfo::max_message`](crate::NeighborInfo::max_message) replaces it for
     /// that neighbour.
     pub original_max_message_bytes: usize,
+    /// The priority lane: a message of at most this many payload bytes (sent whole, not in
+    /// chunks), and every control frame of the broadcast protocol, goes out ahead of the
+    /// larger messages already queued to the same neighbour, so that it never waits behind
+    /// bulk. Sends to one neighbour keep their order *within each lane*: a small message may
+    /// overtake a larger one sent before it. 0 turns the lane off (one order for everything).
+    /// Only to neighbours that announced the `lane` feature; original nodes get one order.
+    pub lane_max_bytes: usize,
     /// Multi-hop broadcast: fanout, lazy-plane threshold, hop limit, deadlines.
     pub broadcast: BroadcastConfig,
 }
+
+/// The default [`NodeConfig::lane_max_bytes`]: 64 KiB.
+pub const DEFAULT_LANE_MAX_BYTES: usize = 64 * 1024;
 
 impl NodeConfig {
     /// The seed's defaults (200 slots, 120 s TTL) for a node called `id` listening on `listen`.
@@ -119,6 +129,7 @@ impl NodeConfig {
             max_queued_acks: 1 << 16,
             chunk_bytes: 1024 * 1024,
             original_max_message_bytes: crate::limits::ORIGINAL_LIMIT,
+            lane_max_bytes: DEFAULT_LANE_MAX_BYTES,
             broadcast: BroadcastConfig::default(),
         }
     }

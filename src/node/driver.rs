@@ -20,6 +20,7 @@ use crate::manager::{Event, StreamId};
 use crate::message::{Completion, Delivery, Receipt, Settlement};
 use crate::proto::{GossipACK, GossipMessage};
 use crate::transport::batch::{pack, Batchable};
+use crate::transport::lane::Lane;
 use crate::transport::threads::ReadGate;
 use crate::transport::{EventSink, Outbox, StreamEvent, Writer};
 
@@ -61,9 +62,9 @@ pub(crate) struct Driver {
 /// the supervisor and the read gate.
 pub(crate) struct Io {
     pub(crate) writers: HashMap<StreamId, Writer>,
-    /// Frames produced during the current wake-up, per stream, in order; handed over at its
-    /// end, packed where the peer understands batches.
-    pub(crate) pending_messages: HashMap<StreamId, Vec<GossipMessage>>,
+    /// Frames produced during the current wake-up, per stream and lane, in order; handed over
+    /// at its end, packed where the peer understands batches.
+    pub(crate) pending_messages: HashMap<StreamId, ByLane<GossipMessage>>,
     pub(crate) pending_acks: HashMap<StreamId, Vec<GossipACK>>,
     /// Bytes of frames packed into one gRPC message for peers that understand batches.
     pub(crate) batch_budget: usize,
@@ -77,6 +78,27 @@ pub(crate) struct Io {
     pub(crate) supervisor: Sender<Notice>,
     /// Neighbours known to be original nodes, shared with the threads that dial links.
     pub(crate) originals: Arc<Originals>,
+}
+
+/// A stream's frames of one wake-up, kept apart by lane so that each lane is packed on its own.
+pub(crate) struct ByLane<T> {
+    priority: Vec<T>,
+    bulk: Vec<T>,
+}
+
+impl<T> Default for ByLane<T> {
+    fn default() -> Self {
+        ByLane {
+            priority: Vec::new(),
+            bulk: Vec::new(),
+        }
+    }
+}
+
+impl<T> ByLane<T> {
+    fn len(&self) -> usize {
+        self.priority.len() + self.bulk.len()
+    }
 }
 
 /// Inputs handled per wake-up before checking timers, so a flood cannot starve TTL checks.
@@ -229,23 +251,27 @@ impl Io {
         let budget = self.batch_budget;
         for (stream, frames) in std::mem::take(&mut self.pending_messages) {
             if let Some(Writer::Messages(tx)) = self.writers.get(&stream) {
-                hand_over(tx, frames, core.batches(stream).then_some(budget));
+                let budget = core.batches(stream).then_some(budget);
+                hand_over(tx, frames.priority, Lane::Priority, budget);
+                hand_over(tx, frames.bulk, Lane::Bulk, budget);
             }
         }
         for (stream, frames) in std::mem::take(&mut self.pending_acks) {
             if let Some(Writer::Acks(tx)) = self.writers.get(&stream) {
-                hand_over(tx, frames, core.batches(stream).then_some(budget));
+                let budget = core.batches(stream).then_some(budget);
+                hand_over(tx, frames, Lane::Bulk, budget);
             }
         }
     }
 }
 
 impl World for Io {
-    fn send_message(&mut self, stream: StreamId, message: GossipMessage) {
-        self.pending_messages
-            .entry(stream)
-            .or_default()
-            .push(message);
+    fn send_message(&mut self, stream: StreamId, message: GossipMessage, lane: Lane) {
+        let queued = self.pending_messages.entry(stream).or_default();
+        match lane {
+            Lane::Priority => queued.priority.push(message),
+            Lane::Bulk => queued.bulk.push(message),
+        }
     }
 
     fn send_ack(&mut self, stream: StreamId, ack: GossipACK) {
@@ -256,7 +282,7 @@ impl World for Io {
         let (backlog, pending) = match self.writers.get(&stream)? {
             Writer::Messages(tx) => (
                 tx.backlog(),
-                self.pending_messages.get(&stream).map(Vec::len),
+                self.pending_messages.get(&stream).map(ByLane::len),
             ),
             Writer::Acks(tx) => (tx.backlog(), self.pending_acks.get(&stream).map(Vec::len)),
         };
@@ -326,16 +352,21 @@ impl World for Io {
     }
 }
 
-/// Sends `frames` to a writer: packed into gRPC messages of at most `batch_budget` bytes when
-/// given (the peer understands batches), one by one otherwise.
-fn hand_over<T: Batchable>(tx: &Outbox<T>, frames: Vec<T>, batch_budget: Option<usize>) {
+/// Sends `frames` to a writer's `lane`: packed into gRPC messages of at most `batch_budget`
+/// bytes when given (the peer understands batches), one by one otherwise.
+fn hand_over<T: Batchable>(
+    tx: &Outbox<T>,
+    frames: Vec<T>,
+    lane: Lane,
+    batch_budget: Option<usize>,
+) {
     // A closed writer means its stream is ending; what it carried is retransmitted or counted.
     match batch_budget {
         Some(budget) => pack(frames, budget, |f| {
-            tx.send(f);
+            tx.send(f, lane);
         }),
         None => frames.into_iter().for_each(|f| {
-            tx.send(f);
+            tx.send(f, lane);
         }),
     }
 }

@@ -281,6 +281,7 @@ impl Node {
             confirm_limit,
             ack_timeout: config.ack_timeout,
             max_queued_acks: config.max_queued_acks,
+            lane_max_bytes: config.lane_max_bytes,
         };
         let core = NodeCore::new(id.clone(), manager, broadcast, settings, counters.clone());
         let io = Io {

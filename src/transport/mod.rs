@@ -9,6 +9,7 @@
 pub(crate) mod backend;
 pub(crate) mod batch;
 pub mod factory;
+pub(crate) mod lane;
 pub mod memory;
 pub(crate) mod server;
 pub(crate) mod threads;
@@ -29,6 +30,7 @@ use crate::id::{validate_id, IdKind};
 use crate::limits::Limits;
 use crate::manager::{StreamId, StreamKind};
 use crate::proto::{self, GossipACK, GossipMessage};
+use lane::{Lane, Lanes};
 use threads::ReadGate;
 
 /// Request metadata header in which our nodes send their id when they open a stream.
@@ -58,6 +60,11 @@ pub const FEATURE_CHUNK: &str = "chunk";
 /// application has not confirmed it yet" and "not taken, send it again later").
 pub const FEATURE_CONFIRM: &str = "confirm";
 
+/// Feature: the sender may put small frames ahead of bulk payloads queued before them (the
+/// priority lane, see `NodeConfig::lane_max_bytes`); order holds within each lane. Sends to a
+/// peer that did not list it keep one order.
+pub const FEATURE_LANE: &str = "lane";
+
 /// Protocol extensions a peer understands, as listed in [`FEATURES_HEADER`] (or in the
 /// `features` field of the handshake ACK our nodes answer with).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,6 +77,8 @@ pub struct Features {
     pub chunk: bool,
     /// [`FEATURE_CONFIRM`].
     pub confirm: bool,
+    /// [`FEATURE_LANE`].
+    pub lane: bool,
 }
 
 impl Features {
@@ -79,6 +88,7 @@ impl Features {
         broadcast: true,
         chunk: true,
         confirm: true,
+        lane: true,
     };
 
     /// Parses a comma-separated list; unknown names are ignored.
@@ -90,6 +100,7 @@ impl Features {
                 FEATURE_BROADCAST => f.broadcast = true,
                 FEATURE_CHUNK => f.chunk = true,
                 FEATURE_CONFIRM => f.confirm = true,
+                FEATURE_LANE => f.lane = true,
                 _ => {}
             }
         }
@@ -98,7 +109,7 @@ impl Features {
 
     /// Whether any feature is listed.
     pub fn any(self) -> bool {
-        self.batch || self.broadcast || self.chunk || self.confirm
+        self.batch || self.broadcast || self.chunk || self.confirm || self.lane
     }
 
     /// The comma-separated list.
@@ -108,6 +119,7 @@ impl Features {
             (self.broadcast, FEATURE_BROADCAST),
             (self.chunk, FEATURE_CHUNK),
             (self.confirm, FEATURE_CONFIRM),
+            (self.lane, FEATURE_LANE),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -189,7 +201,7 @@ impl Backlog {
 /// The sending half of a writer's queue, counting what it hands over.
 #[derive(Debug)]
 pub(crate) struct Outbox<T> {
-    tx: Sender<T>,
+    tx: Sender<(Lane, T)>,
     backlog: Arc<Backlog>,
     /// Dropped with the outbox: tells the stream's reader to cancel the call, which also
     /// frees a writer stuck in a write that flow control holds.
@@ -198,7 +210,7 @@ pub(crate) struct Outbox<T> {
 
 /// The receiving half, held by the writer thread.
 pub(crate) struct Inbox<T> {
-    rx: Receiver<T>,
+    rx: Receiver<(Lane, T)>,
     backlog: Arc<Backlog>,
 }
 
@@ -228,11 +240,12 @@ pub(crate) fn outbox_stopping_reader<T>() -> (Outbox<T>, Inbox<T>, ReaderStop) {
 pub(crate) type ReaderStop = futures::channel::oneshot::Receiver<()>;
 
 impl<T: batch::Batchable> Outbox<T> {
-    /// Hands a frame (with what it carries) to the writer; false once the writer is gone.
-    pub(crate) fn send(&self, frame: T) -> bool {
+    /// Hands a frame (with what it carries) to the writer, in `lane`; false once the writer is
+    /// gone.
+    pub(crate) fn send(&self, frame: T, lane: Lane) -> bool {
         let (frames, bytes) = frame.weight();
         self.backlog.added(frames, bytes);
-        if self.tx.send(frame).is_err() {
+        if self.tx.send((lane, frame)).is_err() {
             self.backlog.written(frames, bytes);
             return false;
         }
@@ -612,9 +625,9 @@ pub(crate) fn describe(e: &grpcio::Error) -> String {
     }
 }
 
-/// Writes every frame from `frames` to `sink`, batching what is queued and flushing when the
-/// queue is empty. Ends when `frames` is closed (the node dropped the writer) or a write fails
-/// (reported to `events` as the stream closing).
+/// Writes every frame from `frames` to `sink`, priority lane first (see [`lane`]), flushing
+/// when nothing waits. Ends when `frames` is closed (the node dropped the writer) and what it
+/// held is written, or when a write fails (reported to `events` as the stream closing).
 pub(crate) fn write_loop<T, K>(
     mut sink: K,
     frames: Inbox<T>,
@@ -636,15 +649,24 @@ pub(crate) fn write_loop<T, K>(
         }
         result
     };
+    // Frames taken off the channel and not written yet. Everything waiting is taken before
+    // each write, so a priority frame queued behind bulk ones is the next to go.
+    let mut lanes = Lanes::new();
     let failure = loop {
-        let Ok(first) = frames.recv() else {
-            break None;
-        };
-        let mut result = write(&mut sink, first);
+        if lanes.is_empty() {
+            match frames.recv() {
+                Ok((lane, frame)) => lanes.push(lane, frame),
+                Err(_) => break None,
+            }
+        }
+        let mut result = Ok(());
         while result.is_ok() {
-            match frames.try_recv() {
-                Ok(next) => result = write(&mut sink, next),
-                Err(_) => break,
+            while let Ok((lane, frame)) = frames.try_recv() {
+                lanes.push(lane, frame);
+            }
+            match lanes.pop() {
+                Some(frame) => result = write(&mut sink, frame),
+                None => break,
             }
         }
         if let Err(e) = result.and_then(|()| block_on(sink.flush())) {

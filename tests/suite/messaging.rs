@@ -691,3 +691,60 @@ fn a_neighbour_that_could_take_nothing_is_refused() {
     }
     assert!(a.neighbors().is_empty());
 }
+
+/// Sends 100 messages of 1 MiB from `a` to `b`, then one of 64 B; returns where the small one
+/// came among `b`'s 101 deliveries (0: first), once every message is ACKed.
+fn position_of_a_small_message_after_bulk(lane_max_bytes: usize, on: &dyn Transport) -> usize {
+    const BULK: usize = 100;
+    let node = |id: &str| {
+        let mut c = config(id);
+        c.lane_max_bytes = lane_max_bytes;
+        start_with(c, on)
+    };
+    let a = node("a");
+    let b = node("b");
+    connect(&a, &b);
+    connect(&b, &a);
+    // One exchange first: its ACK comes after `b`'s features, and only to a peer that
+    // announced the lane does a small message take it.
+    a.send_message("b", Message::new("hello", "hi")).unwrap();
+    assert!(collect(&a.completions(), 1)[0].is_acked());
+    assert_eq!(b.deliveries().recv_timeout(PATIENCE).unwrap().hash, "hello");
+    let big = Bytes::from(vec![7u8; 1024 * 1024]);
+    for i in 0..BULK {
+        a.send_message("b", Message::new(format!("bulk{i}"), big.clone()))
+            .unwrap();
+    }
+    a.send_message("b", Message::new("small", vec![1u8; 64]))
+        .unwrap();
+    let done = collect(&a.completions(), BULK + 1);
+    assert!(done.iter().all(|c| c.is_acked()), "every message ACKed");
+    let deliveries = b.deliveries();
+    let order: Vec<String> = (0..=BULK)
+        .map(|_| deliveries.recv_timeout(PATIENCE).unwrap().hash)
+        .collect();
+    let bulk: Vec<String> = order
+        .iter()
+        .filter(|h| h.starts_with("bulk"))
+        .cloned()
+        .collect();
+    let expected: Vec<String> = (0..BULK).map(|i| format!("bulk{i}")).collect();
+    assert_eq!(bulk, expected, "bulk keeps its order");
+    order.iter().position(|h| h == "small").unwrap()
+}
+
+on_both! {
+    /// The priority lane: a small message sent after 100 MiB of bulk to the same neighbour
+    /// does not wait for it (it overtakes most of it), and the bulk keeps its own order.
+    fn a_small_message_overtakes_the_bulk_queued_before_it(on) {
+        let at = position_of_a_small_message_after_bulk(grpc_gossip::config::DEFAULT_LANE_MAX_BYTES, on);
+        assert!(at < 50, "the small message came {at}th of 101");
+    }
+}
+
+on_both! {
+    /// With the lane off, sends to one neighbour keep one order: the small message comes last.
+    fn without_the_lane_a_small_message_waits_its_turn(on) {
+        assert_eq!(position_of_a_small_message_after_bulk(0, on), 100);
+    }
+}

@@ -79,6 +79,10 @@ pub(crate) struct BenchArgs {
     /// node's default.
     #[arg(long, value_parser = parse_size)]
     peer_window: Option<usize>,
+    /// Turn the priority lane off (NodeConfig::lane_max_bytes = 0): small messages then wait
+    /// behind the bulk queued before them, as before the lane; to measure what it costs.
+    #[arg(long)]
+    no_lane: bool,
     /// gRPC completion-queue threads shared by the benchmark's nodes (TransportConfig::cq_threads);
     /// default: 2.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -360,6 +364,7 @@ fn ack_latency(
         peer_max_bytes: args
             .peer_window
             .unwrap_or(LatencyWorkload::default().peer_max_bytes),
+        lane_max_bytes: lane_max_bytes(args),
         ..LatencyWorkload::default()
     };
     println!(
@@ -392,6 +397,14 @@ fn ack_latency(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The nodes' `lane_max_bytes`: the default, or 0 with `--no-lane`.
+fn lane_max_bytes(args: &BenchArgs) -> usize {
+    match args.no_lane {
+        true => 0,
+        false => grpc_gossip::config::DEFAULT_LANE_MAX_BYTES,
+    }
+}
+
 /// Runs the benchmark `args` asks for and prints its figures.
 pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
     let w = Workload {
@@ -403,6 +416,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
         peer_max_bytes: args
             .peer_window
             .unwrap_or(Workload::default().peer_max_bytes),
+        lane_max_bytes: lane_max_bytes(&args),
     };
     if args.rounds == 0 {
         return Err(grpc_gossip::Error::Config {
@@ -413,19 +427,6 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
     // The nodes take the workload's payloads in one frame; the factory fits their frames.
     let mut limits = grpc_gossip::Limits::default();
     limits.max_payload_bytes = limits.max_payload_bytes.max(w.payload_bytes);
-    if args.mode == Mode::AckLatency {
-        let transport = TransportConfig::for_limits(&limits);
-        return ack_latency(&args, StreamFactory::new(transport));
-    }
-    println!(
-        "seed benchmark: {} nodes, {} x {} B per directed pair, {} messages ({:.1} MiB) per round",
-        w.nodes,
-        w.messages_per_peer,
-        w.payload_bytes,
-        w.messages_per_round(),
-        w.bytes_per_round() as f64 / (1024.0 * 1024.0)
-    );
-    reset_peak_rss();
     let as_u32 = |field: &'static str, v: usize| {
         u32::try_from(v).map_err(|_| grpc_gossip::Error::Config {
             field,
@@ -446,6 +447,18 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
     if let Some(frame) = args.max_frame {
         transport.http2_max_frame_bytes = Some(as_u32("max-frame", frame)?);
     }
+    if args.mode == Mode::AckLatency {
+        return ack_latency(&args, StreamFactory::new(transport));
+    }
+    println!(
+        "seed benchmark: {} nodes, {} x {} B per directed pair, {} messages ({:.1} MiB) per round",
+        w.nodes,
+        w.messages_per_peer,
+        w.payload_bytes,
+        w.messages_per_round(),
+        w.bytes_per_round() as f64 / (1024.0 * 1024.0)
+    );
+    reset_peak_rss();
     let ca = match args.tls {
         true => Some(CertificateAuthority::generate("gossip bench CA")?),
         false => None,

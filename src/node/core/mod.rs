@@ -22,6 +22,7 @@ use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind};
 use crate::message::{Completion, Delivery, Settlement};
 use crate::proto::{FrameKind, GossipACK, GossipMessage};
 use crate::stats::{add, bump, Counters};
+use crate::transport::lane::Lane;
 use crate::transport::{wire, Features};
 
 /// How long broadcast frames wait for a new link's handshake before the peer is taken to be an
@@ -135,8 +136,9 @@ pub(crate) enum Offer {
 /// Everything the core does to the world. The manager thread implements it over writer
 /// threads and channels; the tests below, by recording.
 pub(crate) trait World {
-    /// Queues a message frame for `stream`'s writer (handed over at the end of the wake-up).
-    fn send_message(&mut self, stream: StreamId, message: GossipMessage);
+    /// Queues a message frame for `stream`'s writer, in `lane` (handed over at the end of the
+    /// wake-up).
+    fn send_message(&mut self, stream: StreamId, message: GossipMessage, lane: Lane);
     /// Queues an ACK frame for `stream`'s writer.
     fn send_ack(&mut self, stream: StreamId, ack: GossipACK);
     /// What waits for `stream`'s writer; `None` without one.
@@ -175,6 +177,9 @@ pub(crate) struct CoreSettings {
     pub(crate) ack_timeout: Duration,
     /// ACKs queued per stream beyond which more are dropped.
     pub(crate) max_queued_acks: usize,
+    /// Whole messages of at most this many payload bytes, and control frames, take the
+    /// priority lane to peers that announced it; 0: no lane.
+    pub(crate) lane_max_bytes: usize,
 }
 
 /// The node's decisions (see the module docs).
@@ -646,7 +651,20 @@ impl NodeCore {
             bump(&counted.sent);
             add(&counted.bytes_sent, message.payload.len());
         }
-        world.send_message(stream, message);
+        let lane = self.lane_of(&to, &message);
+        world.send_message(stream, message, lane);
+    }
+
+    /// The lane of `message` to `peer`: priority for control frames and whole messages of at
+    /// most `lane_max_bytes`, where the lane is on and the peer announced it. Chunks of a large
+    /// message are bulk, even its short last one, so that they arrive in order.
+    fn lane_of(&self, peer: &NodeId, message: &GossipMessage) -> Lane {
+        let small =
+            message.total_bytes == 0 && message.payload.len() <= self.settings.lane_max_bytes;
+        match self.settings.lane_max_bytes > 0 && small && self.peer_features(peer).lane {
+            true => Lane::Priority,
+            false => Lane::Bulk,
+        }
     }
 
     fn on_broadcast_message(
@@ -776,7 +794,12 @@ impl NodeCore {
                 // A missing writer means its stream is closing; the message stays outstanding
                 // in the manager and goes out again on the next link.
                 if self.writable.contains_key(&stream) {
-                    world.send_message(stream, message.into());
+                    let message: GossipMessage = message.into();
+                    let lane = match self.manager.stream_peer(stream) {
+                        Some((peer, _)) => self.lane_of(peer, &message),
+                        None => Lane::Bulk,
+                    };
+                    world.send_message(stream, message, lane);
                 }
             }
             Action::SendAck { stream, ack } => self.queue_ack(stream, ack.into(), world),

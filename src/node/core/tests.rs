@@ -22,6 +22,8 @@ fn id(s: &str) -> NodeId {
 struct Recorder {
     loads: HashMap<StreamId, Load>,
     messages: Vec<(StreamId, GossipMessage)>,
+    /// The lane of each of `messages`.
+    lanes: Vec<Lane>,
     acks: Vec<(StreamId, GossipACK)>,
     closed: Vec<StreamId>,
     /// How many more deliveries the application takes.
@@ -34,7 +36,8 @@ struct Recorder {
 }
 
 impl World for Recorder {
-    fn send_message(&mut self, stream: StreamId, message: GossipMessage) {
+    fn send_message(&mut self, stream: StreamId, message: GossipMessage, lane: Lane) {
+        self.lanes.push(lane);
         self.messages.push((stream, message));
     }
     fn send_ack(&mut self, stream: StreamId, ack: GossipACK) {
@@ -87,7 +90,8 @@ impl Harness {
             Limits::default(),
             counters.clone(),
             Duration::from_secs(5),
-        );
+        )
+        .with_chunk_bytes(2048);
         let broadcast = BroadcastEngine::new(
             id("a"),
             BroadcastConfig::default(),
@@ -99,6 +103,7 @@ impl Harness {
             confirm_limit: None,
             ack_timeout: Duration::from_secs(5),
             max_queued_acks: 8,
+            lane_max_bytes: 1024,
         };
         let core = NodeCore::new(id("a"), manager, broadcast, settings, counters.clone());
         Harness {
@@ -154,6 +159,20 @@ impl Harness {
             stream,
             frame: Received::Manager(Event::MessageReceived { stream, message }),
         });
+    }
+
+    /// The application sends `size` bytes to `peer`.
+    fn send(&mut self, peer: &str, hash: &str, size: usize) {
+        let key = crate::message::MessageKey {
+            peer: id(peer),
+            hash: hash.into(),
+        };
+        let store = self.core.manager.store().clone();
+        store
+            .reserve(&key, size, self.now, crate::store::Wait::No)
+            .unwrap();
+        let payload = Bytes::from(vec![7u8; size]);
+        self.input(In::Event(Event::Send { key, payload }));
     }
 
     fn broadcast(&mut self, hash: &str) {
@@ -377,4 +396,48 @@ fn an_inbound_ack_stream_is_greeted_with_our_features() {
         Features::default(),
     );
     assert_eq!(h.world.acks.len(), 1);
+}
+
+#[test]
+fn small_messages_take_the_priority_lane_to_peers_that_announced_it() {
+    let mut h = Harness::new();
+    h.link("b");
+    h.hello("b", Features::ALL);
+    // lane_max_bytes is 1 KiB and chunks are 2 KiB: 3,000 B go as 2,048 + 952, both bulk.
+    h.send("b", "big", 1500);
+    h.send("b", "small", 1024);
+    h.send("b", "chunked", 3000);
+    h.broadcast("x");
+    let sent: Vec<_> = h
+        .world
+        .messages
+        .iter()
+        .map(|(_, m)| m.hash.as_str())
+        .collect();
+    assert_eq!(sent, ["big", "small", "chunked", "chunked", "x"]);
+    use Lane::{Bulk, Priority};
+    assert_eq!(h.world.lanes, [Bulk, Priority, Bulk, Bulk, Priority]);
+    assert_eq!(h.world.messages[3].1.payload.len(), 952);
+}
+
+#[test]
+fn without_the_feature_or_with_the_lane_off_everything_is_bulk() {
+    let without = Features {
+        lane: false,
+        ..Features::ALL
+    };
+    let mut h = Harness::new();
+    h.link("b");
+    h.hello("b", without);
+    h.send("b", "small", 10);
+    h.broadcast("x");
+    assert_eq!(h.world.lanes, [Lane::Bulk, Lane::Bulk]);
+
+    let mut h = Harness::new();
+    h.core.settings.lane_max_bytes = 0;
+    h.link("b");
+    h.hello("b", Features::ALL);
+    h.send("b", "small", 10);
+    h.broadcast("x");
+    assert_eq!(h.world.lanes, [Lane::Bulk, Lane::Bulk]);
 }
