@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -99,6 +99,85 @@ impl<P: PartialEq> Suspicion<P> {
     }
 }
 
+/// Buckets of a [`Digest`]: members are spread over them by a hash of their id.
+pub const DIGEST_BUCKETS: usize = 64;
+
+/// A summary of a list, for anti-entropy without sending it: per bucket of members, the XOR of
+/// a hash of each member's (id, incarnation, state). Two lists that hold the same entries have
+/// equal digests; where a bucket differs, only that bucket's members need to travel.
+///
+/// The hashes are FNV-1a over the id's [`Hash`] encoding, mixed with the incarnation and the
+/// state: fixed functions, so that digests from different builds compare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Digest([u64; DIGEST_BUCKETS]);
+
+impl Digest {
+    fn empty() -> Digest {
+        Digest([0; DIGEST_BUCKETS])
+    }
+
+    /// The buckets in which `self` and `other` differ, as a bit mask (bit `b`: bucket `b`); 0
+    /// when the lists agree (up to a hash collision, 2^-64 per bucket).
+    pub fn differs(&self, other: &Digest) -> u64 {
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .fold(0, |mask, (i, _)| mask | (1 << i))
+    }
+
+    /// Adds (or, again, removes) one entry.
+    fn toggle<P: Hash>(&mut self, id: &P, incarnation: u32, state: MemberState) {
+        let key = id_hash(id);
+        let entry = mix(key ^ (u64::from(incarnation) << 8) ^ state as u64);
+        self.0[bucket_of(key)] ^= entry;
+    }
+}
+
+/// FNV-1a, 64 bits: a fixed hash of an id, whatever the build.
+struct Fnv1a(u64);
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+fn id_hash<P: Hash>(id: &P) -> u64 {
+    let mut h = Fnv1a(0xcbf2_9ce4_8422_2325);
+    id.hash(&mut h);
+    mix(h.finish())
+}
+
+/// SplitMix64's finalizer: spreads every input bit over the output.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Whether a member in `state` counts as up (joined or suspected).
+fn is_up(state: MemberState) -> bool {
+    matches!(state, MemberState::Joined | MemberState::Suspected)
+}
+
+/// The [`MemberList::live_digest`] a list holding exactly `ids` as its live members has: to
+/// check many lists against one live set without walking each.
+pub fn live_digest_of<'a, P: Hash + 'a>(ids: impl IntoIterator<Item = &'a P>) -> u64 {
+    ids.into_iter().fold(0, |d, id| d ^ id_hash(id))
+}
+
+fn bucket_of(key: u64) -> usize {
+    (key >> 58) as usize % DIGEST_BUCKETS
+}
+
 /// One node's membership list.
 pub struct MemberList<P> {
     me: Member<P>,
@@ -106,6 +185,10 @@ pub struct MemberList<P> {
     /// The others: incarnation and state (the id is the key, kept once).
     members: HashMap<P, (u32, MemberState)>,
     suspicions: HashMap<P, Suspicion<P>>,
+    /// Of `me` and `members`, kept up to date with every change.
+    digest: Digest,
+    /// XOR of the id hashes of the members up, this node included.
+    live_digest: u64,
 }
 
 impl<P: Debug> Debug for MemberList<P> {
@@ -127,6 +210,9 @@ impl<P: Clone + Eq + Hash + Debug> MemberList<P> {
     /// The list of node `me`, started at `incarnation` (a node that restarts must start higher
     /// than before, e.g. from the clock, so that its new life overrides its failure).
     pub fn new(me: P, incarnation: u32, config: ListConfig) -> MemberList<P> {
+        let mut digest = Digest::empty();
+        digest.toggle(&me, incarnation, MemberState::Joined);
+        let live_digest = id_hash(&me);
         MemberList {
             me: Member {
                 id: me,
@@ -136,7 +222,58 @@ impl<P: Clone + Eq + Hash + Debug> MemberList<P> {
             config,
             members: HashMap::new(),
             suspicions: HashMap::new(),
+            live_digest,
+            digest,
         }
+    }
+
+    /// The list's [`Digest`]: what a neighbour compares with its own before anything else
+    /// travels.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// The entries (this node's included) in the buckets of `mask` (see [`Digest::differs`]),
+    /// as updates: what a neighbour whose digest differs there is sent.
+    pub fn snapshot_of(&self, mask: u64) -> Vec<Update<P>> {
+        self.members()
+            .filter(|m| mask & (1 << bucket_of(id_hash(&m.id))) != 0)
+            .map(|member| Update {
+                member,
+                reporter: None,
+            })
+            .collect()
+    }
+
+    /// XOR of the id hashes of the members believed up (joined or suspected), this node
+    /// included, kept up to date with every change: two lists with the same live members have
+    /// the same value (see [`live_digest_of`]).
+    pub fn live_digest(&self) -> u64 {
+        self.live_digest
+    }
+
+    /// Sets another member's entry, keeping the digests in step.
+    fn set(&mut self, id: P, incarnation: u32, state: MemberState) {
+        self.digest.toggle(&id, incarnation, state);
+        let old = self.members.insert(id.clone(), (incarnation, state));
+        if let Some((i, s)) = old {
+            self.digest.toggle(&id, i, s);
+        }
+        if old.is_some_and(|(_, s)| is_up(s)) != is_up(state) {
+            self.live_digest ^= id_hash(&id);
+        }
+    }
+
+    /// Sets this node's own entry, keeping the digests in step.
+    fn set_me(&mut self, incarnation: u32, state: MemberState) {
+        self.digest
+            .toggle(&self.me.id, self.me.incarnation, self.me.state);
+        if is_up(self.me.state) != is_up(state) {
+            self.live_digest ^= id_hash(&self.me.id);
+        }
+        self.me.incarnation = incarnation;
+        self.me.state = state;
+        self.digest.toggle(&self.me.id, incarnation, state);
     }
 
     /// This node's own entry: what it announces when it joins.
@@ -205,7 +342,7 @@ impl<P: Clone + Eq + Hash + Debug> MemberList<P> {
             let accuses = matches!(member.state, MemberState::Suspected | MemberState::Failed);
             if accuses && member.incarnation >= self.me.incarnation {
                 // Alive after all: a new incarnation overrides the suspicion everywhere.
-                self.me.incarnation = member.incarnation + 1;
+                self.set_me(member.incarnation + 1, self.me.state);
                 spread.push(self.me());
             }
             return;
@@ -238,7 +375,7 @@ impl<P: Clone + Eq + Hash + Debug> MemberList<P> {
         if member.state != MemberState::Suspected {
             self.suspicions.remove(&id);
         }
-        self.members.insert(id, (member.incarnation, member.state));
+        self.set(id, member.incarnation, member.state);
         events.push(MemberEvent { member });
     }
 
@@ -286,7 +423,7 @@ impl<P: Clone + Eq + Hash + Debug> MemberList<P> {
 
     /// This node leaves: what to tell the others.
     pub fn leave(&mut self) -> Update<P> {
-        self.me.state = MemberState::Left;
+        self.set_me(self.me.incarnation, MemberState::Left);
         self.me()
     }
 
@@ -304,7 +441,7 @@ impl<P: Clone + Eq + Hash + Debug> MemberList<P> {
         {
             return;
         }
-        self.members.insert(id, (incarnation, MemberState::Failed));
+        self.set(id, incarnation, MemberState::Failed);
         events.push(MemberEvent { member });
     }
 }

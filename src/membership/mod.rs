@@ -30,7 +30,10 @@ mod tests;
 
 use std::time::Duration;
 
-pub use list::{ListConfig, Member, MemberEvent, MemberList, MemberState, Update};
+pub use list::{
+    live_digest_of, Digest, ListConfig, Member, MemberEvent, MemberList, MemberState, Update,
+    DIGEST_BUCKETS,
+};
 pub use views::HyParView;
 
 /// The sizes and walk lengths of the views.

@@ -393,4 +393,63 @@ mod list {
         assert_eq!(live, [0, 1, 3]);
         assert_eq!(state_of(&b, 2), Some(MemberState::Failed));
     }
+
+    #[test]
+    fn digests_agree_when_the_lists_do_and_name_the_buckets_that_differ() {
+        let now = Instant::now();
+        let mut a = MemberList::new(0, 1, ListConfig::default());
+        let mut b = MemberList::new(1, 1, ListConfig::default());
+        assert_ne!(a.digest(), b.digest());
+        for id in 2..200 {
+            merge(&mut a, update(id, 1, MemberState::Joined, None), now);
+            merge(&mut b, update(id, 1, MemberState::Joined, None), now);
+        }
+        merge(&mut a, b.me(), now);
+        merge(&mut b, a.me(), now);
+        // The same entries, merged in another order: the same digest.
+        assert_eq!(a.digest().differs(b.digest()), 0);
+
+        // One member changes in `a` only: one bucket differs, and it holds that member.
+        merge(&mut a, update(77, 2, MemberState::Joined, None), now);
+        let mask = a.digest().differs(b.digest());
+        assert_eq!(mask.count_ones(), 1);
+        let sent = a.snapshot_of(mask);
+        assert!(sent.iter().any(|u| u.member.id == 77));
+        assert!(sent.len() < 20, "a bucket, not the list: {}", sent.len());
+        // Sending that bucket brings `b` level, and back to an equal digest.
+        for u in sent {
+            merge(&mut b, u, now);
+        }
+        assert_eq!(a.digest().differs(b.digest()), 0);
+
+        // A failure and a leave change the digest too.
+        let before = a.digest().clone();
+        merge(&mut a, update(5, 1, MemberState::Failed, None), now);
+        assert_ne!(*a.digest(), before);
+        let mut c = MemberList::new(0, 1, ListConfig::default());
+        let left = c.digest().clone();
+        c.leave();
+        assert_ne!(*c.digest(), left);
+    }
+
+    #[test]
+    fn the_live_digest_follows_who_is_up() {
+        let now = Instant::now();
+        let mut a = MemberList::new(0, 1, ListConfig::default());
+        assert_eq!(a.live_digest(), live_digest_of(&[0]));
+        for id in 1..5 {
+            merge(&mut a, update(id, 1, MemberState::Joined, None), now);
+        }
+        assert_eq!(a.live_digest(), live_digest_of(&[0, 1, 2, 3, 4]));
+        // Suspected is still up; failed and left are not; a new incarnation is up again.
+        merge(&mut a, update(2, 1, MemberState::Suspected, Some(9)), now);
+        assert_eq!(a.live_digest(), live_digest_of(&[0, 1, 2, 3, 4]));
+        merge(&mut a, update(2, 1, MemberState::Failed, None), now);
+        merge(&mut a, update(3, 1, MemberState::Left, None), now);
+        assert_eq!(a.live_digest(), live_digest_of(&[4, 1, 0]));
+        merge(&mut a, update(2, 2, MemberState::Joined, None), now);
+        assert_eq!(a.live_digest(), live_digest_of(&[0, 1, 2, 4]));
+        a.leave();
+        assert_eq!(a.live_digest(), live_digest_of(&[1, 2, 4]));
+    }
 }

@@ -110,6 +110,10 @@ fn membership(args: &SimArgs) -> Result<ExitCode, grpc_gossip::Error> {
             cfg.max_rounds
         ),
     }
+    println!(
+        "anti-entropy: {} exchanges found their digests differing and sent {} entries",
+        r.anti_entropy_exchanges, r.anti_entropy_entries
+    );
     if args.json {
         println!("{}", serde_json::to_string(&r).unwrap_or_default());
     }
