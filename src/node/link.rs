@@ -5,13 +5,13 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use log::info;
 use parking_lot::Mutex;
 
-use crate::error::Error;
+use crate::error::{ConnectFailure, Error};
 use crate::id::NodeId;
 use crate::manager::{StreamId, StreamKind};
 use crate::neighbor::{NeighborEvent, NeighborManager};
@@ -19,8 +19,8 @@ use crate::transport::backend::Backend;
 use crate::transport::factory::{ChannelLease, DoubleStream, Keepalive};
 use crate::transport::threads::ThreadSet;
 use crate::transport::{
-    outbox_stopping_reader, read_loop, write_loop, Events, Features, InboundFrame, OutboundStream,
-    ReaderStop, StreamEvent, Writer,
+    describe, first_within, outbox_stopping_reader, read_loop, write_loop, Events, Features,
+    InboundFrame, OutboundStream, ReaderStop, StreamEvent, Writer,
 };
 
 /// An outbound double stream: the lease on its channel (over gRPC) and the id of its
@@ -181,7 +181,7 @@ impl Links {
         let double = self.backend.open(
             self.local_addr,
             endpoint,
-            peer,
+            Some(peer),
             &self.id,
             keepalive,
             timeout,
@@ -195,6 +195,49 @@ impl Links {
         info!("{} linked to {} at {}", self.id, peer, endpoint);
         self.emit(NeighborEvent::Up { peer: peer.clone() });
         Ok(())
+    }
+
+    /// Who listens at `endpoint`, by the id its handshake names: opens a double stream without
+    /// naming the peer, waits (within `timeout` in all) for the handshake ACK our nodes answer
+    /// an AckStream with, and closes the streams again. An original Go node sends none.
+    pub(crate) fn identify(&self, endpoint: &str, timeout: Duration) -> Result<String, Error> {
+        let deadline = Instant::now() + timeout;
+        let double = self.backend.open(
+            self.local_addr,
+            endpoint,
+            None,
+            &self.id,
+            Keepalive::Fast,
+            timeout,
+            &self.closed,
+        )?;
+        let DoubleStream {
+            messages: (_msg_sink, mut msg_stream),
+            acks: (_ack_sink, mut ack_stream),
+            lease: _lease,
+        } = double;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let first = first_within(&mut ack_stream, left);
+        // Done with both calls, whatever came: cancelling ends them at both ends.
+        msg_stream.cancel();
+        ack_stream.cancel();
+        let fail = |reason: String| Error::Connect {
+            endpoint: endpoint.to_owned(),
+            kind: ConnectFailure::Handshake,
+            reason,
+        };
+        match first {
+            Some(Some(Ok(ack))) if ack.hash.is_empty() && !ack.from_hash.is_empty() => {
+                Ok(ack.from_hash)
+            }
+            Some(Some(Ok(_))) => Err(fail("answered without a handshake".into())),
+            Some(Some(Err(e))) => Err(fail(describe(&e))),
+            Some(None) => Err(fail("closed the call without a handshake".into())),
+            None => Err(fail(format!(
+                "no handshake within {timeout:?}: an original Go node sends none (name it: \
+                 ID=HOST:PORT)"
+            ))),
+        }
     }
 
     /// Starts the reader thread of an outbound stream; it reports the stream's end.

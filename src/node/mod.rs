@@ -511,6 +511,38 @@ impl Node {
         }
     }
 
+    /// Connects to whoever listens at `endpoint` (`HOST:PORT`), learning its id from the
+    /// handshake our nodes answer a new link with, and returns that id: from then on it is a
+    /// neighbour as after [`connect_to_neighbor`](Node::connect_to_neighbor) with that id, kept
+    /// up and reconnected the same way. For a seed whose id is not known in advance.
+    ///
+    /// One attempt, within `NodeConfig::connect_timeout` for the handshake and as much again
+    /// for the link. Errors: [`Error::Connect`] as for `connect_to_neighbor`, with
+    /// [`ConnectFailure::Handshake`](crate::ConnectFailure::Handshake) when no handshake came
+    /// (an original Go node sends none: give its id), [`Error::InvalidId`] when the handshake
+    /// names this node itself or an invalid id, and [`Error::Config`] with TLS, where a
+    /// neighbour is dialled by its id because its certificate is checked against it.
+    ///
+    /// ```no_run
+    /// # use grpc_gossip::{Node, NodeConfig};
+    /// let node = Node::builder(NodeConfig::new("a", "127.0.0.1:0")).start()?;
+    /// let seed = node.connect_to_address("seed.example:7000")?;
+    /// println!("linked to {seed}");
+    /// # Ok::<(), grpc_gossip::Error>(())
+    /// ```
+    pub fn connect_to_address(&self, endpoint: &str) -> Result<NodeId, Error> {
+        let named = self.links.identify(endpoint, self.config.connect_timeout)?;
+        let peer = NodeId::new(&named, &self.config.limits)?;
+        if peer == *self.id() {
+            return Err(Error::InvalidId {
+                kind: IdKind::Node,
+                reason: format!("{endpoint} is this node ({peer})"),
+            });
+        }
+        self.connect_to_neighbor(NeighborInfo::new(peer.as_str(), endpoint))?;
+        Ok(peer)
+    }
+
     /// Adds a neighbour and returns at once: the node connects to `info.endpoint` in the
     /// background and keeps retrying with backoff ([`NodeConfig::reconnect`]) until the link is
     /// up, then keeps it up as after [`connect_to_neighbor`](Node::connect_to_neighbor).

@@ -60,13 +60,14 @@ impl Backend {
         }
     }
 
-    /// Opens the double stream from the node at `from` (`local`) to `peer` at `endpoint`.
+    /// Opens the double stream from the node at `from` (`local`) to `peer` at `endpoint`; to
+    /// whoever answers there when `peer` is `None` (its handshake says who it is).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn open(
         &self,
         from: SocketAddr,
         endpoint: &str,
-        peer: &NodeId,
+        peer: Option<&NodeId>,
         local: &NodeId,
         keepalive: Keepalive,
         timeout: Duration,

@@ -186,14 +186,17 @@ impl StreamFactory {
         b
     }
 
+    /// A channel to `endpoint` (for `peer`, whose id a TLS channel checks; plaintext channels
+    /// are shared by endpoint, so they need none).
     fn lease(
         self: &Arc<Self>,
         endpoint: &str,
-        peer: &NodeId,
+        peer: Option<&NodeId>,
         keepalive: Keepalive,
     ) -> (Channel, ChannelLease) {
-        let mut key = match self.config.tls {
-            Some(_) => format!("{peer}@{endpoint}"),
+        let tls_name = peer.filter(|_| self.config.tls.is_some());
+        let mut key = match tls_name {
+            Some(peer) => format!("{peer}@{endpoint}"),
             None => endpoint.to_owned(),
         };
         if keepalive == Keepalive::Original {
@@ -205,7 +208,7 @@ impl StreamFactory {
             let mut builder = ChannelBuilder::new(self.env.clone())
                 .initial_reconnect_backoff(Duration::from_millis(100))
                 .max_reconnect_backoff(Duration::from_secs(2));
-            if let Some(tls) = &self.config.tls {
+            if let (Some(tls), Some(peer)) = (&self.config.tls, tls_name) {
                 // The server must prove it is `peer`, whatever address it was reached at.
                 builder = builder
                     .set_credentials(tls.channel_credentials())
@@ -233,11 +236,12 @@ impl StreamFactory {
     /// Opens a MessageStream and an AckStream to neighbour `peer` at `endpoint`, announcing
     /// `local` in the `gossip-node-id` header, on a channel whose pings suit `keepalive`.
     /// Waits up to `timeout` for the endpoint to accept, giving up early (with
-    /// [`Error::Shutdown`]) once `cancel` is set.
+    /// [`Error::Shutdown`]) once `cancel` is set. Without `peer`, to whoever answers there
+    /// (plaintext only: with TLS the peer's certificate is checked against its id).
     pub(crate) fn open(
         self: &Arc<Self>,
         endpoint: &str,
-        peer: &NodeId,
+        peer: Option<&NodeId>,
         local: &NodeId,
         keepalive: Keepalive,
         timeout: Duration,
@@ -247,6 +251,19 @@ impl StreamFactory {
             endpoint: endpoint.to_owned(),
             kind,
             reason,
+        };
+        let peer = match (peer, &self.config.tls) {
+            (Some(peer), _) => Some(peer),
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(Error::Config {
+                    field: "peer",
+                    reason: format!(
+                        "{endpoint}: with TLS a neighbour is dialled by its id (ID=HOST:PORT), \
+                         which its certificate must carry"
+                    ),
+                })
+            }
         };
         // Resolved here first: a name that does not resolve fails at once, with its reason,
         // where gRPC would only keep retrying.
@@ -268,7 +285,8 @@ impl StreamFactory {
                         format!(
                             "TCP connects but the TLS handshake did not complete within \
                              {timeout:?}: is the peer running TLS, is its certificate for \
-                             {peer:?} and signed by our CA, and does it trust ours?"
+                             {:?} and signed by our CA, and does it trust ours?",
+                            peer.map_or("", NodeId::as_str)
                         ),
                     ),
                     (Some(true), None) => fail(
@@ -310,7 +328,9 @@ impl StreamFactory {
             let mut headers = MetadataBuilder::new();
             headers.add_str(NODE_ID_HEADER, local.as_str())?;
             headers.add_str(FEATURES_HEADER, &Features::ALL.header_value())?;
-            headers.add_str(EXPECTED_ID_HEADER, peer.as_str())?;
+            if let Some(peer) = peer {
+                headers.add_str(EXPECTED_ID_HEADER, peer.as_str())?;
+            }
             Ok(CallOption::default().headers(headers.build()))
         };
         let mut messages = client.message_stream_opt(options()?)?;

@@ -231,7 +231,7 @@ impl MemoryNetwork {
         &self,
         from: SocketAddr,
         endpoint: &str,
-        peer: &NodeId,
+        peer: Option<&NodeId>,
         local: &NodeId,
         timeout: Duration,
         cancel: &AtomicBool,
@@ -272,7 +272,7 @@ impl MemoryNetwork {
         };
         let caller = || Caller {
             header: Some(Ok(local.to_string())),
-            expected: Some(peer.to_string()),
+            expected: peer.map(NodeId::to_string),
             features: Features::ALL,
             names: None,
             addr: from.to_string(),

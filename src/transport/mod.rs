@@ -464,6 +464,35 @@ where
     }
 }
 
+/// The first item of `stream` within `timeout`: `None` if none came in time, `Some(None)` if
+/// the stream ended first. The timer is a short-lived thread that leaves as soon as the item
+/// comes.
+pub(crate) fn first_within<S: Stream + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+) -> Option<Option<S::Item>> {
+    let (expired_tx, expired) = futures::channel::oneshot::channel::<()>();
+    let (done, done_rx) = crossbeam_channel::bounded::<()>(0);
+    let timer = std::thread::Builder::new()
+        .name("gossip-timer".into())
+        .spawn(move || {
+            if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = done_rx.recv_timeout(timeout)
+            {
+                let _ = expired_tx.send(());
+            }
+        });
+    if timer.is_err() {
+        // No thread for the timer: wait without one rather than fail.
+        return Some(block_on(stream.next()));
+    }
+    let first = match block_on(futures::future::select(stream.next(), expired)) {
+        futures::future::Either::Left((item, _)) => Some(item),
+        futures::future::Either::Right(_) => None,
+    };
+    drop(done);
+    first
+}
+
 /// How a server stream ends: the status (when not OK) set by its reader, and a signal from the
 /// writer that it has ended the call. The reader keeps the request stream alive until then,
 /// because dropping it would cancel the call before the status goes out.

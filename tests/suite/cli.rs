@@ -160,6 +160,39 @@ fn two_node_processes_exchange_messages() {
     );
 }
 
+/// `--peer HOST:PORT` without an id: the node keeps dialling until something answers there,
+/// learns the neighbour's id from its handshake and then talks to it by that id.
+#[test]
+fn a_peer_given_by_address_alone_is_dialled_until_it_answers() {
+    let pb = free_port();
+    let listen_b = format!("127.0.0.1:{pb}");
+    let mut a = node_process(&["--id", "a", "--peer", &listen_b, "--exit-when-done"]);
+    let mut lines = BufReader::new(a.stdout.take().unwrap()).lines();
+    // Nothing listens there yet: a says so, and tries again.
+    read_until(&mut lines, |l| {
+        l.starts_with(&format!("dialling addr={listen_b} attempt=1 "))
+    });
+    let mut b = node_process(&["--id", "b", "--listen", &listen_b]);
+    let seen = read_until(&mut lines, |l| l.starts_with("connected "));
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some(format!("connected peer=b addr={listen_b}").as_str()),
+        "{seen:?}"
+    );
+    {
+        let mut stdin = a.stdin.take().unwrap();
+        writeln!(stdin, "b found you").unwrap();
+    } // closing stdin: a exits once its message completes
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("outcome=\"acked by b\"")),
+        "{rest:?}"
+    );
+    assert!(a.wait().unwrap().success());
+    signal(&b, "-TERM");
+    assert!(b.wait().unwrap().success());
+}
+
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("gossip-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

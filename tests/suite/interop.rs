@@ -663,3 +663,25 @@ fn files_to_go(r: &mut Proc, dir: &Path, sizes: &[(&str, usize)], fill: u8) -> S
         acked,
     }
 }
+
+/// An original node sends no handshake, so it cannot be reached by its address alone: the
+/// attempt fails with the reason and how to name it, and naming it works.
+#[test]
+fn an_original_is_not_reached_by_address_alone_but_by_its_id() {
+    let Some(driver) = driver() else { return };
+    let dir = temp_dir("by-address");
+    let (_go, go_addr) = start_go(&driver, &dir, "go");
+    let mut config = grpc_gossip::NodeConfig::new("r", "127.0.0.1:0");
+    config.connect_timeout = Duration::from_secs(2);
+    let r = grpc_gossip::Node::builder(config).start().unwrap();
+    let err = r.connect_to_address(&go_addr).unwrap_err();
+    assert!(
+        matches!(&err, grpc_gossip::Error::Connect { kind: grpc_gossip::ConnectFailure::Handshake, reason, .. } if reason.contains("original")),
+        "{err}"
+    );
+    assert!(r.neighbors().is_empty());
+    r.connect_to_neighbor(grpc_gossip::NeighborInfo::new("go", go_addr))
+        .expect("by its id");
+    r.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -748,3 +748,58 @@ on_both! {
         assert_eq!(position_of_a_small_message_after_bulk(0, on), 100);
     }
 }
+
+on_both! {
+    /// A neighbour reached by its address alone: its handshake names it, and from then on it
+    /// is a neighbour like any other, both ways.
+    fn a_neighbour_is_reached_by_its_address_alone(on) {
+        let a = start("a", on);
+        let b = start("b", on);
+        let id = a
+            .connect_to_address(&b.local_addr().to_string())
+            .expect("b answers with its id");
+        assert_eq!(id.as_str(), "b");
+        assert!(a.neighbors().iter().any(|n| n.node_hash == "b" && n.online));
+        connect(&b, &a);
+        a.send_message("b", Message::new("by-address", "hello"))
+            .unwrap();
+        assert!(collect(&a.completions(), 1)[0].is_acked());
+        let d = b.deliveries().recv_timeout(PATIENCE).unwrap();
+        assert_eq!((d.from.as_str(), d.hash.as_str()), ("a", "by-address"));
+        // Twice is the same neighbour, not a second link.
+        assert_eq!(a.connect_to_address(&b.local_addr().to_string()).unwrap(), id);
+        assert_eq!(a.neighbors().len(), 1);
+    }
+}
+
+on_both! {
+    /// Its own address is refused by name; nothing is added.
+    fn its_own_address_is_refused(on) {
+        let a = start("a", on);
+        let err = a
+            .connect_to_address(&a.local_addr().to_string())
+            .unwrap_err();
+        assert!(matches!(&err, Error::InvalidId { reason, .. } if reason.contains("is this node")), "{err}");
+        assert!(a.neighbors().is_empty());
+    }
+}
+
+/// A peer that never sends the handshake (as an original Go node does not) is refused with
+/// the reason, within the connect timeout; nothing is added.
+#[test]
+fn an_address_without_a_handshake_is_refused_with_the_reason() {
+    let f = factory();
+    let (mut server, addr) = crate::common::silent::start(&f);
+    let mut c = config("a");
+    c.connect_timeout = Duration::from_millis(1500);
+    let a = start_with(c, &f);
+    let started = std::time::Instant::now();
+    let err = a.connect_to_address(&addr).unwrap_err();
+    assert!(
+        matches!(&err, Error::Connect { kind: ConnectFailure::Handshake, reason, .. } if reason.contains("no handshake within") && reason.contains("ID=HOST:PORT")),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(a.neighbors().is_empty());
+    let _ = futures::executor::block_on(server.shutdown());
+}

@@ -217,6 +217,23 @@ fn mutual_tls_admits_only_certified_peers() {
     assert_eq!(stats.neighbors_online, 1);
 }
 
+/// With TLS a neighbour's certificate is checked against its id, so one is not dialled by
+/// address alone: refused at once, saying how to name it.
+#[test]
+fn with_tls_an_address_alone_is_refused() {
+    let ca = CertificateAuthority::generate("test cluster CA").unwrap();
+    let server = node("server", Some(ca.node_config("server").unwrap()));
+    let client = node("client", Some(ca.node_config("client").unwrap()));
+    let err = client
+        .connect_to_address(&server.local_addr().to_string())
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Config { reason, .. } if reason.contains("ID=HOST:PORT")),
+        "{err}"
+    );
+    assert!(client.neighbors().is_empty());
+}
+
 #[test]
 fn malformed_tls_material_is_refused_at_start_naming_the_field() {
     let ca = CertificateAuthority::generate("test cluster CA").unwrap();

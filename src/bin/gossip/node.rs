@@ -33,6 +33,7 @@ While a peer's share of slots is full, its commands wait in a queue of up to 102
 Stdout, one line per event (with --timestamps, each starts with its RFC 3339 UTC time):
   listening id=.. addr=.. tls=on|off   metrics addr=..
   connected peer=.. addr=..
+  dialling addr=.. attempt=N retry_in_ms=.. error=\"..\"   (a --peer HOST:PORT not answering yet)
   sent hash=.. peer=..                 completed hash=.. peer=.. outcome=\"..\" attempts=.. elapsed_ms=..
   broadcast hash=.. origin=..          converged hash=.. reached=N missing=ID,ID elapsed_ms=..
   delivered from=.. hash=.. [origin=..] bytes=.. (text=\"..\" | file=PATH)
@@ -215,6 +216,30 @@ fn stdin_lines() -> Receiver<String> {
         }
     });
     rx
+}
+
+/// Dials a `--peer HOST:PORT` until whoever listens there answers with its handshake, with
+/// backoff; from then on the node keeps the link up as for any neighbour. Stops for good on an
+/// answer that can never become a link (the address is this node's) or at shutdown.
+fn dial_by_address(node: &Node, addr: &str, backoff: &grpc_gossip::Backoff) {
+    let mut rng = fastrand::Rng::new();
+    for attempt in 0u32.. {
+        match node.connect_to_address(addr) {
+            Ok(peer) => return say!("connected peer={peer} addr={addr}"),
+            Err(Error::Shutdown) => return,
+            Err(e @ Error::InvalidId { .. }) => return say!("error addr={addr} {e}"),
+            Err(e) => {
+                let wait = backoff.delay(attempt, &mut rng);
+                say!(
+                    "dialling addr={addr} attempt={} retry_in_ms={} error={:?}",
+                    attempt + 1,
+                    wait.as_millis(),
+                    e.to_string()
+                );
+                std::thread::sleep(wait);
+            }
+        }
+    }
 }
 
 /// Commands that may wait per peer while its slots are busy.
@@ -429,6 +454,13 @@ pub(crate) fn run(args: NodeArgs) -> Result<ExitCode, Error> {
     // The node connects in the background and keeps retrying; commands need not wait.
     for peer in &settings.peers {
         node.add_neighbor(peer.clone())?;
+    }
+    for addr in &settings.peers_by_address {
+        let (node, addr, backoff) = (node.clone(), addr.clone(), settings.node.reconnect.clone());
+        std::thread::Builder::new()
+            .name(format!("gossip-dial-{addr}"))
+            .spawn(move || dial_by_address(&node, &addr, &backoff))
+            .map_err(Error::Io)?;
     }
     let lines = stdin_lines();
 

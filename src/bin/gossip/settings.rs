@@ -29,10 +29,11 @@ pub(crate) struct NodeArgs {
     /// Address to listen on [default: 127.0.0.1:0; port 0 picks one, printed at start].
     #[arg(long)]
     pub listen: Option<String>,
-    /// A neighbour as ID=HOST:PORT; repeat for each. Replaces the file's peers. Connection is
-    /// retried until it is up; stdin is read once every peer is connected.
-    #[arg(long = "peer", value_name = "ID=HOST:PORT", value_parser = parse_peer)]
-    pub peers: Vec<(String, String)>,
+    /// A neighbour as ID=HOST:PORT, or HOST:PORT alone to learn its id from its handshake
+    /// (plaintext only; an original Go node must be named); repeat for each. Replaces the
+    /// file's peers. Connection is retried until it is up.
+    #[arg(long = "peer", value_name = "[ID=]HOST:PORT", value_parser = parse_peer)]
+    pub peers: Vec<(Option<String>, String)>,
     /// Store slots (messages in flight at once) [default: 200].
     #[arg(long)]
     pub slots: Option<usize>,
@@ -74,10 +75,13 @@ pub(crate) struct NodeArgs {
     pub timestamps: bool,
 }
 
-fn parse_peer(s: &str) -> Result<(String, String), String> {
+fn parse_peer(s: &str) -> Result<(Option<String>, String), String> {
     match s.split_once('=') {
-        Some((id, addr)) if !id.is_empty() && !addr.is_empty() => Ok((id.into(), addr.into())),
-        _ => Err(format!("{s:?}: expected ID=HOST:PORT")),
+        Some((id, addr)) if !id.is_empty() && !addr.is_empty() => {
+            Ok((Some(id.into()), addr.into()))
+        }
+        None if !s.is_empty() => Ok((None, s.into())),
+        _ => Err(format!("{s:?}: expected ID=HOST:PORT or HOST:PORT")),
     }
 }
 
@@ -148,6 +152,9 @@ pub(crate) struct Settings {
     pub transport: TransportConfig,
     /// Neighbours.
     pub peers: Vec<NeighborInfo>,
+    /// Neighbours given by address alone (`--peer HOST:PORT`): their ids come from their
+    /// handshakes.
+    pub peers_by_address: Vec<String>,
     /// Where to serve metrics.
     pub metrics_addr: Option<String>,
     /// Log filter.
@@ -247,15 +254,30 @@ impl Settings {
         transport.max_grpc_message_bytes = node.limits.grpc_message_limit();
         transport.tls = tls_config;
 
-        let peers = if args.peers.is_empty() {
-            file.node.peers
+        let (peers, peers_by_address) = if args.peers.is_empty() {
+            (file.node.peers, Vec::new())
         } else {
-            let peers = args.peers.into_iter();
-            peers
-                .map(|(id, addr)| NeighborInfo::new(id, addr))
-                .collect()
+            let (named, by_address): (Vec<_>, Vec<_>) =
+                args.peers.into_iter().partition(|(id, _)| id.is_some());
+            let named = named
+                .into_iter()
+                .filter_map(|(id, addr)| id.map(|id| NeighborInfo::new(id, addr)))
+                .collect();
+            (
+                named,
+                by_address.into_iter().map(|(_, addr)| addr).collect(),
+            )
         };
         check_peers(&node.id, &peers)?;
+        if let (Some(addr), Some(_)) = (peers_by_address.first(), &transport.tls) {
+            return Err(invalid(
+                "peer",
+                format!(
+                    "{addr}: with TLS a neighbour is dialled by its id (--peer ID={addr}), \
+                     which its certificate must carry"
+                ),
+            ));
+        }
 
         let metrics_addr = args.metrics_addr.or(file.metrics_addr);
         if let Some(addr) = &metrics_addr {
@@ -282,6 +304,7 @@ impl Settings {
             node,
             transport,
             peers,
+            peers_by_address,
             metrics_addr,
             log_level,
             drain_timeout,
@@ -409,10 +432,14 @@ mod tests {
         let args = NodeArgs {
             id: Some("from-flag".into()),
             ttl: Some(Duration::from_secs(5)),
-            peers: vec![("c".into(), "127.0.0.1:7002".into())],
+            peers: vec![
+                (Some("c".into()), "127.0.0.1:7002".into()),
+                (None, "seed.example:7003".into()),
+            ],
             ..NodeArgs::default()
         };
         let s = Settings::merge(args, file).unwrap();
+        assert_eq!(s.peers_by_address, ["seed.example:7003"]);
         assert_eq!(s.node.id, "from-flag");
         assert_eq!(s.node.listen, "127.0.0.1:7000");
         assert_eq!(s.node.slots, 50);
