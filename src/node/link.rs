@@ -15,12 +15,13 @@ use crate::error::{ConnectFailure, Error};
 use crate::id::NodeId;
 use crate::manager::{StreamId, StreamKind};
 use crate::neighbor::{NeighborEvent, NeighborManager};
+use crate::proto::{GossipACK, GossipMessage};
 use crate::transport::backend::Backend;
 use crate::transport::factory::{ChannelLease, DoubleStream, Keepalive};
 use crate::transport::threads::ThreadSet;
 use crate::transport::{
-    describe, first_within, outbox_stopping_reader, read_loop, write_loop, Events, Features,
-    InboundFrame, OutboundStream, ReaderStop, StreamEvent, Writer,
+    describe, first_within, outbox_stopping_reader, read_link, write_loop, Events, Features,
+    LinkEnd, StreamEvent, Writer,
 };
 
 /// An outbound double stream: the lease on its channel (over gRPC) and the id of its
@@ -240,29 +241,18 @@ impl Links {
         }
     }
 
-    /// Starts the reader thread of an outbound stream; it reports the stream's end.
-    /// Starts the reader thread of an outbound stream; it reports the stream's end, and cancels
-    /// the call once the node drops the stream's outbox (`stop`), which also frees a writer
-    /// held in a write by flow control.
-    fn spawn_reader<T>(
+    /// Starts the reader thread of an outbound link (both its streams, see [`read_link`]); it
+    /// reports each stream's end, and cancels a call once the node drops its outbox (`stop`),
+    /// which also frees a writer held in a write by flow control.
+    fn spawn_reader(
         &self,
         name: String,
-        mut stream: OutboundStream<T>,
-        mut stop: ReaderStop,
-        id: StreamId,
-    ) -> Result<(), Error>
-    where
-        T: InboundFrame + protobuf::Message,
-    {
+        messages: LinkEnd<GossipMessage>,
+        acks: LinkEnd<GossipACK>,
+    ) -> Result<(), Error> {
         let events = self.reports.clone();
-        self.threads.spawn(name, move || {
-            let end = read_loop(&mut stream, id, &*events, None, None, Some(&mut stop));
-            stream.cancel();
-            events.report(StreamEvent::Closed {
-                stream: id,
-                reason: end.reason,
-            });
-        })
+        self.threads
+            .spawn(name, move || read_link(messages, acks, &*events))
     }
 
     /// Registers the two streams of a double stream with the manager and starts their threads.
@@ -317,8 +307,11 @@ impl Links {
             self.threads.spawn(format!("gossip-w-{tag}"), move || {
                 write_loop(ack_sink, ack_rx, ack_id, &*events, None)
             })?;
-            self.spawn_reader(format!("gossip-r-{tag}"), msg_stream, msg_stop, msg_id)?;
-            self.spawn_reader(format!("gossip-r-{tag}"), ack_stream, ack_stop, ack_id)
+            self.spawn_reader(
+                format!("gossip-r-{tag}"),
+                (msg_stream, msg_stop, msg_id),
+                (ack_stream, ack_stop, ack_id),
+            )
         };
         if let Err(e) = spawn_all() {
             // Whatever did start is torn down with the link.

@@ -430,6 +430,24 @@ pub(crate) fn read_loop<S, T>(
     events: &dyn EventSink,
     gate: Option<&ReadGate>,
     strict: Option<&Limits>,
+    stop: Option<&mut ReaderStop>,
+) -> StreamEnd
+where
+    S: Stream<Item = grpcio::Result<T>> + Unpin,
+    T: InboundFrame,
+{
+    block_on(read_frames(stream, id, events, gate, strict, stop))
+}
+
+/// [`read_loop`] as a future, so that one thread can read several streams (the two of an
+/// outbound link, see [`read_link`]). A closed `gate` blocks the thread, so several streams
+/// share a thread only without one.
+pub(crate) async fn read_frames<S, T>(
+    stream: &mut S,
+    id: StreamId,
+    events: &dyn EventSink,
+    gate: Option<&ReadGate>,
+    strict: Option<&Limits>,
     mut stop: Option<&mut ReaderStop>,
 ) -> StreamEnd
 where
@@ -441,13 +459,13 @@ where
             g.wait_open();
         }
         let next = match stop.as_deref_mut() {
-            Some(stop) => match block_on(futures::future::select(stream.next(), stop)) {
+            Some(stop) => match futures::future::select(stream.next(), stop).await {
                 futures::future::Either::Left((next, _)) => next,
                 futures::future::Either::Right(_) => {
                     return StreamEnd::closed("closed by this node")
                 }
             },
-            None => block_on(stream.next()),
+            None => stream.next().await,
         };
         match next {
             Some(Ok(frame)) => {
@@ -462,6 +480,38 @@ where
             None => return StreamEnd::closed(CLOSED_BY_PEER),
         }
     }
+}
+
+/// One end of an outbound link for [`read_link`]: the call's incoming half, what stops it
+/// (the outbox being dropped) and its id.
+pub(crate) type LinkEnd<T> = (OutboundStream<T>, ReaderStop, StreamId);
+
+/// Reads both streams of an outbound link on the calling thread, until both have ended: each
+/// one's end is reported (as `Closed`) and its call cancelled as soon as it ends, whatever
+/// the other does. One thread per link instead of one per stream: the server never writes on
+/// our MessageStream, so its reading is mostly waiting for the end.
+pub(crate) fn read_link(
+    messages: LinkEnd<GossipMessage>,
+    acks: LinkEnd<GossipACK>,
+    events: &dyn EventSink,
+) {
+    block_on(futures::future::join(
+        read_outbound(messages, events),
+        read_outbound(acks, events),
+    ));
+}
+
+async fn read_outbound<T>(end: LinkEnd<T>, events: &dyn EventSink)
+where
+    T: InboundFrame + protobuf::Message,
+{
+    let (mut stream, mut stop, id) = end;
+    let end = read_frames(&mut stream, id, events, None, None, Some(&mut stop)).await;
+    stream.cancel();
+    events.report(StreamEvent::Closed {
+        stream: id,
+        reason: end.reason,
+    });
 }
 
 /// The first item of `stream` within `timeout`: `None` if none came in time, `Some(None)` if
