@@ -531,9 +531,10 @@ pub(crate) fn first_within<S: Stream + Unpin>(
                 let _ = expired_tx.send(());
             }
         });
-    if timer.is_err() {
-        // No thread for the timer: wait without one rather than fail.
-        return Some(block_on(stream.next()));
+    if let Err(e) = timer {
+        // Waiting without a timer could wait for ever on a peer that never answers.
+        log::warn!("cannot start a timer thread ({e}): not waiting");
+        return None;
     }
     let first = match block_on(futures::future::select(stream.next(), expired)) {
         futures::future::Either::Left((item, _)) => Some(item),
