@@ -5,8 +5,8 @@
 //! step, through what the node does with bytes a peer sent: protobuf decoding, batch
 //! unpacking, the routing between plain messages, broadcast frames and handshakes, the
 //! conversions in `transport::wire`, the [`MessageManager`] (reassembly, seen-cache,
-//! acknowledged deliveries) and the [`BroadcastEngine`]. Only the threads and sockets are
-//! left out. The limits are small so that a short input reaches every budget.
+//! acknowledged deliveries), the [`BroadcastEngine`], and membership frames through their
+//! decoding into the [`Membership`] machine. Only the threads and sockets are left out. The limits are small so that a short input reaches every budget.
 //!
 //! After every step it checks the bounds the node promises whatever a peer sends, and panics
 //! (a crash, for the fuzzer) when one is broken:
@@ -17,7 +17,8 @@
 //! - nothing delivered is larger than [`Limits::max_message_bytes`], nothing transmitted
 //!   larger than [`Limits::max_payload_bytes`];
 //! - the manager keeps state only for peers that have streams, and no frame makes it
-//!   remember a peer id that no stream belongs to.
+//!   remember a peer id that no stream belongs to;
+//! - the membership views stay within their sizes and the member list within its bound.
 //!
 //! The script is a sequence of steps, each `[op, arg, len, len bytes...]` (a short tail is
 //! read as if padded with zeros). `op % 8` picks the step:
@@ -48,6 +49,7 @@ use crate::broadcast::{self, BroadcastConfig, BroadcastEngine, Frame};
 use crate::id::NodeId;
 use crate::limits::Limits;
 use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind};
+use crate::membership::{self, ListConfig, Membership, MembershipIn, Peer, ViewConfig};
 use crate::message::MessageKey;
 use crate::node::core::Received;
 use crate::node::driver::Input;
@@ -112,6 +114,17 @@ pub struct Report {
     pub calls_ended: usize,
 }
 
+/// The member list's bound in the harness: small, so that a short input reaches it.
+const MEMBERS: usize = 16;
+
+fn membership_views() -> ViewConfig {
+    ViewConfig {
+        active: 2,
+        passive: 4,
+        ..ViewConfig::default()
+    }
+}
+
 /// The kinds of the streams peer `i` opens to us: `p1` is an original node (no id header).
 fn inbound_kinds(i: usize) -> (StreamKind, StreamKind) {
     match i {
@@ -139,6 +152,7 @@ struct Harness {
     unconfirmed: VecDeque<(NodeId, String)>,
     actions: Vec<Action>,
     broadcast_actions: Vec<broadcast::Action>,
+    membership: Membership,
 }
 
 /// Runs `script` (see the module docs); panics if a bound is broken.
@@ -171,6 +185,7 @@ impl Harness {
         )
         .with_confirmed_deliveries()
         .with_chunk_bytes(48);
+        let local_peer = local.clone();
         let engine =
             BroadcastEngine::new(local, broadcast_config(), Box::new(FanoutRouter::default()));
         let mut h = Harness {
@@ -188,6 +203,16 @@ impl Harness {
             unconfirmed: VecDeque::new(),
             actions: Vec::new(),
             broadcast_actions: Vec::new(),
+            membership: Membership::new(
+                Peer::new(local_peer, "me:1"),
+                1,
+                membership_views(),
+                ListConfig {
+                    max_members: MEMBERS,
+                    ..ListConfig::default()
+                },
+                1,
+            ),
         };
         for i in 0..PEERS {
             let (messages, acks) = inbound_kinds(i);
@@ -331,6 +356,15 @@ impl Harness {
                     self.engine_step(broadcast::Event::Received { from, frame });
                 }
             }
+            Received::Membership(message) => {
+                if let Ok((addr, frame)) = membership::frame::decode(&message.payload, &self.limits)
+                {
+                    let from = Peer::new(from, addr);
+                    let mut out = Vec::new();
+                    self.membership
+                        .handle(MembershipIn::Frame { from, frame }, self.now, &mut out);
+                }
+            }
             Received::Hello { features, .. } => {
                 self.features[peer] = features;
                 self.manager_step(Event::PeerFeatures {
@@ -467,6 +501,10 @@ impl Harness {
         );
         assert!(self.engine.tracked_len() <= config.max_tracked);
         assert!(self.manager.known_peers() <= PEERS);
+        let views = membership_views();
+        assert!(self.membership.views().active().len() <= views.active);
+        assert!(self.membership.views().passive().len() <= views.passive);
+        assert!(self.membership.list().len() <= MEMBERS);
     }
 }
 

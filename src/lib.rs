@@ -121,7 +121,7 @@ pub mod transport;
 
 pub use backoff::Backoff;
 pub use broadcast::{BroadcastCompletion, BroadcastConfig, BroadcastId};
-pub use config::{Deliveries, Limits, NodeConfig, TransportConfig};
+pub use config::{Deliveries, Limits, MembershipConfig, NodeConfig, TransportConfig};
 pub use error::{ConnectFailure, Error};
 pub use id::NodeId;
 pub use manager::MessageManager;

@@ -13,5 +13,8 @@ pub mod gossip_grpc {
     include!(concat!(env!("OUT_DIR"), "/gossip_grpc.rs"));
 }
 
-pub use gossip::{AckStatus, FrameKind, GossipACK, GossipMessage};
+pub use gossip::{
+    AckStatus, FrameKind, GossipACK, GossipMessage, MemberStatus, MemberUpdate, MembershipFrame,
+    MembershipKind, MembershipPeer,
+};
 pub use gossip_grpc::{create_gossip, Gossip, GossipClient};

@@ -48,6 +48,10 @@ pub struct Counters {
     pub(crate) refused_broadcast: AtomicU64,
     pub(crate) broadcast_frames_dropped: AtomicU64,
     pub(crate) broadcast_frames_too_large: AtomicU64,
+    pub(crate) membership_frames_sent: AtomicU64,
+    pub(crate) membership_frames_received: AtomicU64,
+    pub(crate) membership_frames_dropped: AtomicU64,
+    pub(crate) membership_frames_refused: AtomicU64,
     pub(crate) refused_peer_streams: AtomicU64,
     pub(crate) refused_inbound_streams: AtomicU64,
     pub(crate) refused_unidentified_streams: AtomicU64,
@@ -282,6 +286,14 @@ pub struct Stats {
     /// takes ([`NeighborInfo::max_message`](crate::NeighborInfo::max_message)); their offers
     /// count as missing.
     pub broadcast_frames_too_large: u64,
+    /// Membership frames (views and member list, see [`crate::membership`]) sent.
+    pub membership_frames_sent: u64,
+    /// Membership frames received.
+    pub membership_frames_received: u64,
+    /// Membership frames not sent: no link to the member, or one that does not speak it.
+    pub membership_frames_dropped: u64,
+    /// Membership frames from peers refused as malformed (logged with the reason).
+    pub membership_frames_refused: u64,
     /// Incoming calls refused because their peer id had `max_streams_per_peer` streams open.
     pub refused_peer_streams: u64,
     /// Incoming calls refused because `max_inbound_streams` streams were open in all.
@@ -345,6 +357,10 @@ impl Counters {
             refused_broadcast: g(&self.refused_broadcast),
             broadcast_frames_dropped: g(&self.broadcast_frames_dropped),
             broadcast_frames_too_large: g(&self.broadcast_frames_too_large),
+            membership_frames_sent: g(&self.membership_frames_sent),
+            membership_frames_received: g(&self.membership_frames_received),
+            membership_frames_dropped: g(&self.membership_frames_dropped),
+            membership_frames_refused: g(&self.membership_frames_refused),
             refused_peer_streams: g(&self.refused_peer_streams),
             refused_inbound_streams: g(&self.refused_inbound_streams),
             refused_unidentified_streams: g(&self.refused_unidentified_streams),

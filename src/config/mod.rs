@@ -101,6 +101,58 @@ pub struct NodeConfig {
     pub lane_max_bytes: usize,
     /// Multi-hop broadcast: fanout, lazy-plane threshold, hop limit, deadlines.
     pub broadcast: BroadcastConfig,
+    /// Clusters that assemble themselves: `Some` runs membership (partial views, the member
+    /// list, joining through seeds; see [`crate::membership`]). `None` (the default): the
+    /// neighbours are the application's alone.
+    pub membership: Option<MembershipConfig>,
+}
+
+/// How a node joins a cluster and keeps its membership ([`NodeConfig::membership`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembershipConfig {
+    /// Where to join: `HOST:PORT` (a name may resolve to several addresses, each tried) or
+    /// `ID=HOST:PORT`. Tried in turn, with backoff ([`NodeConfig::reconnect`]) while none
+    /// answers, and again whenever the node finds itself without a neighbour. Seeds that are
+    /// this node itself are skipped; empty (or only this node): it is the first member, and
+    /// the others join through it.
+    pub seeds: Vec<String>,
+    /// The address other members reach this node at; `None`: the listening address, which
+    /// must then name a host (not `0.0.0.0` or `[::]`).
+    pub advertise: Option<String>,
+    /// Sizes of the active and passive views, walk lengths, shuffle period (default: 5 and 30
+    /// members, a shuffle every 10 s).
+    pub views: crate::membership::ViewConfig,
+    /// Confirmations and the suspicion timeout of the member list (default: 2 members, 10 s),
+    /// and its bound (100,000 members).
+    pub list: crate::membership::ListConfig,
+    /// Links to members outside the active view (neighbour requests, shuffle replies, probes)
+    /// at most at once; more frames for such members wait for the next round (default 8).
+    pub max_extra_links: usize,
+    /// Such a link is closed after this long without a frame sent on it (default 5 s).
+    pub idle_link: Duration,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> MembershipConfig {
+        MembershipConfig {
+            seeds: Vec::new(),
+            advertise: None,
+            views: crate::membership::ViewConfig::default(),
+            list: crate::membership::ListConfig::default(),
+            max_extra_links: 8,
+            idle_link: Duration::from_secs(5),
+        }
+    }
+}
+
+impl MembershipConfig {
+    /// Membership joining through `seeds`, the rest default.
+    pub fn with_seeds<S: Into<String>>(seeds: impl IntoIterator<Item = S>) -> MembershipConfig {
+        MembershipConfig {
+            seeds: seeds.into_iter().map(Into::into).collect(),
+            ..MembershipConfig::default()
+        }
+    }
 }
 
 /// The default [`NodeConfig::lane_max_bytes`]: 64 KiB.
@@ -131,6 +183,7 @@ impl NodeConfig {
             original_max_message_bytes: crate::limits::ORIGINAL_LIMIT,
             lane_max_bytes: DEFAULT_LANE_MAX_BYTES,
             broadcast: BroadcastConfig::default(),
+            membership: None,
         }
     }
 
@@ -186,6 +239,29 @@ impl NodeConfig {
                 field: "broadcast.deadline",
                 reason: format!("must exceed broadcast.hop_margin ({:?})", b.hop_margin),
             });
+        }
+        if let Some(m) = &self.membership {
+            positive("membership.views.active", m.views.active > 0)?;
+            positive("membership.views.passive", m.views.passive > 0)?;
+            positive(
+                "membership.views.shuffle_period",
+                !m.views.shuffle_period.is_zero(),
+            )?;
+            positive("membership.list.confirmations", m.list.confirmations > 0)?;
+            positive("membership.list.max_members", m.list.max_members > 1)?;
+            positive("membership.idle_link", !m.idle_link.is_zero())?;
+            for seed in &m.seeds {
+                let endpoint = seed.split_once('=').map_or(seed.as_str(), |(_, e)| e);
+                if endpoint
+                    .rsplit_once(':')
+                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+                {
+                    return Err(Error::Config {
+                        field: "membership.seeds",
+                        reason: format!("{seed:?}: expected HOST:PORT or ID=HOST:PORT"),
+                    });
+                }
+            }
         }
         Ok(())
     }

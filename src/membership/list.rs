@@ -25,6 +25,18 @@ pub enum MemberState {
     Left,
 }
 
+impl MemberState {
+    /// Its name, as `gossip node` prints it: `joined`, `suspected`, `failed` or `left`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemberState::Joined => "joined",
+            MemberState::Suspected => "suspected",
+            MemberState::Failed => "failed",
+            MemberState::Left => "left",
+        }
+    }
+}
+
 /// One entry of the list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Member<P> {
@@ -65,6 +77,9 @@ pub struct ListConfig {
     /// refutation (default 10 s): how a node with a single neighbour, or the survivor of a
     /// cluster of two, decides.
     pub suspect_timeout: Duration,
+    /// Members a list holds at most (default 100,000): updates naming more new members are
+    /// dropped, so that a peer cannot make a list grow without bound.
+    pub max_members: usize,
 }
 
 impl Default for ListConfig {
@@ -72,6 +87,7 @@ impl Default for ListConfig {
         ListConfig {
             confirmations: 2,
             suspect_timeout: Duration::from_secs(10),
+            max_members: 100_000,
         }
     }
 }
@@ -114,6 +130,16 @@ pub struct Digest([u64; DIGEST_BUCKETS]);
 impl Digest {
     fn empty() -> Digest {
         Digest([0; DIGEST_BUCKETS])
+    }
+
+    /// A digest as it travels (see [`Digest::buckets`]).
+    pub fn from_buckets(buckets: [u64; DIGEST_BUCKETS]) -> Digest {
+        Digest(buckets)
+    }
+
+    /// The buckets, to send.
+    pub fn buckets(&self) -> &[u64; DIGEST_BUCKETS] {
+        &self.0
     }
 
     /// The buckets in which `self` and `other` differ, as a bit mask (bit `b`: bucket `b`); 0
@@ -255,7 +281,10 @@ impl<P: Clone + Eq + Hash + Debug> MemberList<P> {
     /// Sets another member's entry, keeping the digests in step.
     fn set(&mut self, id: P, incarnation: u32, state: MemberState) {
         self.digest.toggle(&id, incarnation, state);
-        let old = self.members.insert(id.clone(), (incarnation, state));
+        // Removed first: the key is replaced too, and with it what the id carries beside
+        // itself (a member's address, which may change with a restart).
+        let old = self.members.remove(&id);
+        self.members.insert(id.clone(), (incarnation, state));
         if let Some((i, s)) = old {
             self.digest.toggle(&id, i, s);
         }
@@ -330,13 +359,15 @@ impl<P: Clone + Eq + Hash + Debug> MemberList<P> {
 
     /// Merges an update that arrived (or that this node made); what this node must broadcast
     /// in answer (a refutation) goes to `spread`, what changed for the application to `events`.
+    /// Returns whether the update was news here (it changed an entry or added a confirmation
+    /// to a suspicion): what a node that relays updates passes on, and nothing else.
     pub fn merge(
         &mut self,
         update: Update<P>,
         now: Instant,
         spread: &mut Vec<Update<P>>,
         events: &mut Vec<MemberEvent<P>>,
-    ) {
+    ) -> bool {
         let Update { member, reporter } = update;
         if member.id == self.me.id {
             let accuses = matches!(member.state, MemberState::Suspected | MemberState::Failed);
@@ -345,10 +376,13 @@ impl<P: Clone + Eq + Hash + Debug> MemberList<P> {
                 self.set_me(member.incarnation + 1, self.me.state);
                 spread.push(self.me());
             }
-            return;
+            return false;
         }
         let id = member.id.clone();
         let known = self.members.get(&id);
+        if known.is_none() && self.len() >= self.config.max_members {
+            return false;
+        }
         let changes = known.is_none_or(|old| overrides(&member, old));
         if member.state == MemberState::Suspected {
             let same =
@@ -359,24 +393,39 @@ impl<P: Clone + Eq + Hash + Debug> MemberList<P> {
                     first: None,
                     others: Vec::new(),
                 });
+                let before = suspicion.reporters();
                 if let Some(r) = &reporter {
                     suspicion.add(r.clone());
                 }
-                let confirmed = suspicion.reporters() >= self.config.confirmations;
-                if confirmed {
+                let confirmed = suspicion.reporters() > before;
+                if suspicion.reporters() >= self.config.confirmations {
                     self.fail(id.clone(), member.incarnation, events);
-                    return;
+                    return true;
+                }
+                if !changes {
+                    return confirmed;
                 }
             }
         }
         if !changes {
-            return;
+            return false;
         }
         if member.state != MemberState::Suspected {
             self.suspicions.remove(&id);
         }
         self.set(id, member.incarnation, member.state);
         events.push(MemberEvent { member });
+        true
+    }
+
+    /// Members held, this node included.
+    pub fn len(&self) -> usize {
+        self.members.len() + 1
+    }
+
+    /// Never: a list holds at least its own node.
+    pub fn is_empty(&self) -> bool {
+        false
     }
 
     /// This node lost its link to `peer` (or could not reach it): it suspects it, and its

@@ -17,10 +17,14 @@
 //! peer's identity so the simulator can use small integers. Threads and connections per node
 //! are then bounded by [`ViewConfig::active`], whatever the cluster size.
 //!
-//! What this module does not do yet: carry the messages over the node's links, join by address
-//! (`gossip node --join`), and the membership list with failure confirmation. Those build on it.
+//! A running node carries these messages over its links as `MEMBERSHIP` frames ([`frame`]),
+//! to peers that announce the `membership` feature, and keeps a [`MemberList`] beside the views
+//! ([`Membership`] drives both); `gossip node --join` and [`crate::Node::join`] start it.
 
+pub mod frame;
 mod list;
+mod machine;
+mod peer;
 mod views;
 
 pub mod sim;
@@ -30,10 +34,13 @@ mod tests;
 
 use std::time::Duration;
 
+pub use frame::Frame;
 pub use list::{
     live_digest_of, Digest, ListConfig, Member, MemberEvent, MemberList, MemberState, Update,
     DIGEST_BUCKETS,
 };
+pub use machine::{Membership, MembershipIn, MembershipOut};
+pub use peer::Peer;
 pub use views::HyParView;
 
 /// The sizes and walk lengths of the views.
@@ -146,4 +153,37 @@ pub enum Out<P> {
     NeighborUp(P),
     /// `peer` left the active view: its link may close.
     NeighborDown(P),
+}
+
+/// A member as [`Node::members`](crate::Node::members) and
+/// [`Node::member_events`](crate::Node::member_events) show it.
+///
+/// ```
+/// # use grpc_gossip::membership::{MemberInfo, MemberState};
+/// fn report(m: &MemberInfo) -> String {
+///     format!("member id={} addr={} state={}", m.id, m.addr, m.state.name())
+/// }
+/// # let _ = report;
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Its node id.
+    pub id: crate::NodeId,
+    /// The address it is reached at (the one it announced).
+    pub addr: String,
+    /// Its incarnation: raised by each restart and by each refuted suspicion.
+    pub incarnation: u32,
+    /// What it is, as far as this node knows.
+    pub state: MemberState,
+}
+
+impl From<Member<Peer>> for MemberInfo {
+    fn from(m: Member<Peer>) -> MemberInfo {
+        MemberInfo {
+            id: m.id.id,
+            addr: m.id.addr,
+            incarnation: m.incarnation,
+            state: m.state,
+        }
+    }
 }

@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 
 use super::core::{In, Load, NodeCore, Offer, Received, World};
 use super::link::Originals;
+use super::members::MemberInput;
 use super::supervisor::Notice;
 use crate::broadcast::{BroadcastCompletion, BroadcastId};
 use crate::error::Error;
@@ -36,6 +37,8 @@ pub(crate) enum Input {
         payload: Bytes,
         reply: Sender<Result<BroadcastId, Error>>,
     },
+    /// The membership thread sends a frame to a member.
+    Membership { peer: NodeId, payload: Bytes },
     /// Stop: fail what is in flight, close every writer, exit.
     Shutdown,
 }
@@ -78,6 +81,8 @@ pub(crate) struct Io {
     pub(crate) supervisor: Sender<Notice>,
     /// Neighbours known to be original nodes, shared with the threads that dial links.
     pub(crate) originals: Arc<Originals>,
+    /// The membership thread's inbox, when the node runs membership.
+    pub(crate) members: Option<Sender<MemberInput>>,
 }
 
 /// A stream's frames of one wake-up, kept apart by lane so that each lane is packed on its own.
@@ -237,6 +242,7 @@ impl Driver {
                 let _ = reply.send(result);
                 return true;
             }
+            Input::Membership { peer, payload } => In::Membership { peer, payload },
             Input::Shutdown => return false,
         };
         self.core.handle(input, now, &mut self.io);
@@ -349,6 +355,14 @@ impl World for Io {
 
     fn set_original(&mut self, peer: &NodeId, original: bool) {
         self.originals.set(peer, original);
+    }
+
+    fn membership(&mut self, from: NodeId, payload: Bytes) {
+        if let Some(tx) = &self.members {
+            // Never waits: a membership thread that falls behind loses frames, which the
+            // protocol repairs, rather than stalling every link.
+            let _ = tx.try_send(MemberInput::Frame { from, payload });
+        }
     }
 }
 

@@ -4,13 +4,14 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use log::info;
 use parking_lot::Mutex;
 
+use super::members::MemberInput;
 use crate::error::{ConnectFailure, Error};
 use crate::id::NodeId;
 use crate::manager::{StreamId, StreamKind};
@@ -75,6 +76,8 @@ pub(crate) struct Links {
     /// One connection attempt at a time per neighbour (application or supervisor); attempts
     /// to different neighbours run side by side, so dead ones do not delay the others.
     connecting: Mutex<HashMap<NodeId, Arc<Mutex<()>>>>,
+    /// The membership thread, told of links that break (when the node runs membership).
+    pub(crate) members: OnceLock<Sender<MemberInput>>,
 }
 
 impl Links {
@@ -102,6 +105,7 @@ impl Links {
             closed: AtomicBool::new(false),
             table: Mutex::new(HashMap::new()),
             connecting: Mutex::new(HashMap::new()),
+            members: OnceLock::new(),
         }
     }
 
@@ -112,6 +116,10 @@ impl Links {
     /// Reports a neighbour event; if the application does not read them and the queue is full,
     /// the event is dropped (the neighbour records still tell the current state).
     pub(crate) fn emit(&self, event: NeighborEvent) {
+        if let (Some(members), NeighborEvent::Down { .. }) = (self.members.get(), &event) {
+            // Queued, never waited for (this runs on the supervisor's thread).
+            let _ = members.try_send(MemberInput::Link(event.clone()));
+        }
         let _ = self.events.try_send(event);
     }
 

@@ -1,8 +1,10 @@
 //! `Node` (the seed's DoubleStreamNode): the public handle that ties the parts together.
 
+mod control;
 pub(crate) mod core;
 pub(crate) mod driver;
 mod link;
+mod members;
 mod supervisor;
 
 use std::collections::HashMap;
@@ -18,10 +20,12 @@ use parking_lot::Mutex;
 
 use self::core::{CoreSettings, NodeCore};
 use crate::broadcast::{BroadcastCompletion, BroadcastEngine, BroadcastId};
+use crate::config::MembershipConfig;
 use crate::config::{Deliveries, NodeConfig};
 use crate::error::Error;
 use crate::id::{validate_id, IdKind, NodeId};
 use crate::manager::{Event, MessageManager};
+use crate::membership::{MemberInfo, Membership, Peer};
 use crate::message::{Completion, Delivery, Message, MessageKey};
 use crate::neighbor::{
     MemoryNeighborStore, NeighborEvent, NeighborInfo, NeighborManager, NeighborStore,
@@ -35,8 +39,10 @@ use crate::transport::memory::MemoryNetwork;
 use crate::transport::server::{self, Context};
 use crate::transport::threads::{ReadGate, ThreadSet};
 use crate::transport::Events;
+use control::Control;
 use driver::{Driver, Input, Io};
 use link::Links;
+use members::{MemberInput, Members, MEMBER_INBOX};
 use supervisor::{Notice, Supervisor};
 
 /// The broadcast settings a node runs with: a broadcast never outlives the store's TTL, the
@@ -108,6 +114,14 @@ struct Running {
     manager: JoinHandle<Receiver<Input>>,
     supervisor: JoinHandle<()>,
     supervisor_tx: Sender<Notice>,
+    members: Option<JoinHandle<()>>,
+}
+
+/// What a node that runs membership keeps of it.
+struct MembersHandle {
+    machine: Arc<Mutex<Membership>>,
+    inbox: Sender<MemberInput>,
+    events: Receiver<MemberInfo>,
 }
 
 /// A running node: a gRPC server, a manager thread, a reconnect supervisor, and a double stream
@@ -122,6 +136,8 @@ pub struct Node {
     store: Arc<SlotStore>,
     counters: Arc<Counters>,
     links: Arc<Links>,
+    control: Arc<Control>,
+    members: Option<MembersHandle>,
     /// The manager thread's inbox.
     inbox: Sender<Input>,
     broadcast_completions: Receiver<BroadcastCompletion>,
@@ -178,6 +194,10 @@ impl Node {
                 tls.check_for(&config.id)?;
             }
         }
+        let advertise = (config.membership.as_ref())
+            .map(|m| advertised(m, &config.listen))
+            .transpose()?
+            .flatten();
         let needed = config.limits.grpc_message_limit();
         let receive_limit = backend.max_message_bytes();
         if needed > receive_limit {
@@ -236,6 +256,7 @@ impl Node {
             tls: backend.tls(),
         });
         let (listener, local_addr) = backend.listen(&config.listen, ctx)?;
+        let member_channel = config.membership.as_ref().map(|_| bounded(MEMBER_INBOX));
         let links = Arc::new(Links::new(
             id.clone(),
             local_addr,
@@ -297,6 +318,7 @@ impl Node {
             gate: gate.clone(),
             supervisor: supervisor_tx.clone(),
             originals: links.originals.clone(),
+            members: member_channel.as_ref().map(|(tx, _)| tx.clone()),
         };
         let driver = Driver::new(core, inbox_rx, settlements, config.tick, io);
         let supervisor = Supervisor {
@@ -308,12 +330,57 @@ impl Node {
             // Seeded per node and per start, so nodes do not share a jitter sequence.
             rng: fastrand::Rng::with_seed(seed_for(&id)),
         };
+        let control = Arc::new(Control {
+            id: id.clone(),
+            links: links.clone(),
+            inbox: inbox.clone(),
+            supervisor: supervisor_tx.clone(),
+            connect_timeout: config.connect_timeout,
+            limits: config.limits.clone(),
+        });
         let manager = std::thread::Builder::new()
             .name(format!("gossip-mgr-{id}"))
             .spawn(move || driver.run())?;
         let supervisor = std::thread::Builder::new()
             .name(format!("gossip-sup-{id}"))
             .spawn(move || supervisor.run())?;
+        let (members, members_thread) = match (&config.membership, member_channel) {
+            (Some(m), Some((tx, rx))) => {
+                let addr = advertise.unwrap_or_else(|| local_addr.to_string());
+                let me = Peer::new(id.clone(), addr);
+                let machine = Arc::new(Mutex::new(Membership::new(
+                    me.clone(),
+                    incarnation_now(),
+                    m.views.clone(),
+                    m.list.clone(),
+                    seed_for(&id),
+                )));
+                let (events_tx, events) = bounded(EVENTS_CAPACITY);
+                let _ = links.members.set(tx.clone());
+                let runtime = Members {
+                    machine: machine.clone(),
+                    me,
+                    config: m.clone(),
+                    inbox: rx,
+                    reply: tx.clone(),
+                    control: control.clone(),
+                    counters: counters.clone(),
+                    events: events_tx,
+                    backoff: config.reconnect.clone(),
+                    rng: fastrand::Rng::with_seed(seed_for(&id)),
+                };
+                let thread = std::thread::Builder::new()
+                    .name(format!("gossip-mem-{id}"))
+                    .spawn(move || runtime.run())?;
+                let handle = MembersHandle {
+                    machine,
+                    inbox: tx,
+                    events,
+                };
+                (Some(handle), Some(thread))
+            }
+            _ => (None, None),
+        };
         info!("node {id} listening on {local_addr}");
         Ok(Node {
             id,
@@ -322,6 +389,8 @@ impl Node {
             store,
             counters,
             links,
+            control,
+            members,
             inbox,
             broadcast_completions,
             gate,
@@ -334,6 +403,7 @@ impl Node {
                 manager,
                 supervisor,
                 supervisor_tx,
+                members: members_thread,
             })),
         })
     }
@@ -384,7 +454,7 @@ impl Node {
     /// one neighbour, or has none. `Err` says why not. Served as `/readyz` by
     /// `metrics::MetricsServer::for_node` (feature `metrics-server`).
     pub fn readiness(&self) -> Result<(), String> {
-        if self.check_open().is_err() {
+        if self.control.check_open().is_err() {
             return Err("shut down".into());
         }
         let neighbors = self.neighbors();
@@ -437,78 +507,12 @@ impl Node {
         }
     }
 
-    fn check_open(&self) -> Result<(), Error> {
-        if self.links.closed.load(Ordering::Acquire) {
-            Err(Error::Shutdown)
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Refuses a neighbour this node cannot have: the node is shut down, or it is itself, or
-    /// it could take no message at all.
-    fn check_neighbor(&self, info: &NeighborInfo) -> Result<(), Error> {
-        self.check_open()?;
-        if info.node_hash == self.id.as_str() {
-            return Err(Error::InvalidId {
-                kind: IdKind::Node,
-                reason: "a node cannot be its own neighbour".into(),
-            });
-        }
-        if info.max_message == Some(0) {
-            return Err(Error::Config {
-                field: "max_message",
-                reason: format!("neighbour {:?}: must be > 0", info.node_hash),
-            });
-        }
-        Ok(())
-    }
-
-    /// Tells the manager what `peer` takes if it is an original node.
-    fn set_neighbor_limit(&self, peer: &NodeId, max_message: Option<usize>) -> Result<(), Error> {
-        let event = Event::NeighborLimit {
-            peer: peer.clone(),
-            max_message,
-        };
-        self.inbox
-            .send(Input::Event(event))
-            .map_err(|_| Error::Shutdown)
-    }
-
     /// Connects to a neighbour: opens (or reuses) the double stream to `info.endpoint` and
     /// starts its reader and writer threads. Waits up to `NodeConfig::connect_timeout` for the
     /// endpoint to accept. Once connected, the node keeps the link up on its own: a broken
     /// link is reconnected with backoff until [`disconnect_neighbor`](Node::disconnect_neighbor).
     pub fn connect_to_neighbor(&self, info: NeighborInfo) -> Result<(), Error> {
-        self.check_neighbor(&info)?;
-        let neighbors = &self.links.neighbors;
-        let known_before = neighbors.lookup(&info.node_hash);
-        let peer = neighbors.add(info.clone())?;
-        // Known before the link is up, so that nothing goes out over the peer's limit.
-        self.set_neighbor_limit(&peer, info.max_message)?;
-        match self
-            .links
-            .establish(&peer, &info.endpoint, self.config.connect_timeout)
-        {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // Leave the records as they were.
-                match known_before {
-                    Some((_, old)) => {
-                        let online = old.online;
-                        let limit = old.max_message;
-                        neighbors.add(old)?;
-                        neighbors.set_online(peer.as_str(), online && self.links.is_linked(&peer));
-                        self.set_neighbor_limit(&peer, limit)?;
-                    }
-                    None => {
-                        drop(neighbors.remove(&info.node_hash));
-                        self.set_neighbor_limit(&peer, None)?;
-                    }
-                }
-                Err(e)
-            }
-        }
+        self.control.connect_to_neighbor(info)
     }
 
     /// Connects to whoever listens at `endpoint` (`HOST:PORT`), learning its id from the
@@ -531,16 +535,7 @@ impl Node {
     /// # Ok::<(), grpc_gossip::Error>(())
     /// ```
     pub fn connect_to_address(&self, endpoint: &str) -> Result<NodeId, Error> {
-        let named = self.links.identify(endpoint, self.config.connect_timeout)?;
-        let peer = NodeId::new(&named, &self.config.limits)?;
-        if peer == *self.id() {
-            return Err(Error::InvalidId {
-                kind: IdKind::Node,
-                reason: format!("{endpoint} is this node ({peer})"),
-            });
-        }
-        self.connect_to_neighbor(NeighborInfo::new(peer.as_str(), endpoint))?;
-        Ok(peer)
+        self.control.connect_to_address(endpoint)
     }
 
     /// Adds a neighbour and returns at once: the node connects to `info.endpoint` in the
@@ -553,41 +548,14 @@ impl Node {
     /// Errors: the node is shut down, or `info` is invalid (its id is this node's, or not a
     /// valid id). An endpoint that cannot be reached is no error here: the node keeps trying.
     pub fn add_neighbor(&self, info: NeighborInfo) -> Result<(), Error> {
-        self.check_neighbor(&info)?;
-        let max_message = info.max_message;
-        let peer = self.links.neighbors.add(info)?;
-        self.set_neighbor_limit(&peer, max_message)?;
-        self.inbox
-            .send(Input::Event(Event::NeighborAdded { peer: peer.clone() }))
-            .map_err(|_| Error::Shutdown)?;
-        if !self.links.is_linked(&peer) {
-            let running = self.running.lock();
-            let supervisor = running.as_ref().ok_or(Error::Shutdown)?;
-            supervisor
-                .supervisor_tx
-                .send(Notice::Connect(peer))
-                .map_err(|_| Error::Shutdown)?;
-        }
-        Ok(())
+        self.control.add_neighbor(info)
     }
 
     /// Removes a neighbour: closes its double stream and stops reconnecting to it; messages in
     /// flight to it complete as `Failed(Disconnected)`. The neighbour is named by its id as
     /// a `&str` or a [`&NodeId`](NodeId).
     pub fn disconnect_neighbor(&self, node_hash: impl AsRef<str>) -> Result<(), Error> {
-        let node_hash = node_hash.as_ref();
-        let (peer, _) = self
-            .links
-            .neighbors
-            .lookup(node_hash)
-            .ok_or_else(|| Error::UnknownNeighbor(node_hash.to_owned()))?;
-        self.links.neighbors.remove(node_hash);
-        self.links.forget(&peer);
-        self.links
-            .emit(NeighborEvent::Removed { peer: peer.clone() });
-        self.inbox
-            .send(Input::Event(Event::Disconnect { peer }))
-            .map_err(|_| Error::Shutdown)
+        self.control.disconnect_neighbor(node_hash.as_ref())
     }
 
     /// Sends `message` to neighbour `target`, waiting while all slots (or the neighbour's
@@ -635,7 +603,7 @@ impl Node {
     /// Refuses, before anything is sent, a message this node cannot send: the node is shut
     /// down, the hash is invalid, or the payload is over `limit` bytes.
     fn check_outgoing(&self, message: &Message, limit: usize) -> Result<(), Error> {
-        self.check_open()?;
+        self.control.check_open()?;
         validate_id(IdKind::Message, &message.hash, &self.config.limits)?;
         if message.payload.len() > limit {
             return Err(Error::TooLarge {
@@ -699,6 +667,74 @@ impl Node {
         answer.recv().map_err(|_| Error::Shutdown)?
     }
 
+    /// Joins the cluster through `seeds` (`HOST:PORT`, a name that may resolve to several
+    /// addresses, or `ID=HOST:PORT`), replacing [`MembershipConfig::seeds`]. Returns at once:
+    /// the node tries the seeds in turn, with backoff while none answers, and
+    /// [`member_events`](Node::member_events) tells as the members become known.
+    ///
+    /// Errors: [`Error::Config`] when the node was started without
+    /// [`NodeConfig::membership`]; [`Error::Shutdown`].
+    pub fn join<S: AsRef<str>>(&self, seeds: &[S]) -> Result<(), Error> {
+        let handle = self.members_handle()?;
+        let seeds = seeds.iter().map(|s| s.as_ref().to_owned()).collect();
+        handle
+            .inbox
+            .send(MemberInput::Seeds(seeds))
+            .map_err(|_| Error::Shutdown)
+    }
+
+    /// Every member this node knows of, itself included, sorted by id: empty when the node
+    /// runs no membership. Members that failed or left stay listed with that state.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let Some(handle) = &self.members else {
+            return Vec::new();
+        };
+        let mut members: Vec<MemberInfo> = handle
+            .machine
+            .lock()
+            .list()
+            .members()
+            .map(MemberInfo::from)
+            .collect();
+        members.sort_by(|a, b| a.id.cmp(&b.id));
+        members
+    }
+
+    /// The active view: the members this node holds links to for membership (and over
+    /// which its broadcasts run, beside any static neighbours). Empty without membership.
+    pub fn active_view(&self) -> Vec<NodeId> {
+        match &self.members {
+            Some(handle) => handle
+                .machine
+                .lock()
+                .views()
+                .active()
+                .iter()
+                .map(|p| p.id.clone())
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Each change of a member, as it happens (a member joined, is suspected, failed, left;
+    /// its incarnation rose). A bounded queue: events the application does not read in time
+    /// are dropped ([`members`](Node::members) always tells the current state). Never yields
+    /// anything without membership.
+    pub fn member_events(&self) -> Receiver<MemberInfo> {
+        match &self.members {
+            Some(handle) => handle.events.clone(),
+            None => crossbeam_channel::never(),
+        }
+    }
+
+    fn members_handle(&self) -> Result<&MembersHandle, Error> {
+        self.control.check_open()?;
+        self.members.as_ref().ok_or_else(|| Error::Config {
+            field: "membership",
+            reason: "the node was started without NodeConfig::membership".into(),
+        })
+    }
+
     /// The completion of every broadcast this node started: exactly one each.
     pub fn broadcast_completions(&self) -> Receiver<BroadcastCompletion> {
         self.broadcast_completions.clone()
@@ -722,7 +758,19 @@ impl Node {
             manager,
             supervisor,
             supervisor_tx,
+            members,
         } = running;
+        if let (Some(handle), Some(thread)) = (&self.members, members) {
+            // A graceful leave: the members hear it now rather than suspect us later.
+            let (done, left) = bounded(1);
+            if handle.inbox.send(MemberInput::Leave(done)).is_ok() {
+                let _ = left.recv_timeout(LEAVE_WAIT);
+            }
+            let _ = handle.inbox.send(MemberInput::Stop);
+            if thread.join().is_err() {
+                log::error!("{}: membership thread panicked", self.id);
+            }
+        }
         self.links.closed.store(true, Ordering::Release);
         listener.shutdown();
         let _ = self.inbox.send(Input::Shutdown);
@@ -759,6 +807,36 @@ impl Node {
         }
         info!("node {} shut down", self.id);
     }
+}
+
+/// How long a shutdown waits for the membership thread to hand its leave to the links.
+const LEAVE_WAIT: Duration = Duration::from_secs(1);
+
+/// The address a node that runs membership announces.
+fn advertised(m: &MembershipConfig, listen: &str) -> Result<Option<String>, Error> {
+    match &m.advertise {
+        Some(a) => Ok(Some(a.clone())),
+        None => match listen.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() => Err(Error::Config {
+                field: "membership.advertise",
+                reason: format!(
+                    "the node listens on {listen}, which other members cannot dial: give the \
+                     address they reach it at"
+                ),
+            }),
+            // Port 0 or a name: known once listening.
+            _ => Ok(None),
+        },
+    }
+}
+
+/// A membership incarnation for a node starting now: the clock's seconds, so that a restart
+/// overrides what the cluster remembers of the life before.
+fn incarnation_now() -> u32 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    u32::try_from(secs).unwrap_or(u32::MAX)
 }
 
 /// A jitter seed that differs between nodes and between runs.

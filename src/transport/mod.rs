@@ -64,6 +64,9 @@ pub const FEATURE_CONFIRM: &str = "confirm";
 /// priority lane, see `NodeConfig::lane_max_bytes`); order holds within each lane. Sends to a
 /// peer that did not list it keep one order.
 pub const FEATURE_LANE: &str = "lane";
+/// Feature token: the peer takes membership frames (`FrameKind::MEMBERSHIP`: partial views and
+/// the member list, see [`crate::membership`]).
+pub const FEATURE_MEMBERSHIP: &str = "membership";
 
 /// Protocol extensions a peer understands, as listed in [`FEATURES_HEADER`] (or in the
 /// `features` field of the handshake ACK our nodes answer with).
@@ -79,6 +82,8 @@ pub struct Features {
     pub confirm: bool,
     /// [`FEATURE_LANE`].
     pub lane: bool,
+    /// [`FEATURE_MEMBERSHIP`].
+    pub membership: bool,
 }
 
 impl Features {
@@ -89,6 +94,7 @@ impl Features {
         chunk: true,
         confirm: true,
         lane: true,
+        membership: true,
     };
 
     /// Parses a comma-separated list; unknown names are ignored.
@@ -101,6 +107,7 @@ impl Features {
                 FEATURE_CHUNK => f.chunk = true,
                 FEATURE_CONFIRM => f.confirm = true,
                 FEATURE_LANE => f.lane = true,
+                FEATURE_MEMBERSHIP => f.membership = true,
                 _ => {}
             }
         }
@@ -109,7 +116,7 @@ impl Features {
 
     /// Whether any feature is listed.
     pub fn any(self) -> bool {
-        self.batch || self.broadcast || self.chunk || self.confirm || self.lane
+        self.batch || self.broadcast || self.chunk || self.confirm || self.lane || self.membership
     }
 
     /// The comma-separated list.
@@ -120,6 +127,7 @@ impl Features {
             (self.chunk, FEATURE_CHUNK),
             (self.confirm, FEATURE_CONFIRM),
             (self.lane, FEATURE_LANE),
+            (self.membership, FEATURE_MEMBERSHIP),
         ]
         .iter()
         .filter(|(on, _)| *on)

@@ -189,7 +189,7 @@ pub(crate) fn frame_of(mut m: GossipMessage, limits: &Limits) -> Result<Frame, S
             budget,
         }),
         FrameKind::GRAFT => Ok(Frame::Graft { id }),
-        FrameKind::DIRECT => Err("not a broadcast frame".into()),
+        FrameKind::DIRECT | FrameKind::MEMBERSHIP => Err("not a broadcast frame".into()),
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 mod bounds;
 mod budgets;
+mod cluster;
 mod crash;
 mod operations;
 use crate::common::silent;

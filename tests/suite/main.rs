@@ -19,6 +19,7 @@ mod factory;
 mod faults;
 mod hostile;
 mod interop;
+mod membership;
 mod memory;
 mod messaging;
 mod metrics;

@@ -44,7 +44,7 @@ enum Command {
     /// messages to send on stdin, events on stdout, logs on stderr. SIGTERM / Ctrl-C drains
     /// in-flight messages, then exits 0.
     #[command(after_help = node::NODE_HELP)]
-    Node(settings::NodeArgs),
+    Node(Box<settings::NodeArgs>),
     /// Simulate broadcasts on a random graph of many nodes (the protocol core over simulated
     /// links: no gRPC, deterministic for a seed) and report reliability, RMR, last-delivery hop
     /// and whether the origin's converged ACK count is exact.
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
             bench::run(args)
         }
         // Logging starts once the node's configuration (which may set the level) is read.
-        Command::Node(args) => node::run(args),
+        Command::Node(args) => node::run(*args),
         Command::Sim(args) => {
             init_logging("warn");
             sim::run(args)

@@ -38,6 +38,7 @@ Stdout, one line per event (with --timestamps, each starts with its RFC 3339 UTC
   broadcast hash=.. origin=..          converged hash=.. reached=N missing=ID,ID elapsed_ms=..
   delivered from=.. hash=.. [origin=..] bytes=.. (text=\"..\" | file=PATH)
   neighbor peer=.. state=up|down|reconnecting|removed [reason=..]
+  member id=.. addr=.. state=joined|suspected|failed|left incarnation=N   (--join, --membership)
   draining pending=N timeout_ms=..     stopped id=.. pending=N
   error ..
 
@@ -485,6 +486,7 @@ pub(crate) fn run(args: NodeArgs) -> Result<ExitCode, Error> {
     let broadcasts = node.broadcast_completions();
     let deliveries = node.deliveries();
     let events = node.events();
+    let member_events = node.member_events();
     let ticker = crossbeam_channel::tick(Duration::from_millis(100));
     let never = crossbeam_channel::never::<String>();
     let started = Instant::now();
@@ -538,6 +540,15 @@ pub(crate) fn run(args: NodeArgs) -> Result<ExitCode, Error> {
                 daemon.send_queued();
             },
             recv(events) -> e => if let Ok(e) = e { daemon.event(e) },
+            recv(member_events) -> m => if let Ok(m) = m {
+                say!(
+                    "member id={} addr={} state={} incarnation={}",
+                    shown(m.id.as_str()),
+                    m.addr,
+                    m.state.name(),
+                    m.incarnation
+                );
+            },
             recv(deliveries) -> d => if let Ok(d) = d { daemon.deliver(d) },
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use grpc_gossip::config::file::{duration_of, Key, NodeFile, Parse, TlsFiles, KEYS as NODE_KEYS};
 use grpc_gossip::transport::tls::TlsConfig;
-use grpc_gossip::{Deliveries, Error, NeighborInfo, NodeConfig, TransportConfig};
+use grpc_gossip::{Deliveries, Error, MembershipConfig, NeighborInfo, NodeConfig, TransportConfig};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
@@ -34,6 +34,32 @@ pub(crate) struct NodeArgs {
     /// file's peers. Connection is retried until it is up.
     #[arg(long = "peer", value_name = "[ID=]HOST:PORT", value_parser = parse_peer)]
     pub peers: Vec<(Option<String>, String)>,
+    /// Join a cluster through these seeds: HOST:PORT (a name may resolve to several
+    /// addresses, each tried) or ID=HOST:PORT, comma-separated or repeated. Retried with
+    /// backoff until one answers; a seed that is this node is skipped. Turns membership on.
+    #[arg(long, value_name = "[ID=]HOST:PORT", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Run membership without joining anyone: this node is the first member, the others
+    /// --join through it.
+    #[arg(long)]
+    pub membership: bool,
+    /// The address other members reach this node at [default: the listening address].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// Members in the active view (the links membership holds) [default: 5].
+    #[arg(long, value_name = "N")]
+    pub active_view: Option<usize>,
+    /// Members in the passive view (known, to repair the active one) [default: 30].
+    #[arg(long, value_name = "N")]
+    pub passive_view: Option<usize>,
+    /// How often the views are shuffled and the member list compared with a random member
+    /// [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub shuffle_period: Option<Duration>,
+    /// A member suspected by one member alone fails after this long unless it refutes
+    /// [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub suspect_timeout: Option<Duration>,
     /// Store slots (messages in flight at once) [default: 200].
     #[arg(long)]
     pub slots: Option<usize>,
@@ -73,6 +99,40 @@ pub(crate) struct NodeArgs {
     /// Start every stdout line with its RFC 3339 time (UTC, milliseconds).
     #[arg(long)]
     pub timestamps: bool,
+}
+
+/// Membership from the flags: on with --join or --membership.
+fn membership(args: &NodeArgs) -> Result<Option<MembershipConfig>, Error> {
+    let tuned = args.advertise.is_some()
+        || args.active_view.is_some()
+        || args.passive_view.is_some()
+        || args.shuffle_period.is_some()
+        || args.suspect_timeout.is_some();
+    if args.join.is_empty() && !args.membership {
+        if tuned {
+            return Err(invalid(
+                "membership",
+                "--advertise, --active-view, --passive-view, --shuffle-period and \
+                 --suspect-timeout need --join or --membership",
+            ));
+        }
+        return Ok(None);
+    }
+    let mut m = MembershipConfig::with_seeds(args.join.iter().cloned());
+    m.advertise = args.advertise.clone();
+    if let Some(n) = args.active_view {
+        m.views.active = n;
+    }
+    if let Some(n) = args.passive_view {
+        m.views.passive = n;
+    }
+    if let Some(d) = args.shuffle_period {
+        m.views.shuffle_period = d;
+    }
+    if let Some(d) = args.suspect_timeout {
+        m.list.suspect_timeout = d;
+    }
+    Ok(Some(m))
 }
 
 fn parse_peer(s: &str) -> Result<(Option<String>, String), String> {
@@ -223,6 +283,7 @@ impl Settings {
     }
 
     fn merge(args: NodeArgs, file: FileConfig) -> Result<Settings, Error> {
+        let membership_config = membership(&args)?;
         let tls_config = tls(&args, file.node.tls.clone())?;
         let sets_peer_max_messages = file.node.sets_peer_max_messages();
         let (mut node, mut transport) = file.node.configs();
@@ -269,6 +330,20 @@ impl Settings {
             )
         };
         check_peers(&node.id, &peers)?;
+        node.membership = membership_config;
+        if let Some(m) = &node.membership {
+            let by_address = m.seeds.iter().find(|s| !s.contains('='));
+            if let (Some(seed), Some(_)) = (by_address, &transport.tls) {
+                return Err(invalid(
+                    "join",
+                    format!(
+                        "{seed}: with TLS a seed is dialled by its id (--join ID={seed}), \
+                         which its certificate must carry"
+                    ),
+                ));
+            }
+        }
+        node.validate().map_err(as_operator_key)?;
         if let (Some(addr), Some(_)) = (peers_by_address.first(), &transport.tls) {
             return Err(invalid(
                 "peer",

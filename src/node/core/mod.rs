@@ -35,6 +35,11 @@ const UNRESOLVED_FRAMES: usize = 4096;
 /// or frames (direct messages are bounded by the neighbour's share of the store instead).
 const BROADCAST_BACKLOG_BYTES: usize = 64 * 1024 * 1024;
 const BROADCAST_BACKLOG_FRAMES: usize = 16 * 1024;
+/// Membership frames held per member for a link that is not registered yet (a dial that has
+/// just finished hands its streams to this thread a moment later), and for how long.
+const HELD_MEMBERSHIP_FRAMES: usize = 64;
+const HELD_MEMBERSHIP_PEERS: usize = 256;
+const HELD_MEMBERSHIP_WAIT: Duration = Duration::from_secs(5);
 /// A link is replaced only after nothing was written on it for this long.
 const REDIAL_QUIET: Duration = Duration::from_secs(1);
 
@@ -46,6 +51,8 @@ pub(crate) enum Received {
     BroadcastMessage(GossipMessage),
     /// A broadcast ACK: the broadcast engine's.
     BroadcastAck(GossipACK),
+    /// A membership frame (kind MEMBERSHIP): the membership thread's.
+    Membership(GossipMessage),
     /// The handshake ACK on one of our outbound AckStreams: what the peer understands, and
     /// who it is.
     Hello { features: Features, from: String },
@@ -59,6 +66,8 @@ impl Received {
                 stream,
                 message: message.into(),
             })
+        } else if message.kind == FrameKind::MEMBERSHIP {
+            Received::Membership(message)
         } else {
             Received::BroadcastMessage(message)
         }
@@ -100,6 +109,9 @@ pub(crate) enum In {
     Closed { stream: StreamId, reason: String },
     /// The application answered for a delivery.
     Settled(Settlement),
+    /// The membership thread sends `payload` (a `MembershipFrame`) to `peer`, over our link
+    /// to it; without one it is dropped (the membership protocol repairs losses).
+    Membership { peer: NodeId, payload: Bytes },
     /// The periodic timer: TTLs, retransmissions, stalled writers, overdue handshakes.
     Tick,
     /// Room may have come in the application's queue: hand on what was held.
@@ -157,6 +169,9 @@ pub(crate) trait World {
     fn notify(&mut self, notice: Notice);
     /// Records whether `peer` is an original node, for the threads that dial it.
     fn set_original(&mut self, peer: &NodeId, original: bool);
+    /// Hands a membership frame from `from` to the membership thread (dropped if the node runs
+    /// none).
+    fn membership(&mut self, from: NodeId, payload: Bytes);
 }
 
 /// Deliveries and ACKs held back, in order, while the application's delivery queue is full.
@@ -219,6 +234,8 @@ pub(crate) struct NodeCore {
     /// Links found to go to an original node with a keepalive it refuses: replaced (dialled
     /// again with one it accepts) as soon as nothing is outstanding on them.
     redial: HashSet<NodeId>,
+    /// Membership frames for members whose link is not registered yet, since when.
+    membership_held: HashMap<NodeId, (Instant, Vec<Bytes>)>,
 }
 
 impl NodeCore {
@@ -249,6 +266,7 @@ impl NodeCore {
             originals: HashSet::new(),
             fast_links: HashMap::new(),
             redial: HashSet::new(),
+            membership_held: HashMap::new(),
         }
     }
 
@@ -277,10 +295,20 @@ impl NodeCore {
                 self.step(Event::StreamClosed { stream, reason }, world)
             }
             In::Settled(settled) => self.settle(settled, world),
+            In::Membership { peer, payload } => self.send_membership(peer, payload, world),
             In::Tick => {
                 self.step(Event::Tick, world);
                 self.check_writers(world);
                 self.resolve_overdue(world);
+                let now = self.now;
+                let counters = &self.counters;
+                self.membership_held.retain(|_, (since, held)| {
+                    let keep = now.saturating_duration_since(*since) < HELD_MEMBERSHIP_WAIT;
+                    if !keep {
+                        add(&counters.membership_frames_dropped, held.len());
+                    }
+                    keep
+                });
                 self.redial_idle(world);
                 self.broadcast_step(broadcast::Event::Tick, world);
             }
@@ -389,6 +417,11 @@ impl NodeCore {
             // Unknown features: taken as ours until the handshake says otherwise; the
             // frames wait for it (see `unresolved`).
             let plain = self.features.get(&peer).is_some_and(|f| !f.broadcast);
+            if let Some((_, held)) = self.membership_held.remove(&peer) {
+                for payload in held {
+                    self.send_membership(peer.clone(), payload, world);
+                }
+            }
             self.broadcast_step(broadcast::Event::NeighborUp { peer, plain }, world);
         }
     }
@@ -406,6 +439,13 @@ impl NodeCore {
                 self.on_broadcast_message(stream, message, world)
             }
             Received::BroadcastAck(ack) => self.on_broadcast_ack(stream, ack, world),
+            Received::Membership(message) => {
+                // The sender is the stream's peer, whatever the frame says.
+                if let Some((peer, _)) = self.manager.stream_peer(stream) {
+                    bump(&self.counters.membership_frames_received);
+                    world.membership(peer.clone(), message.payload);
+                }
+            }
             Received::Hello { features, from } => self.hello(stream, features, from, world),
         }
     }
@@ -658,6 +698,54 @@ impl NodeCore {
     /// The lane of `message` to `peer`: priority for control frames and whole messages of at
     /// most `lane_max_bytes`, where the lane is on and the peer announced it. Chunks of a large
     /// message are bulk, even its short last one, so that they arrive in order.
+    /// Sends a membership frame over our link to `peer`, if it has one and understands
+    /// membership (features not known yet: taken as ours, since members learn of each other
+    /// only from nodes that speak it).
+    fn send_membership(&mut self, peer: NodeId, payload: Bytes, world: &mut impl World) {
+        let stream = self
+            .manager
+            .message_stream_to(&peer)
+            .filter(|s| self.writable.contains_key(s));
+        let understood = self.features.get(&peer).is_none_or(|f| f.membership);
+        if !understood {
+            bump(&self.counters.membership_frames_dropped);
+            return debug!("{}: {peer} does not speak membership", self.local);
+        }
+        let Some(stream) = stream else {
+            let now = self.now;
+            let room = self.membership_held.len() < HELD_MEMBERSHIP_PEERS
+                || self.membership_held.contains_key(&peer);
+            let held = match room {
+                true => Some(
+                    &mut self
+                        .membership_held
+                        .entry(peer.clone())
+                        .or_insert((now, Vec::new()))
+                        .1,
+                ),
+                false => None,
+            };
+            match held {
+                Some(held) if held.len() < HELD_MEMBERSHIP_FRAMES => held.push(payload),
+                _ => {
+                    bump(&self.counters.membership_frames_dropped);
+                    debug!(
+                        "{}: membership frame to {peer} dropped: no link",
+                        self.local
+                    );
+                }
+            }
+            return;
+        };
+        let mut message = GossipMessage::new();
+        message.kind = FrameKind::MEMBERSHIP;
+        message.from_hash = self.local.to_string();
+        message.payload = payload;
+        let lane = self.lane_of(&peer, &message);
+        bump(&self.counters.membership_frames_sent);
+        world.send_message(stream, message, lane);
+    }
+
     fn lane_of(&self, peer: &NodeId, message: &GossipMessage) -> Lane {
         let small =
             message.total_bytes == 0 && message.payload.len() <= self.settings.lane_max_bytes;

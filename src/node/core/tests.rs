@@ -33,6 +33,7 @@ struct Recorder {
     completions: Vec<Completion>,
     notices: Vec<Notice>,
     originals: HashMap<NodeId, bool>,
+    membership: Vec<(NodeId, Bytes)>,
 }
 
 impl World for Recorder {
@@ -70,6 +71,9 @@ impl World for Recorder {
     }
     fn set_original(&mut self, peer: &NodeId, original: bool) {
         self.originals.insert(peer.clone(), original);
+    }
+    fn membership(&mut self, from: NodeId, payload: Bytes) {
+        self.membership.push((from, payload));
     }
 }
 
