@@ -67,9 +67,17 @@ pub enum Error {
         /// The budget.
         limit: usize,
     },
-    /// The target is not a neighbour of this node.
+    /// The target is not a neighbour of this node (nor, with membership, a member believed up).
     #[error("unknown neighbour {0:?}")]
     UnknownNeighbor(String),
+    /// A message to a member that is not a neighbour needs a link of its own, and as many such
+    /// links as allowed ([`MembershipConfig::max_extra_links`](crate::MembershipConfig)) are
+    /// open; they close once idle. Nothing was sent.
+    #[error("{limit} links to members that are not neighbours are open already; try again later")]
+    MemberLinks {
+        /// The limit.
+        limit: usize,
+    },
     /// Connecting to a neighbour's endpoint failed.
     #[error("cannot connect to {endpoint}: {kind}: {reason}")]
     Connect {

@@ -58,6 +58,15 @@
 //! ([`ConnectFailure`]). A message fails only when its TTL runs out, its neighbour is removed,
 //! or the node shuts down.
 //!
+//! ## Clusters that assemble themselves
+//!
+//! With [`NodeConfig::membership`] a node joins through seeds given by address
+//! ([`MembershipConfig::seeds`], [`Node::join`]) and the cluster builds its own overlay: the
+//! [`membership::Membership`] machine (HyParView partial views and a member list with
+//! confirmed failures, sans IO like the other cores) runs on a thread of its own and links the
+//! node to a small active view, whatever the cluster's size. [`Node::members`] lists every
+//! member with its state, [`Node::member_events`] tells each change.
+//!
 //! ## Acknowledged deliveries
 //!
 //! By default a node ACKs a message once it is queued for the application. With

@@ -47,6 +47,7 @@ pub const KEYS: &[&str] = &[
     "limits",
     "connection",
     "broadcast",
+    "membership",
     "tls",
 ];
 
@@ -225,13 +226,18 @@ impl NodeFile {
                     self.peers.push(info);
                 }
             }
-            "store" | "limits" | "connection" | "broadcast" => {
+            "store" | "limits" | "connection" | "broadcast" | "membership" => {
+                if key == "membership" {
+                    // The section turns membership on, even empty (the first member).
+                    self.node.membership.get_or_insert_with(Default::default);
+                }
                 let section = Section {
                     file: self,
                     name: match key {
                         "store" => "store",
                         "limits" => "limits",
                         "connection" => "connection",
+                        "membership" => "membership",
                         _ => "broadcast",
                     },
                 };
@@ -299,6 +305,22 @@ impl NodeFile {
             }
             ("connection", "bdp_probe") => transport.http2_bdp_probe = Some(value(map, n)?),
             ("connection", "lane_max_bytes") => node.lane_max_bytes = size(map, n)?,
+            ("membership", _) => {
+                let m = node.membership.get_or_insert_with(Default::default);
+                match key {
+                    "join" => m.seeds = value(map, n)?,
+                    "advertise" => m.advertise = Some(value(map, n)?),
+                    "active_view" => m.views.active = value(map, n)?,
+                    "passive_view" => m.views.passive = value(map, n)?,
+                    "shuffle_period" => m.views.shuffle_period = positive(map, n)?,
+                    "suspect_timeout" => m.list.suspect_timeout = positive(map, n)?,
+                    "confirmations" => m.list.confirmations = value(map, n)?,
+                    "max_members" => m.list.max_members = value(map, n)?,
+                    "max_extra_links" => m.max_extra_links = value(map, n)?,
+                    "idle_link" => m.idle_link = positive(map, n)?,
+                    _ => return Ok(false),
+                }
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -404,6 +426,18 @@ fn section_keys(section: &str) -> &'static [&'static str] {
             "bdp_probe",
             "lane_max_bytes",
         ],
+        "membership" => &[
+            "join",
+            "advertise",
+            "active_view",
+            "passive_view",
+            "shuffle_period",
+            "suspect_timeout",
+            "confirmations",
+            "max_members",
+            "max_extra_links",
+            "idle_link",
+        ],
         _ => &["held_budget"],
     }
 }
@@ -466,6 +500,17 @@ mod tests {
             lane_max_bytes = "16KiB"
             [broadcast]
             held_budget = "16MiB"
+            [membership]
+            join = ["seed.example:7000", "b=10.0.0.2:7000"]
+            advertise = "10.0.0.1:7000"
+            active_view = 4
+            passive_view = 20
+            shuffle_period = "2s"
+            suspect_timeout = "4s"
+            confirmations = 3
+            max_members = 500
+            max_extra_links = 2
+            idle_link = "1s"
             [tls]
             ca = "ca.pem"
             cert = "a.pem"
@@ -494,6 +539,17 @@ mod tests {
         assert_eq!(transport.stream_window_bytes, Some(8 << 20));
         assert_eq!(transport.http2_bdp_probe, Some(false));
         assert_eq!(node.lane_max_bytes, 16 << 10);
+        let m = node.membership.clone().unwrap();
+        assert_eq!(m.seeds, ["seed.example:7000", "b=10.0.0.2:7000"]);
+        assert_eq!(m.advertise.as_deref(), Some("10.0.0.1:7000"));
+        assert_eq!((m.views.active, m.views.passive), (4, 20));
+        assert_eq!(m.views.shuffle_period, Duration::from_secs(2));
+        assert_eq!(m.list.suspect_timeout, Duration::from_secs(4));
+        assert_eq!((m.list.confirmations, m.list.max_members), (3, 500));
+        assert_eq!(
+            (m.max_extra_links, m.idle_link),
+            (2, Duration::from_secs(1))
+        );
         assert_eq!(
             transport.max_grpc_message_bytes,
             node.limits.grpc_message_limit()
@@ -521,6 +577,11 @@ mod tests {
                 "peers.max_message",
             ),
             ("[tls]\nca = \"x\"", "missing field `cert`"),
+            ("[membership]\nactive = 3", "membership.active"),
+            (
+                "[membership]\nshuffle_period = \"0s\"",
+                "membership.shuffle_period",
+            ),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(named), "{text:?}: {err}");

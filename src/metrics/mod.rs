@@ -31,6 +31,7 @@
 //! | `gossip_broadcast_reached_total` | counter | | nodes reached, summed over completed broadcasts |
 //! | `gossip_broadcast_missing_total` | counter | | nodes reported missing, summed over completed broadcasts |
 //! | `gossip_broadcast_duplicate_payloads_total` | counter | | broadcast payload copies received and not delivered (already had them) |
+//! | `gossip_membership_frames_total` | counter | result | membership frames: `sent`, `received`, `dropped` (no link, or a peer that does not speak it), `refused` (malformed) |
 //! | `gossip_slots_in_use` / `gossip_slots` | gauge | | messages in flight / store capacity |
 //! | `gossip_peer_online` | gauge | peer | 1 while the double stream to the neighbour is up |
 //! | `gossip_neighbors_online` | gauge | | neighbours up |
@@ -137,6 +138,12 @@ const FAMILIES: &[Family] = &[
     family(
         "gossip_broadcasts_completed_total",
         "Broadcasts of this node completed: converged (every offer answered) or incomplete.",
+        COUNTER,
+        &["result"],
+    ),
+    family(
+        "gossip_membership_frames_total",
+        "Membership frames: sent, received, dropped (no link) or refused (malformed).",
         COUNTER,
         &["result"],
     ),
@@ -377,6 +384,12 @@ impl NodeCollector {
             "gossip_broadcasts_completed_total" => vec![
                 self.counter(&[("result", "converged")], s.broadcasts_converged),
                 self.counter(&[("result", "incomplete")], s.broadcasts_incomplete),
+            ],
+            "gossip_membership_frames_total" => vec![
+                self.counter(&[("result", "sent")], s.membership_frames_sent),
+                self.counter(&[("result", "received")], s.membership_frames_received),
+                self.counter(&[("result", "dropped")], s.membership_frames_dropped),
+                self.counter(&[("result", "refused")], s.membership_frames_refused),
             ],
             "gossip_broadcast_reached_total" => vec![self.counter(&[], s.broadcast_reached)],
             "gossip_broadcast_missing_total" => vec![self.counter(&[], s.broadcast_missing)],

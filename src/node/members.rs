@@ -35,6 +35,7 @@ use crate::id::NodeId;
 use crate::membership::{frame, Frame, MemberInfo, Membership, MembershipIn, MembershipOut, Peer};
 use crate::neighbor::{NeighborEvent, NeighborInfo};
 use crate::stats::{bump, Counters};
+use crate::store::SlotStore;
 
 /// Frames waiting for the membership thread beyond which the manager drops more.
 pub(crate) const MEMBER_INBOX: usize = 4096;
@@ -90,6 +91,11 @@ pub(crate) struct Members {
     pub(crate) events: Sender<MemberInfo>,
     pub(crate) backoff: Backoff,
     pub(crate) rng: fastrand::Rng,
+    /// What is in flight to whom: a link with messages in flight is never closed here.
+    pub(crate) store: Arc<SlotStore>,
+    /// Links the application's messages to members opened (see `Node::send_message`), and
+    /// when each was last busy.
+    pub(crate) direct: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
 /// Where the thread stands with joining.
@@ -320,12 +326,15 @@ impl Members {
         now: Instant,
     ) {
         let linked = self.control.links.is_linked(&p.id);
+        // A link the application's messages opened is ours to close too, unlike a static
+        // neighbour's.
+        let direct = self.direct.lock().contains_key(&p.id);
         held.insert(
             p.id.clone(),
             Held {
                 up: linked,
                 active,
-                ours: !linked,
+                ours: !linked || direct,
                 queued: match linked {
                     true => Vec::new(),
                     false => first.iter().cloned().collect(),
@@ -371,13 +380,23 @@ impl Members {
         });
     }
 
-    /// Closes the extra links nothing was sent on for [`MembershipConfig::idle_link`].
+    /// Closes the extra links nothing was sent on for [`MembershipConfig::idle_link`], and the
+    /// links opened for the application's messages once nothing has been in flight on them for
+    /// as long; never one with messages in flight, nor one the other kind still uses.
     fn close_idle(&self, held: &mut HashMap<NodeId, Held>, now: Instant) {
         let idle = self.config.idle_link;
+        let in_flight = self.store.in_flight_by_peer();
+        let busy = |id: &NodeId| in_flight.get(id).is_some_and(|n| *n > 0);
+        let mut direct = self.direct.lock();
         let done: Vec<NodeId> = held
             .iter()
-            .filter(|(_, h)| {
-                h.ours && h.up && !h.active && now.saturating_duration_since(h.last_used) >= idle
+            .filter(|(id, h)| {
+                h.ours
+                    && h.up
+                    && !h.active
+                    && now.saturating_duration_since(h.last_used) >= idle
+                    && !busy(id)
+                    && !direct.contains_key(*id)
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -385,6 +404,18 @@ impl Members {
             held.remove(&id);
             let _ = self.control.disconnect_neighbor(id.as_str());
         }
+        direct.retain(|id, last| {
+            if busy(id) {
+                *last = now;
+            }
+            let keep = now.saturating_duration_since(*last) < idle;
+            // One membership also holds is left to it.
+            if !keep && !held.contains_key(id) {
+                debug!("{}: closing the idle link to member {id}", self.me.id);
+                let _ = self.control.disconnect_neighbor(id.as_str());
+            }
+            keep
+        });
     }
 
     /// Looks for a seed on a thread of its own (dials take time): the first that answers with

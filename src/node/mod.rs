@@ -25,7 +25,7 @@ use crate::config::{Deliveries, NodeConfig};
 use crate::error::Error;
 use crate::id::{validate_id, IdKind, NodeId};
 use crate::manager::{Event, MessageManager};
-use crate::membership::{MemberInfo, Membership, Peer};
+use crate::membership::{MemberInfo, MemberState, Membership, Peer};
 use crate::message::{Completion, Delivery, Message, MessageKey};
 use crate::neighbor::{
     MemoryNeighborStore, NeighborEvent, NeighborInfo, NeighborManager, NeighborStore,
@@ -120,6 +120,10 @@ struct Running {
 /// What a node that runs membership keeps of it.
 struct MembersHandle {
     machine: Arc<Mutex<Membership>>,
+    /// Links opened for messages to members that are not neighbours, and when each was last
+    /// busy (the membership thread closes them once idle).
+    direct: Arc<Mutex<HashMap<NodeId, Instant>>>,
+    max_direct: usize,
     inbox: Sender<MemberInput>,
     events: Receiver<MemberInfo>,
 }
@@ -356,6 +360,7 @@ impl Node {
                     seed_for(&id),
                 )));
                 let (events_tx, events) = bounded(EVENTS_CAPACITY);
+                let direct = Arc::new(Mutex::new(HashMap::new()));
                 let _ = links.members.set(tx.clone());
                 let runtime = Members {
                     machine: machine.clone(),
@@ -368,12 +373,16 @@ impl Node {
                     events: events_tx,
                     backoff: config.reconnect.clone(),
                     rng: fastrand::Rng::with_seed(seed_for(&id)),
+                    store: store.clone(),
+                    direct: direct.clone(),
                 };
                 let thread = std::thread::Builder::new()
                     .name(format!("gossip-mem-{id}"))
                     .spawn(move || runtime.run())?;
                 let handle = MembersHandle {
                     machine,
+                    direct,
+                    max_direct: m.max_extra_links,
                     inbox: tx,
                     events,
                 };
@@ -617,11 +626,10 @@ impl Node {
     fn send(&self, target: &str, message: Message, wait: Wait) -> Result<MessageKey, Error> {
         // Beyond one frame's limit it goes in chunks.
         self.check_outgoing(&message, self.config.limits.max_message_bytes)?;
-        let (peer, _) = self
-            .links
-            .neighbors
-            .lookup(target)
-            .ok_or_else(|| Error::UnknownNeighbor(target.to_owned()))?;
+        let peer = match self.links.neighbors.lookup(target) {
+            Some((peer, _)) => peer,
+            None => self.link_to_member(target)?,
+        };
         let key = MessageKey {
             peer,
             hash: message.hash,
@@ -725,6 +733,33 @@ impl Node {
             Some(handle) => handle.events.clone(),
             None => crossbeam_channel::never(),
         }
+    }
+
+    /// A message to a member that is not a neighbour: the member gets a link of its own,
+    /// opened in the background as for [`add_neighbor`](Node::add_neighbor), and closed by the
+    /// membership thread once nothing is in flight to it for `MembershipConfig::idle_link`.
+    fn link_to_member(&self, target: &str) -> Result<NodeId, Error> {
+        let unknown = || Error::UnknownNeighbor(target.to_owned());
+        let handle = self.members.as_ref().ok_or_else(unknown)?;
+        let id = NodeId::new(target, &self.config.limits).map_err(|_| unknown())?;
+        let member = handle
+            .machine
+            .lock()
+            .list()
+            .get(&Peer::new(id.clone(), "-"))
+            .filter(|m| matches!(m.state, MemberState::Joined | MemberState::Suspected))
+            .filter(|_| id != self.id)
+            .ok_or_else(unknown)?;
+        let mut direct = handle.direct.lock();
+        if !direct.contains_key(&id) && direct.len() >= handle.max_direct {
+            return Err(Error::MemberLinks {
+                limit: handle.max_direct,
+            });
+        }
+        self.control
+            .add_neighbor(NeighborInfo::new(id.as_str(), member.id.addr.as_str()))?;
+        direct.insert(id.clone(), Instant::now());
+        Ok(id)
     }
 
     fn members_handle(&self) -> Result<&MembersHandle, Error> {

@@ -2,8 +2,8 @@
 //!
 //! Each module is one suite: nodes over loopback gRPC in this process (`messaging`,
 //! `broadcast`, `faults`, `hostile`, `shutdown`, `tls`, `metrics`, `factory`), nodes on the
-//! in-memory network (`memory`, and every `messaging` and `broadcast` test written with
-//! `on_both!`, which runs once on each transport), and `gossip` processes (`cli`, and `interop`
+//! in-memory network (`memory`, and every `messaging`, `broadcast` and `membership` test
+//! written with `on_both!`, which runs once on each transport), and `gossip` processes (`cli`, and `interop`
 //! with original Go nodes, which needs `bash tests/interop/run.sh`). Run one with
 //! `cargo test --release --features cli --test suite messaging::` (the suite needs the `gossip`
 //! binary, so the `cli` feature).

@@ -18,6 +18,7 @@ fn member_config(id: &str, seeds: &[String]) -> NodeConfig {
     m.views.passive = 10;
     m.views.shuffle_period = Duration::from_millis(300);
     m.list.suspect_timeout = Duration::from_secs(3);
+    m.idle_link = Duration::from_secs(1);
     c.membership = Some(m);
     c.connect_timeout = Duration::from_secs(2);
     c
@@ -109,6 +110,37 @@ on_both! {
             .any(|e| e.id == gone && e.state == MemberState::Left);
         assert!(heard, "the event tells it");
         assert_eq!(broadcast_reach(&nodes[1], "after"), 3);
+    }
+}
+
+on_both! {
+    fn a_message_to_a_member_that_is_not_a_neighbour_gets_a_link_of_its_own(on) {
+        let nodes = cluster(on, N);
+        let refs: Vec<&Node> = nodes.iter().collect();
+        wait_for(&refs, "every list holds every member", all_joined(N));
+        let linked = |a: &Node, b: &Node| a.neighbors().iter().any(|n| n.node_hash == b.id().as_str());
+        // A pair with no link between them (active views hold 3 of 8).
+        let (a, b) = nodes
+            .iter()
+            .flat_map(|a| nodes.iter().map(move |b| (a, b)))
+            .find(|(a, b)| a.id() != b.id() && !linked(a, b))
+            .expect("some pair is not linked");
+        a.send_message(b.id(), Message::new("direct-1", "to a member")).unwrap();
+        let done = a.completions().recv_timeout(PATIENCE).unwrap();
+        assert!(done.is_acked(), "{done:?}");
+        let got = b.deliveries().recv_timeout(PATIENCE).unwrap();
+        assert_eq!(&got.payload[..], b"to a member");
+        // Idle, the link closes again (unless the views took it in meanwhile).
+        let deadline = Instant::now() + PATIENCE;
+        while linked(a, b) && !a.active_view().contains(b.id()) {
+            assert!(Instant::now() < deadline, "the idle link to {} stays", b.id());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // A name that is no member is still an unknown neighbour.
+        match a.send_message("nobody", Message::new("x", "y")) {
+            Err(Error::UnknownNeighbor(n)) => assert_eq!(n, "nobody"),
+            other => panic!("{other:?}"),
+        }
     }
 }
 

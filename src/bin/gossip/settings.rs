@@ -101,25 +101,34 @@ pub(crate) struct NodeArgs {
     pub timestamps: bool,
 }
 
-/// Membership from the flags: on with --join or --membership.
-fn membership(args: &NodeArgs) -> Result<Option<MembershipConfig>, Error> {
+/// Membership from the file's `[membership]` (`base`) and the flags over it: on with the
+/// section, --join or --membership.
+fn membership(
+    args: &NodeArgs,
+    base: Option<MembershipConfig>,
+) -> Result<Option<MembershipConfig>, Error> {
     let tuned = args.advertise.is_some()
         || args.active_view.is_some()
         || args.passive_view.is_some()
         || args.shuffle_period.is_some()
         || args.suspect_timeout.is_some();
-    if args.join.is_empty() && !args.membership {
+    if args.join.is_empty() && !args.membership && base.is_none() {
         if tuned {
             return Err(invalid(
                 "membership",
                 "--advertise, --active-view, --passive-view, --shuffle-period and \
-                 --suspect-timeout need --join or --membership",
+                 --suspect-timeout need --join, --membership or a [membership] section",
             ));
         }
         return Ok(None);
     }
-    let mut m = MembershipConfig::with_seeds(args.join.iter().cloned());
-    m.advertise = args.advertise.clone();
+    let mut m = base.unwrap_or_default();
+    if !args.join.is_empty() {
+        m.seeds = args.join.clone();
+    }
+    if args.advertise.is_some() {
+        m.advertise = args.advertise.clone();
+    }
     if let Some(n) = args.active_view {
         m.views.active = n;
     }
@@ -283,7 +292,7 @@ impl Settings {
     }
 
     fn merge(args: NodeArgs, file: FileConfig) -> Result<Settings, Error> {
-        let membership_config = membership(&args)?;
+        let membership_config = membership(&args, file.node.node.membership.clone())?;
         let tls_config = tls(&args, file.node.tls.clone())?;
         let sets_peer_max_messages = file.node.sets_peer_max_messages();
         let (mut node, mut transport) = file.node.configs();
@@ -487,6 +496,49 @@ mod tests {
         assert_eq!(s.peers[0].max_message, None);
         assert_eq!(s.peers[1].max_message, Some(16 << 20));
         assert_eq!(s.node.limits.max_payload_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn membership_comes_from_the_section_and_the_flags_over_it() {
+        let file =
+            parse("id = \"a\"\n[membership]\njoin = [\"seed:1\"]\nactive_view = 4\n").unwrap();
+        let args = NodeArgs {
+            join: vec!["other:2".into()],
+            passive_view: Some(12),
+            ..NodeArgs::default()
+        };
+        let m = Settings::merge(args, file)
+            .unwrap()
+            .node
+            .membership
+            .unwrap();
+        assert_eq!(m.seeds, ["other:2"]);
+        assert_eq!((m.views.active, m.views.passive), (4, 12));
+        let plain = parse("id = \"a\"").unwrap();
+        assert!(Settings::merge(NodeArgs::default(), plain)
+            .unwrap()
+            .node
+            .membership
+            .is_none());
+        let lonely = NodeArgs {
+            id: Some("a".into()),
+            advertise: Some("10.0.0.1:1".into()),
+            ..NodeArgs::default()
+        };
+        assert_eq!(
+            field_of(Settings::merge(lonely, FileConfig::default())),
+            "membership"
+        );
+        let first = NodeArgs {
+            id: Some("a".into()),
+            membership: true,
+            ..NodeArgs::default()
+        };
+        let m = Settings::merge(first, FileConfig::default())
+            .unwrap()
+            .node
+            .membership;
+        assert!(m.unwrap().seeds.is_empty());
     }
 
     #[test]
