@@ -112,6 +112,8 @@ pub struct Report {
     /// Calls ended because a peer that speaks our extensions sent a frame that cannot be
     /// answered.
     pub calls_ended: usize,
+    /// Membership frames that decoded and reached the membership machine.
+    pub membership_frames: usize,
 }
 
 /// The member list's bound in the harness: small, so that a short input reaches it.
@@ -359,6 +361,7 @@ impl Harness {
             Received::Membership(message) => {
                 if let Ok((addr, frame)) = membership::frame::decode(&message.payload, &self.limits)
                 {
+                    self.report.membership_frames += 1;
                     let from = Peer::new(from, addr);
                     let mut out = Vec::new();
                     self.membership
@@ -600,6 +603,14 @@ fn broadcast_frame(kind: FrameKind, origin: &str, hash: &str, len: usize) -> Gos
     m
 }
 
+/// A `MEMBERSHIP` frame carrying `frame`, from a sender reached at `addr`.
+fn membership_frame(frame: &membership::Frame, addr: &str) -> GossipMessage {
+    let mut m = GossipMessage::new();
+    m.kind = FrameKind::MEMBERSHIP;
+    m.payload = membership::frame::encode(frame, addr);
+    m
+}
+
 fn ack_of(hash: &str, from: &str, status: AckStatus) -> GossipACK {
     let mut a = GossipACK::new();
     a.hash = hash.into();
@@ -672,12 +683,54 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         .message(1, &direct("c", "p1", 100, 0, 60))
         .message(1, &direct("c", "p1", 100, 70, 30));
 
+    // Membership: a join, a walk, a neighbour request, and updates past the list's bound.
+    let member = |i: usize| {
+        let id = NodeId::new(&format!("m{i}"), &limits()).expect("a valid id");
+        membership::Peer::new(id, format!("h{i}:1"))
+    };
+    let updates = |from: usize| membership::Frame::Updates {
+        updates: (from..from + 9)
+            .map(|i| membership::Update {
+                member: membership::Member {
+                    id: member(i),
+                    incarnation: 1,
+                    state: membership::MemberState::Joined,
+                },
+                reporter: None,
+            })
+            .collect(),
+        want: 1,
+    };
+    let view = membership::Frame::View;
+    let members = Script::new()
+        .message(
+            0,
+            &membership_frame(&view(membership::Message::Join), "p0:1"),
+        )
+        .message(
+            1,
+            &membership_frame(
+                &view(membership::Message::ForwardJoin {
+                    joiner: member(1),
+                    ttl: 3,
+                }),
+                "p1:1",
+            ),
+        )
+        .message(
+            2,
+            &membership_frame(&view(membership::Message::Neighbor { high: true }), "p2:1"),
+        )
+        .message(0, &membership_frame(&updates(0), "p0:1"))
+        .message(1, &membership_frame(&updates(9), "p1:1"));
+
     vec![
         ("chunked", chunked.into_bytes()),
         ("budget", budget.into_bytes()),
         ("broadcasts", broadcasts.into_bytes()),
         ("sending", sending.into_bytes()),
         ("hostile", hostile.into_bytes()),
+        ("membership", members.into_bytes()),
     ]
 }
 
@@ -715,6 +768,23 @@ mod tests {
         // 256 bytes hold four payloads of 60: the fifth and sixth are refused.
         assert_eq!(r.broadcasts_delivered, 4, "{r:?}");
         assert!(r.broadcasts_refused >= 2, "{r:?}");
+    }
+
+    #[test]
+    fn membership_frames_reach_the_machine_and_the_list_keeps_its_bound() {
+        let r = seed("membership");
+        assert_eq!(r.membership_frames, 5, "{r:?}");
+    }
+
+    /// Writes the seed scripts into the committed corpus (run with `--ignored` after adding
+    /// one; the fuzz crate's `seeds` binary does the same for an empty corpus).
+    #[test]
+    #[ignore]
+    fn write_the_seeds_into_the_corpus() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/received");
+        for (name, script) in seeds() {
+            std::fs::write(dir.join(format!("seed-{name}")), script).unwrap();
+        }
     }
 
     #[test]
