@@ -236,6 +236,9 @@ pub(crate) struct NodeCore {
     redial: HashSet<NodeId>,
     /// Membership frames for members whose link is not registered yet, since when.
     membership_held: HashMap<NodeId, (Instant, Vec<Bytes>)>,
+    /// Streams on which small frames went to bulk (before the peer's lane was known): see
+    /// [`NodeCore::lane_for`].
+    small_in_bulk: HashSet<StreamId>,
 }
 
 impl NodeCore {
@@ -267,6 +270,7 @@ impl NodeCore {
             fast_links: HashMap::new(),
             redial: HashSet::new(),
             membership_held: HashMap::new(),
+            small_in_bulk: HashSet::new(),
         }
     }
 
@@ -417,11 +421,7 @@ impl NodeCore {
             // Unknown features: taken as ours until the handshake says otherwise; the
             // frames wait for it (see `unresolved`).
             let plain = self.features.get(&peer).is_some_and(|f| !f.broadcast);
-            if let Some((_, held)) = self.membership_held.remove(&peer) {
-                for payload in held {
-                    self.send_membership(peer.clone(), payload, world);
-                }
-            }
+            self.flush_membership(&peer, world);
             self.broadcast_step(broadcast::Event::NeighborUp { peer, plain }, world);
         }
     }
@@ -584,6 +584,7 @@ impl NodeCore {
                 self.send_frame(peer.clone(), frame, world);
             }
         }
+        self.flush_membership(&peer, world);
     }
 
     /// Replaces the fast-keepalive links to original nodes that have nothing outstanding or
@@ -691,26 +692,26 @@ impl NodeCore {
             bump(&counted.sent);
             add(&counted.bytes_sent, message.payload.len());
         }
-        let lane = self.lane_of(&to, &message);
+        let lane = self.lane_for(stream, &to, &message, world);
         world.send_message(stream, message, lane);
     }
 
     /// The lane of `message` to `peer`: priority for control frames and whole messages of at
     /// most `lane_max_bytes`, where the lane is on and the peer announced it. Chunks of a large
     /// message are bulk, even its short last one, so that they arrive in order.
-    /// Sends a membership frame over our link to `peer`, if it has one and understands
-    /// membership (features not known yet: taken as ours, since members learn of each other
-    /// only from nodes that speak it).
+    /// Sends a membership frame over our link to `peer` once the peer has said it speaks
+    /// membership: until its link is registered and its features are known the frame waits
+    /// (see [`HELD_MEMBERSHIP_WAIT`]); to a peer that does not, it is dropped.
     fn send_membership(&mut self, peer: NodeId, payload: Bytes, world: &mut impl World) {
-        let stream = self
-            .manager
-            .message_stream_to(&peer)
-            .filter(|s| self.writable.contains_key(s));
-        let understood = self.features.get(&peer).is_none_or(|f| f.membership);
-        if !understood {
+        let features = self.features.get(&peer).copied();
+        if features.is_some_and(|f| !f.membership) {
             bump(&self.counters.membership_frames_dropped);
             return debug!("{}: {peer} does not speak membership", self.local);
         }
+        let stream = self
+            .manager
+            .message_stream_to(&peer)
+            .filter(|s| self.writable.contains_key(s) && features.is_some());
         let Some(stream) = stream else {
             let now = self.now;
             let room = self.membership_held.len() < HELD_MEMBERSHIP_PEERS
@@ -741,9 +742,55 @@ impl NodeCore {
         message.kind = FrameKind::MEMBERSHIP;
         message.from_hash = self.local.to_string();
         message.payload = payload;
-        let lane = self.lane_of(&peer, &message);
+        let lane = self.lane_for(stream, &peer, &message, world);
         bump(&self.counters.membership_frames_sent);
         world.send_message(stream, message, lane);
+    }
+
+    /// Sends the membership frames held for `peer`, now that its link or its features came.
+    fn flush_membership(&mut self, peer: &NodeId, world: &mut impl World) {
+        let ready = self.features.contains_key(peer)
+            && (self.manager.message_stream_to(peer))
+                .is_some_and(|s| self.writable.contains_key(&s));
+        if !ready {
+            return;
+        }
+        if let Some((_, held)) = self.membership_held.remove(peer) {
+            for payload in held {
+                self.send_membership(peer.clone(), payload, world);
+            }
+        }
+    }
+
+    /// The lane `message` takes on `stream`: [`lane_of`](Self::lane_of), except that small
+    /// frames queued in bulk before the peer's lane was known (its handshake had not come) are
+    /// followed there by later small frames until the writer has drained, so that small
+    /// frames keep their order among themselves.
+    fn lane_for(
+        &mut self,
+        stream: StreamId,
+        peer: &NodeId,
+        message: &GossipMessage,
+        world: &mut impl World,
+    ) -> Lane {
+        let small =
+            message.total_bytes == 0 && message.payload.len() <= self.settings.lane_max_bytes;
+        match self.lane_of(peer, message) {
+            Lane::Bulk => {
+                if small && self.settings.lane_max_bytes > 0 {
+                    self.small_in_bulk.insert(stream);
+                }
+                Lane::Bulk
+            }
+            Lane::Priority if !self.small_in_bulk.contains(&stream) => Lane::Priority,
+            Lane::Priority => match world.load(stream, self.now) {
+                Some(load) if load.queued == 0 && load.pending == 0 => {
+                    self.small_in_bulk.remove(&stream);
+                    Lane::Priority
+                }
+                _ => Lane::Bulk,
+            },
+        }
     }
 
     fn lane_of(&self, peer: &NodeId, message: &GossipMessage) -> Lane {
@@ -883,8 +930,8 @@ impl NodeCore {
                 // in the manager and goes out again on the next link.
                 if self.writable.contains_key(&stream) {
                     let message: GossipMessage = message.into();
-                    let lane = match self.manager.stream_peer(stream) {
-                        Some((peer, _)) => self.lane_of(peer, &message),
+                    let lane = match self.manager.stream_peer(stream).cloned() {
+                        Some((peer, _)) => self.lane_for(stream, &peer, &message, world),
                         None => Lane::Bulk,
                     };
                     world.send_message(stream, message, lane);
@@ -971,6 +1018,7 @@ impl NodeCore {
 
     fn forget_writer(&mut self, stream: StreamId, world: &mut impl World) {
         self.writable.remove(&stream);
+        self.small_in_bulk.remove(&stream);
         world.close(stream);
     }
 

@@ -445,3 +445,87 @@ fn without_the_feature_or_with_the_lane_off_everything_is_bulk() {
     h.broadcast("x");
     assert_eq!(h.world.lanes, [Lane::Bulk, Lane::Bulk]);
 }
+
+#[test]
+fn membership_frames_wait_for_the_handshake_and_go_only_to_peers_that_speak_it() {
+    let mut h = Harness::new();
+    h.link("b");
+    let frame = Bytes::from_static(b"view");
+    h.input(In::Membership {
+        peer: id("b"),
+        payload: frame.clone(),
+    });
+    assert!(
+        h.world.messages.is_empty(),
+        "held until b says what it speaks"
+    );
+    h.hello("b", Features::ALL);
+    assert_eq!(h.world.messages.len(), 1);
+    let (stream, sent) = &h.world.messages[0];
+    assert_eq!(*stream, OUT_MSG);
+    assert_eq!(sent.kind, FrameKind::MEMBERSHIP);
+    assert_eq!((sent.from_hash.as_str(), &sent.payload), ("a", &frame));
+    // A peer without the feature gets none, and it is counted.
+    let mut h = Harness::new();
+    h.link("c");
+    let without = Features {
+        membership: false,
+        ..Features::ALL
+    };
+    h.hello("c", without);
+    h.input(In::Membership {
+        peer: id("c"),
+        payload: frame.clone(),
+    });
+    assert!(h.world.messages.is_empty());
+    assert_eq!(h.counters.snapshot().membership_frames_dropped, 1);
+    // Nor does a peer we have no link to, after the wait.
+    h.input(In::Membership {
+        peer: id("nobody"),
+        payload: frame,
+    });
+    h.advance(Duration::from_secs(6));
+    assert!(h.world.messages.is_empty());
+    assert_eq!(h.counters.snapshot().membership_frames_dropped, 2);
+}
+
+#[test]
+fn a_membership_frame_is_the_stream_peers_whatever_it_says() {
+    let mut h = Harness::new();
+    h.open(
+        StreamId(40),
+        "b",
+        StreamKind::InboundMessages,
+        Features::ALL,
+    );
+    let mut m = GossipMessage::new();
+    m.kind = FrameKind::MEMBERSHIP;
+    m.from_hash = "someone-else".into();
+    m.payload = Bytes::from_static(b"frame");
+    h.input(In::Frame {
+        stream: StreamId(40),
+        frame: Received::message(StreamId(40), m),
+    });
+    assert_eq!(h.world.membership.len(), 1);
+    assert_eq!(h.world.membership[0].0, id("b"));
+    assert_eq!(&h.world.membership[0].1[..], b"frame");
+    assert!(h.world.delivered.is_empty(), "never a delivery");
+}
+
+#[test]
+fn small_messages_sent_before_the_handshake_are_not_overtaken_by_later_small_ones() {
+    let mut h = Harness::new();
+    h.link("b");
+    // Before the handshake the lane is not known: bulk.
+    h.send("b", "early", 10);
+    h.hello("b", Features::ALL);
+    // "early" still waits in the writer's bulk queue: "later" follows it there.
+    h.world.loads.get_mut(&OUT_MSG).unwrap().queued = 1;
+    h.send("b", "later", 10);
+    // Once the writer has drained, small messages take the lane.
+    h.world.loads.get_mut(&OUT_MSG).unwrap().queued = 0;
+    h.send("b", "drained", 10);
+    h.send("b", "next", 10);
+    use Lane::{Bulk, Priority};
+    assert_eq!(h.world.lanes, [Bulk, Bulk, Priority, Priority]);
+}
