@@ -164,6 +164,27 @@ def main():
         c = lines[skip]
         print(f"broadcast {c.get('hash')}: reached={c.get('reached')} missing={c.get('missing')}")
         sys.exit(0 if c.get("reached") == n and c.get("missing") == "" else 1)
+    elif cmd == "reached":
+        # Like converged, for membership's phase: the count must be exact; a neighbour that
+        # answered late may be listed missing.
+        path, skip, n = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+        with open(path, errors="replace") as f:
+            lines = [fields(l) for l in f if l.startswith("converged ")]
+        if len(lines) <= skip:
+            sys.exit(2)
+        c = lines[skip]
+        print(f"broadcast {c.get('hash')}: reached={c.get('reached')} missing={c.get('missing')}")
+        sys.exit(0 if c.get("reached") == n else 1)
+    elif cmd == "members":
+        # members FILE STATE ID,ID...: each id's last `member` line says STATE.
+        path, state, ids = sys.argv[2], sys.argv[3], sys.argv[4].split(",")
+        last = {}
+        with open(path, errors="replace") as f:
+            for l in f:
+                if l.startswith("member "):
+                    m = fields(l)
+                    last[m.get("id")] = m.get("state")
+        sys.exit(0 if all(last.get(i) == state for i in ids) else 1)
     elif cmd == "pending":
         for path, h in unsettled(sys.argv[2]):
             print(f"{os.path.basename(path)} {h}")
