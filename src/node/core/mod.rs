@@ -236,9 +236,9 @@ pub(crate) struct NodeCore {
     redial: HashSet<NodeId>,
     /// Membership frames for members whose link is not registered yet, since when.
     membership_held: HashMap<NodeId, (Instant, Vec<Bytes>)>,
-    /// Streams on which small frames went to bulk (before the peer's lane was known): see
-    /// [`NodeCore::lane_for`].
-    small_in_bulk: HashSet<StreamId>,
+    /// Per stream, the small messages sent in bulk (before the peer's lane was known) that
+    /// have not completed: see [`NodeCore::lane_for`].
+    small_in_bulk: HashMap<StreamId, HashSet<String>>,
 }
 
 impl NodeCore {
@@ -270,7 +270,7 @@ impl NodeCore {
             fast_links: HashMap::new(),
             redial: HashSet::new(),
             membership_held: HashMap::new(),
-            small_in_bulk: HashSet::new(),
+            small_in_bulk: HashMap::new(),
         }
     }
 
@@ -692,7 +692,7 @@ impl NodeCore {
             bump(&counted.sent);
             add(&counted.bytes_sent, message.payload.len());
         }
-        let lane = self.lane_for(stream, &to, &message, world);
+        let lane = self.lane_for(stream, &to, &message);
         world.send_message(stream, message, lane);
     }
 
@@ -742,7 +742,7 @@ impl NodeCore {
         message.kind = FrameKind::MEMBERSHIP;
         message.from_hash = self.local.to_string();
         message.payload = payload;
-        let lane = self.lane_for(stream, &peer, &message, world);
+        let lane = self.lane_for(stream, &peer, &message);
         bump(&self.counters.membership_frames_sent);
         world.send_message(stream, message, lane);
     }
@@ -763,34 +763,30 @@ impl NodeCore {
     }
 
     /// The lane `message` takes on `stream`: [`lane_of`](Self::lane_of), except that small
-    /// frames queued in bulk before the peer's lane was known (its handshake had not come) are
-    /// followed there by later small frames until the writer has drained, so that small
-    /// frames keep their order among themselves.
-    fn lane_for(
-        &mut self,
-        stream: StreamId,
-        peer: &NodeId,
-        message: &GossipMessage,
-        world: &mut impl World,
-    ) -> Lane {
+    /// messages of the application sent in bulk before the peer's lane was known (its
+    /// handshake had not come) are followed there by later small ones until all of them have
+    /// completed, so that small messages keep their order among themselves.
+    fn lane_for(&mut self, stream: StreamId, peer: &NodeId, message: &GossipMessage) -> Lane {
         let small =
             message.total_bytes == 0 && message.payload.len() <= self.settings.lane_max_bytes;
-        match self.lane_of(peer, message) {
-            Lane::Bulk => {
-                if small && self.settings.lane_max_bytes > 0 {
-                    self.small_in_bulk.insert(stream);
-                }
-                Lane::Bulk
-            }
-            Lane::Priority if !self.small_in_bulk.contains(&stream) => Lane::Priority,
-            Lane::Priority => match world.load(stream, self.now) {
-                Some(load) if load.queued == 0 && load.pending == 0 => {
-                    self.small_in_bulk.remove(&stream);
-                    Lane::Priority
-                }
-                _ => Lane::Bulk,
-            },
+        let direct = message.kind == FrameKind::DIRECT;
+        let lane = match self.lane_of(peer, message) {
+            Lane::Priority if direct && self.small_in_bulk.contains_key(&stream) => Lane::Bulk,
+            lane => lane,
+        };
+        if lane == Lane::Bulk && small && direct && self.settings.lane_max_bytes > 0 {
+            let waiting = self.small_in_bulk.entry(stream).or_default();
+            waiting.insert(message.hash.clone());
         }
+        lane
+    }
+
+    /// A message completed: it no longer holds later small ones in bulk.
+    fn completed_in_bulk(&mut self, completion: &Completion) {
+        self.small_in_bulk.retain(|_, waiting| {
+            waiting.remove(&completion.key.hash);
+            !waiting.is_empty()
+        });
     }
 
     fn lane_of(&self, peer: &NodeId, message: &GossipMessage) -> Lane {
@@ -931,7 +927,7 @@ impl NodeCore {
                 if self.writable.contains_key(&stream) {
                     let message: GossipMessage = message.into();
                     let lane = match self.manager.stream_peer(stream).cloned() {
-                        Some((peer, _)) => self.lane_for(stream, &peer, &message, world),
+                        Some((peer, _)) => self.lane_for(stream, &peer, &message),
                         None => Lane::Bulk,
                     };
                     world.send_message(stream, message, lane);
@@ -943,7 +939,12 @@ impl NodeCore {
                 let event = broadcast::Event::PlainAck { from: peer, hash };
                 self.broadcast_step(event, world);
             }
-            Action::Complete(completion) => world.complete(completion),
+            Action::Complete(completion) => {
+                if !self.small_in_bulk.is_empty() {
+                    self.completed_in_bulk(&completion);
+                }
+                world.complete(completion)
+            }
             Action::CloseStream(stream) => self.forget_writer(stream, world),
             Action::Forget { peer } => {
                 self.features.remove(&peer);

@@ -519,13 +519,30 @@ fn small_messages_sent_before_the_handshake_are_not_overtaken_by_later_small_one
     // Before the handshake the lane is not known: bulk.
     h.send("b", "early", 10);
     h.hello("b", Features::ALL);
-    // "early" still waits in the writer's bulk queue: "later" follows it there.
-    h.world.loads.get_mut(&OUT_MSG).unwrap().queued = 1;
+    // "early" is not ACKed yet: "later" follows it in bulk.
     h.send("b", "later", 10);
-    // Once the writer has drained, small messages take the lane.
-    h.world.loads.get_mut(&OUT_MSG).unwrap().queued = 0;
-    h.send("b", "drained", 10);
+    let ack = |hash: &str| {
+        let mut a = GossipACK::new();
+        a.hash = hash.into();
+        a.from_hash = "b".into();
+        a
+    };
+    h.input(In::Frame {
+        stream: OUT_ACK,
+        frame: Received::ack(OUT_ACK, ack("early")),
+    });
+    h.send("b", "still", 10);
+    // Once both have completed, small messages take the lane.
+    h.input(In::Frame {
+        stream: OUT_ACK,
+        frame: Received::ack(OUT_ACK, ack("later")),
+    });
+    h.input(In::Frame {
+        stream: OUT_ACK,
+        frame: Received::ack(OUT_ACK, ack("still")),
+    });
     h.send("b", "next", 10);
     use Lane::{Bulk, Priority};
-    assert_eq!(h.world.lanes, [Bulk, Bulk, Priority, Priority]);
+    assert_eq!(h.world.lanes, [Bulk, Bulk, Bulk, Priority]);
+    assert_eq!(h.world.completions.len(), 3);
 }
