@@ -237,8 +237,10 @@ pub(crate) struct NodeCore {
     /// Membership frames for members whose link is not registered yet, since when.
     membership_held: HashMap<NodeId, (Instant, Vec<Bytes>)>,
     /// Per stream, the small messages sent in bulk (before the peer's lane was known) that
-    /// have not completed: see [`NodeCore::lane_for`].
+    /// have not completed: see [`NodeCore::transmit`].
     small_in_bulk: HashMap<StreamId, HashSet<String>>,
+    /// Per stream, small messages that wait for those (see [`NodeCore::transmit`]).
+    held_small: HashMap<StreamId, VecDeque<GossipMessage>>,
 }
 
 impl NodeCore {
@@ -271,6 +273,7 @@ impl NodeCore {
             redial: HashSet::new(),
             membership_held: HashMap::new(),
             small_in_bulk: HashMap::new(),
+            held_small: HashMap::new(),
         }
     }
 
@@ -692,7 +695,7 @@ impl NodeCore {
             bump(&counted.sent);
             add(&counted.bytes_sent, message.payload.len());
         }
-        let lane = self.lane_for(stream, &to, &message);
+        let lane = self.lane_of(&to, &message);
         world.send_message(stream, message, lane);
     }
 
@@ -742,7 +745,7 @@ impl NodeCore {
         message.kind = FrameKind::MEMBERSHIP;
         message.from_hash = self.local.to_string();
         message.payload = payload;
-        let lane = self.lane_for(stream, &peer, &message);
+        let lane = self.lane_of(&peer, &message);
         bump(&self.counters.membership_frames_sent);
         world.send_message(stream, message, lane);
     }
@@ -762,31 +765,54 @@ impl NodeCore {
         }
     }
 
-    /// The lane `message` takes on `stream`: [`lane_of`](Self::lane_of), except that small
-    /// messages of the application sent in bulk before the peer's lane was known (its
-    /// handshake had not come) are followed there by later small ones until all of them have
-    /// completed, so that small messages keep their order among themselves.
-    fn lane_for(&mut self, stream: StreamId, peer: &NodeId, message: &GossipMessage) -> Lane {
+    /// Queues a message of the application for `stream`, in its lane ([`lane_of`]), keeping
+    /// small messages in order among themselves across the peer's handshake: those sent before
+    /// it went to bulk (the lane was not known yet), so later small ones wait here, not in
+    /// bulk, until those have completed, and then take the lane in order.
+    ///
+    /// [`lane_of`]: Self::lane_of
+    fn transmit(
+        &mut self,
+        stream: StreamId,
+        peer: &NodeId,
+        message: GossipMessage,
+        world: &mut impl World,
+    ) {
         let small =
             message.total_bytes == 0 && message.payload.len() <= self.settings.lane_max_bytes;
-        let direct = message.kind == FrameKind::DIRECT;
-        let lane = match self.lane_of(peer, message) {
-            Lane::Priority if direct && self.small_in_bulk.contains_key(&stream) => Lane::Bulk,
-            lane => lane,
-        };
-        if lane == Lane::Bulk && small && direct && self.settings.lane_max_bytes > 0 {
+        let lane = self.lane_of(peer, &message);
+        if lane == Lane::Priority && self.small_in_bulk.contains_key(&stream) {
+            self.held_small
+                .entry(stream)
+                .or_default()
+                .push_back(message);
+            return;
+        }
+        let unknown = !self.features.contains_key(peer);
+        if lane == Lane::Bulk && small && unknown && self.settings.lane_max_bytes > 0 {
             let waiting = self.small_in_bulk.entry(stream).or_default();
             waiting.insert(message.hash.clone());
         }
-        lane
+        world.send_message(stream, message, lane);
     }
 
-    /// A message completed: it no longer holds later small ones in bulk.
-    fn completed_in_bulk(&mut self, completion: &Completion) {
-        self.small_in_bulk.retain(|_, waiting| {
+    /// A message completed: once no small message sent in bulk before the handshake is left
+    /// on a stream, the small ones held behind them go out in the lane, in order.
+    fn completed_in_bulk(&mut self, completion: &Completion, world: &mut impl World) {
+        let mut drained = Vec::new();
+        self.small_in_bulk.retain(|stream, waiting| {
             waiting.remove(&completion.key.hash);
+            if waiting.is_empty() {
+                drained.push(*stream);
+            }
             !waiting.is_empty()
         });
+        for stream in drained {
+            let held = self.held_small.remove(&stream).unwrap_or_default();
+            for message in held {
+                world.send_message(stream, message, Lane::Priority);
+            }
+        }
     }
 
     fn lane_of(&self, peer: &NodeId, message: &GossipMessage) -> Lane {
@@ -926,11 +952,10 @@ impl NodeCore {
                 // in the manager and goes out again on the next link.
                 if self.writable.contains_key(&stream) {
                     let message: GossipMessage = message.into();
-                    let lane = match self.manager.stream_peer(stream).cloned() {
-                        Some((peer, _)) => self.lane_for(stream, &peer, &message),
-                        None => Lane::Bulk,
-                    };
-                    world.send_message(stream, message, lane);
+                    match self.manager.stream_peer(stream).cloned() {
+                        Some((peer, _)) => self.transmit(stream, &peer, message, world),
+                        None => world.send_message(stream, message, Lane::Bulk),
+                    }
                 }
             }
             Action::SendAck { stream, ack } => self.queue_ack(stream, ack.into(), world),
@@ -941,7 +966,7 @@ impl NodeCore {
             }
             Action::Complete(completion) => {
                 if !self.small_in_bulk.is_empty() {
-                    self.completed_in_bulk(&completion);
+                    self.completed_in_bulk(&completion, world);
                 }
                 world.complete(completion)
             }
@@ -1020,6 +1045,8 @@ impl NodeCore {
     fn forget_writer(&mut self, stream: StreamId, world: &mut impl World) {
         self.writable.remove(&stream);
         self.small_in_bulk.remove(&stream);
+        // What waited here is still outstanding in the manager: it goes out on the next link.
+        self.held_small.remove(&stream);
         world.close(stream);
     }
 

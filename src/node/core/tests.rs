@@ -519,20 +519,23 @@ fn small_messages_sent_before_the_handshake_are_not_overtaken_by_later_small_one
     // Before the handshake the lane is not known: bulk.
     h.send("b", "early", 10);
     h.hello("b", Features::ALL);
-    // "early" is not ACKed yet: "later" follows it in bulk.
+    // "early" is not ACKed yet: "later" waits for it (in bulk it would wait behind any bulk).
     h.send("b", "later", 10);
+    assert_eq!(h.world.messages.len(), 1);
     let ack = |hash: &str| {
         let mut a = GossipACK::new();
         a.hash = hash.into();
         a.from_hash = "b".into();
         a
     };
+    h.send("b", "still", 10);
+    assert_eq!(h.world.messages.len(), 1);
+    // "early" completes: the two that waited go out in the lane, in order.
     h.input(In::Frame {
         stream: OUT_ACK,
         frame: Received::ack(OUT_ACK, ack("early")),
     });
-    h.send("b", "still", 10);
-    // Once both have completed, small messages take the lane.
+    assert_eq!(h.world.messages.len(), 3);
     h.input(In::Frame {
         stream: OUT_ACK,
         frame: Received::ack(OUT_ACK, ack("later")),
@@ -543,6 +546,13 @@ fn small_messages_sent_before_the_handshake_are_not_overtaken_by_later_small_one
     });
     h.send("b", "next", 10);
     use Lane::{Bulk, Priority};
-    assert_eq!(h.world.lanes, [Bulk, Bulk, Bulk, Priority]);
+    let sent: Vec<&str> = h
+        .world
+        .messages
+        .iter()
+        .map(|(_, m)| m.hash.as_str())
+        .collect();
+    assert_eq!(sent, ["early", "later", "still", "next"]);
+    assert_eq!(h.world.lanes, [Bulk, Priority, Priority, Priority]);
     assert_eq!(h.world.completions.len(), 3);
 }
