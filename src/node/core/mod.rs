@@ -780,13 +780,16 @@ impl NodeCore {
     ) {
         let small =
             message.total_bytes == 0 && message.payload.len() <= self.settings.lane_max_bytes;
-        let lane = self.lane_of(peer, &message);
-        if lane == Lane::Priority && self.small_in_bulk.contains_key(&stream) {
-            self.held_small
-                .entry(stream)
-                .or_default()
-                .push_back(message);
-            return;
+        let mut lane = self.lane_of(peer, &message);
+        if let (Lane::Priority, Some(waiting)) = (lane, self.small_in_bulk.get(&stream)) {
+            if !waiting.contains(&message.hash) {
+                let held = self.held_small.entry(stream).or_default();
+                held.push_back(message);
+                return;
+            }
+            // Sent again (asked to retry) while it is one of those waited for: it must not
+            // wait for itself, and goes where it went before.
+            lane = Lane::Bulk;
         }
         let unknown = !self.features.contains_key(peer);
         if lane == Lane::Bulk && small && unknown && self.settings.lane_max_bytes > 0 {
