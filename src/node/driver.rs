@@ -39,6 +39,8 @@ pub(crate) enum Input {
     },
     /// The membership thread sends a frame to a member.
     Membership { peer: NodeId, payload: Bytes },
+    /// Whether the link to a member is an extra one (see `core::In::Extra`).
+    Extra { peer: NodeId, extra: bool },
     /// Stop: fail what is in flight, close every writer, exit.
     Shutdown,
 }
@@ -243,6 +245,7 @@ impl Driver {
                 return true;
             }
             Input::Membership { peer, payload } => In::Membership { peer, payload },
+            Input::Extra { peer, extra } => In::Extra { peer, extra },
             Input::Shutdown => return false,
         };
         self.core.handle(input, now, &mut self.io);

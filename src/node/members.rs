@@ -149,7 +149,7 @@ impl Members {
                         debug!("{}: link to member {peer} broke: {reason}", self.me.id);
                         if h.ours {
                             // Not reconnected: the machine repairs the view instead.
-                            let _ = self.control.disconnect_neighbor(peer.as_str());
+                            self.close(&peer);
                         }
                         let p = self.peer_of(&peer);
                         self.step(MembershipIn::Unreachable(p), now, &mut out);
@@ -167,10 +167,11 @@ impl Members {
                     }
                     (None, Ok(())) => {
                         // Given up on meanwhile.
-                        let _ = self.control.disconnect_neighbor(peer.id.as_str());
+                        self.close(&peer.id);
                     }
                     (_, Err(reason)) => {
                         held.remove(&peer.id);
+                        self.mark(&peer.id, false);
                         debug!("{}: member {} unreachable: {reason}", self.me.id, peer.id);
                         self.step(MembershipIn::Unreachable(peer), now, &mut out);
                     }
@@ -262,15 +263,22 @@ impl Members {
             match o {
                 MembershipOut::Send { to, frame } => self.send(to, frame, held, now),
                 MembershipOut::Link(p) => match held.get_mut(&p.id) {
-                    Some(h) => h.active = true,
+                    Some(h) => {
+                        h.active = true;
+                        if h.ours {
+                            self.mark(&p.id, false);
+                        }
+                    }
                     None => self.hold(p, true, None, held, now),
                 },
                 MembershipOut::Unlink(p) => {
                     if let Some(h) = held.get_mut(&p.id) {
                         h.active = false;
                         h.last_used = now;
-                        if !h.ours {
-                            held.remove(&p.id);
+                        match h.ours {
+                            // An extra link until it closes: no broadcasts over it.
+                            true => self.mark(&p.id, true),
+                            false => drop(held.remove(&p.id)),
                         }
                     }
                 }
@@ -329,6 +337,10 @@ impl Members {
         // A link the application's messages opened is ours to close too, unlike a static
         // neighbour's.
         let direct = self.direct.lock().contains_key(&p.id);
+        if !linked || direct {
+            // Told before the dial, so the link comes up as what it is.
+            self.mark(&p.id, !active);
+        }
         held.insert(
             p.id.clone(),
             Held {
@@ -372,6 +384,18 @@ impl Members {
         }
     }
 
+    /// Tells the node core whether the link to `peer` is an extra one (no broadcasts).
+    fn mark(&self, peer: &NodeId, extra: bool) {
+        let peer = peer.clone();
+        let _ = self.control.inbox.send(Input::Extra { peer, extra });
+    }
+
+    /// Closes a link this thread opened.
+    fn close(&self, peer: &NodeId) {
+        let _ = self.control.disconnect_neighbor(peer.as_str());
+        self.mark(peer, false);
+    }
+
     fn send_now(&self, to: &NodeId, frame: &Frame) {
         let payload = frame::encode(frame, &self.me.addr);
         let _ = self.control.inbox.send(Input::Membership {
@@ -402,7 +426,7 @@ impl Members {
             .collect();
         for id in done {
             held.remove(&id);
-            let _ = self.control.disconnect_neighbor(id.as_str());
+            self.close(&id);
         }
         direct.retain(|id, last| {
             if busy(id) {
@@ -412,7 +436,7 @@ impl Members {
             // One membership also holds is left to it.
             if !keep && !held.contains_key(id) {
                 debug!("{}: closing the idle link to member {id}", self.me.id);
-                let _ = self.control.disconnect_neighbor(id.as_str());
+                self.close(id);
             }
             keep
         });

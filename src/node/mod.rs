@@ -756,6 +756,12 @@ impl Node {
                 limit: handle.max_direct,
             });
         }
+        // Not a broadcast neighbour: told before the link comes up.
+        let extra = Input::Extra {
+            peer: id.clone(),
+            extra: true,
+        };
+        self.inbox.send(extra).map_err(|_| Error::Shutdown)?;
         self.control
             .add_neighbor(NeighborInfo::new(id.as_str(), member.id.addr.as_str()))?;
         direct.insert(id.clone(), Instant::now());

@@ -112,6 +112,10 @@ pub(crate) enum In {
     /// The membership thread sends `payload` (a `MembershipFrame`) to `peer`, over our link
     /// to it; without one it is dropped (the membership protocol repairs losses).
     Membership { peer: NodeId, payload: Bytes },
+    /// Whether our link to `peer` is an extra one (membership's, for a member outside the
+    /// active view, or a message's to a member): broadcasts run over the active view and the
+    /// static neighbours only, never over links that close when idle.
+    Extra { peer: NodeId, extra: bool },
     /// The periodic timer: TTLs, retransmissions, stalled writers, overdue handshakes.
     Tick,
     /// Room may have come in the application's queue: hand on what was held.
@@ -241,6 +245,8 @@ pub(crate) struct NodeCore {
     small_in_bulk: HashMap<StreamId, HashSet<String>>,
     /// Per stream, small messages that wait for those (see [`NodeCore::transmit`]).
     held_small: HashMap<StreamId, VecDeque<GossipMessage>>,
+    /// Peers whose links are extra ones (see [`In::Extra`]): not broadcast neighbours.
+    extra: HashSet<NodeId>,
 }
 
 impl NodeCore {
@@ -274,6 +280,7 @@ impl NodeCore {
             membership_held: HashMap::new(),
             small_in_bulk: HashMap::new(),
             held_small: HashMap::new(),
+            extra: HashSet::new(),
         }
     }
 
@@ -303,6 +310,7 @@ impl NodeCore {
             }
             In::Settled(settled) => self.settle(settled, world),
             In::Membership { peer, payload } => self.send_membership(peer, payload, world),
+            In::Extra { peer, extra } => self.set_extra(peer, extra, world),
             In::Tick => {
                 self.step(Event::Tick, world);
                 self.check_writers(world);
@@ -425,7 +433,9 @@ impl NodeCore {
             // frames wait for it (see `unresolved`).
             let plain = self.features.get(&peer).is_some_and(|f| !f.broadcast);
             self.flush_membership(&peer, world);
-            self.broadcast_step(broadcast::Event::NeighborUp { peer, plain }, world);
+            if !self.extra.contains(&peer) {
+                self.broadcast_step(broadcast::Event::NeighborUp { peer, plain }, world);
+            }
         }
     }
 
@@ -575,7 +585,8 @@ impl NodeCore {
             self.step(event, world);
         }
         let changed = before.is_none_or(|b| b.broadcast != features.broadcast);
-        if changed && !features.broadcast && self.manager.message_stream_to(&peer).is_some() {
+        let linked = self.manager.message_stream_to(&peer).is_some() && !self.extra.contains(&peer);
+        if changed && !features.broadcast && linked {
             let event = broadcast::Event::NeighborUp {
                 peer: peer.clone(),
                 plain: true,
@@ -748,6 +759,26 @@ impl NodeCore {
         let lane = self.lane_of(&peer, &message);
         bump(&self.counters.membership_frames_sent);
         world.send_message(stream, message, lane);
+    }
+
+    /// Marks our link to `peer` as extra (no broadcasts over it) or not; a link that is up
+    /// joins or leaves the broadcast engine's neighbours at once.
+    fn set_extra(&mut self, peer: NodeId, extra: bool, world: &mut impl World) {
+        let changed = match extra {
+            true => self.extra.insert(peer.clone()),
+            false => self.extra.remove(&peer),
+        };
+        if !changed || self.manager.message_stream_to(&peer).is_none() {
+            return;
+        }
+        let event = match extra {
+            true => broadcast::Event::NeighborRemoved { peer },
+            false => {
+                let plain = self.features.get(&peer).is_some_and(|f| !f.broadcast);
+                broadcast::Event::NeighborUp { peer, plain }
+            }
+        };
+        self.broadcast_step(event, world);
     }
 
     /// Sends the membership frames held for `peer`, now that its link or its features came.
