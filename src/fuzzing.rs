@@ -284,7 +284,11 @@ impl Harness {
                         .is_ok()
                 {
                     let payload = Bytes::from(vec![arg; size]);
-                    self.manager_step(Event::Send { key, payload });
+                    self.manager_step(Event::Send {
+                        key,
+                        payload,
+                        frame: None,
+                    });
                 }
             }
             6 => {

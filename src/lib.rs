@@ -121,6 +121,7 @@ pub mod message;
 pub mod metrics;
 pub mod neighbor;
 mod node;
+pub mod payload;
 pub mod proto;
 pub mod router;
 pub mod sim;
@@ -139,6 +140,7 @@ pub use neighbor::{
     MemoryNeighborStore, NeighborEvent, NeighborInfo, NeighborManager, NeighborStore,
 };
 pub use node::{Node, NodeBuilder};
+pub use payload::PayloadBuf;
 pub use router::{FanoutRouter, Router};
 pub use stats::{Metrics, Stats};
 pub use store::SlotStore;

@@ -6,9 +6,15 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::id::NodeId;
+use crate::payload::{EncodedFrame, PayloadBuf, FRAME_ALONE_MIN};
 
 /// A message to send: a hash (its unique id, chosen by the application) and a payload.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// A message made by [`Node::message`](crate::Node::message) from a
+/// [`PayloadBuf`] also carries its encoded frame, so sending it copies no
+/// payload bytes. Changing `hash` or `payload` afterwards is allowed: the frame no longer
+/// matches and the message is encoded as any other.
+#[derive(Clone, Debug)]
 pub struct Message {
     /// Unique id of the message. Resending the same hash to the same neighbour is how a
     /// retransmission is recognised: the receiver delivers it once and ACKs it again.
@@ -16,7 +22,17 @@ pub struct Message {
     /// The payload. `Bytes` is reference-counted: sending one buffer to many neighbours does not
     /// copy it.
     pub payload: Bytes,
+    /// The frame `payload` lives in, encoded for `hash` (see [`crate::payload`]).
+    frame: Option<EncodedFrame>,
 }
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Message) -> bool {
+        self.hash == other.hash && self.payload == other.payload
+    }
+}
+
+impl Eq for Message {}
 
 impl Message {
     /// A message with the given hash and payload.
@@ -24,7 +40,33 @@ impl Message {
         Message {
             hash: hash.into(),
             payload: payload.into(),
+            frame: None,
         }
+    }
+
+    /// A message whose payload is written in `buf`, framed in place as sent by `from`. A
+    /// payload small enough to share gRPC messages with others is encoded with them, so it
+    /// is not framed alone (its bytes stay where they are).
+    pub(crate) fn framed(hash: String, buf: PayloadBuf, from: &str) -> Message {
+        if buf.len() <= FRAME_ALONE_MIN {
+            return Message::new(hash, buf.into_bytes());
+        }
+        let frame = buf.into_frame(&hash, from);
+        Message {
+            hash,
+            payload: frame.payload(),
+            frame: Some(frame),
+        }
+    }
+
+    /// The message's frame as sent by `from`, when it still matches the hash and payload.
+    /// A message without one (a plain `Bytes` payload) is encoded by protobuf in the writer
+    /// thread, one copy per transmission: encoding it here instead would give every message
+    /// its own copy for as long as it is in flight, where messages that share one payload
+    /// hold it once.
+    pub(crate) fn take_frame(&mut self, from: &str) -> Option<EncodedFrame> {
+        let fits = |f: &EncodedFrame| f.holds(&self.payload) && f.is_for(&self.hash, from);
+        self.frame.take().filter(fits)
     }
 }
 

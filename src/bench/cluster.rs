@@ -5,12 +5,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{RoundReport, Workload};
+use super::{PayloadSource, RoundReport, Workload};
 use crate::config::{Deliveries, NodeConfig};
 use crate::error::Error;
 use crate::message::{Message, Outcome};
 use crate::neighbor::NeighborInfo;
 use crate::node::Node;
+use crate::payload::{PayloadBuf, FRAME_ALONE_MIN};
 use crate::transport::factory::StreamFactory;
 
 /// Most problems listed in a [`RoundReport`].
@@ -102,14 +103,29 @@ impl GossipCluster {
                         continue;
                     }
                     let payload = &self.payload;
+                    let source = match payload.len() > FRAME_ALONE_MIN {
+                        true => w.payloads,
+                        false => PayloadSource::Shared,
+                    };
                     senders.push((
                         i,
                         s.spawn(move || {
                             let mut ok = 0;
                             let mut errors = Vec::new();
                             for k in 0..w.messages_per_peer {
-                                let msg =
-                                    Message::new(format!("r{round}-{i}-{j}-{k}"), payload.clone());
+                                let hash = format!("r{round}-{i}-{j}-{k}");
+                                let msg = match source {
+                                    PayloadSource::Shared => Message::new(hash, payload.clone()),
+                                    PayloadSource::Fresh => {
+                                        Message::new(hash, vec![0x5a; payload.len()])
+                                    }
+                                    // Written where it will be sent from.
+                                    PayloadSource::Framed => {
+                                        let mut buf = PayloadBuf::with_capacity(payload.len());
+                                        buf.resize(payload.len(), 0x5a);
+                                        node.message(hash, buf)
+                                    }
+                                };
                                 match node.send_message(peer.id().as_str(), msg) {
                                     Ok(_) => ok += 1,
                                     Err(e) => errors.push(format!("send {i}->{j} #{k}: {e}")),

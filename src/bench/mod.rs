@@ -28,6 +28,24 @@ pub struct Workload {
     pub peer_max_bytes: usize,
     /// Largest message that takes the priority lane (`NodeConfig::lane_max_bytes`; 0: off).
     pub lane_max_bytes: usize,
+    /// Where each message's payload comes from.
+    pub payloads: PayloadSource,
+}
+
+/// Where the benchmark's payloads come from. Payloads of 64 KiB or less (which share gRPC
+/// messages with others) are always [`Shared`](PayloadSource::Shared).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PayloadSource {
+    /// One buffer, shared by every message (protobuf copies it into each frame): what the
+    /// TCP baseline does too, which writes one buffer again and again.
+    #[default]
+    Shared,
+    /// Each payload written into a fresh `Vec` just before it is sent, then sent as `Bytes`:
+    /// an application producing its data, then one copy into the frame.
+    Fresh,
+    /// Each payload written into a fresh [`PayloadBuf`](crate::PayloadBuf) just before it is
+    /// sent: the same production, and no copy after it.
+    Framed,
 }
 
 impl Default for Workload {
@@ -42,6 +60,7 @@ impl Default for Workload {
             ttl: Duration::from_secs(120),
             peer_max_bytes: crate::NodeConfig::new("", "").peer_max_bytes,
             lane_max_bytes: crate::config::DEFAULT_LANE_MAX_BYTES,
+            payloads: PayloadSource::Shared,
         }
     }
 }

@@ -25,6 +25,7 @@ use log::{debug, warn};
 use crate::id::{validate_id, IdKind, NodeId};
 use crate::limits::Limits;
 use crate::message::{Completion, Delivery, FailReason, MessageKey, Outcome};
+use crate::payload::EncodedFrame;
 use crate::stats::{add, bump, Counters};
 use crate::store::{SlotStore, Tracked};
 use reassembly::{Reassembler, Reassembly};
@@ -151,6 +152,9 @@ pub enum Event {
         key: MessageKey,
         /// Payload.
         payload: Bytes,
+        /// The message's encoded frame, if it has one (`payload` is a view into it): every
+        /// whole transmission sends it as it is.
+        frame: Option<EncodedFrame>,
     },
     /// A stream is up and its peer is known.
     StreamOpened {
@@ -247,6 +251,9 @@ pub enum Action {
         stream: StreamId,
         /// The frame.
         message: WireMessage,
+        /// `message` already encoded (shared, not copied), when the application's message
+        /// came with its frame (see [`crate::payload`]).
+        frame: Option<EncodedFrame>,
     },
     /// Write an ACK on a stream.
     SendAck {
@@ -324,6 +331,8 @@ struct PeerStreams {
 struct Outstanding {
     hash: String,
     payload: Bytes,
+    /// Its encoded frame, sent again as it is by every whole transmission.
+    frame: Option<EncodedFrame>,
     /// Transmissions so far (0 while it waits for the link).
     attempts: u32,
     /// The receiver answered `Pending`: it has the message and waits for its application, so
@@ -521,7 +530,11 @@ impl MessageManager {
     /// Feeds one event; appends the resulting actions to `out`.
     pub fn handle(&mut self, event: Event, now: Instant, out: &mut Vec<Action>) {
         match event {
-            Event::Send { key, payload } => self.on_send(key, payload, now, out),
+            Event::Send {
+                key,
+                payload,
+                frame,
+            } => self.on_send(key, payload, frame, now, out),
             Event::StreamOpened { stream, peer, kind } => {
                 self.on_stream_opened(stream, peer, kind, now, out)
             }
@@ -621,7 +634,14 @@ impl MessageManager {
         }));
     }
 
-    fn on_send(&mut self, key: MessageKey, payload: Bytes, now: Instant, out: &mut Vec<Action>) {
+    fn on_send(
+        &mut self,
+        key: MessageKey,
+        payload: Bytes,
+        frame: Option<EncodedFrame>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         let Some(entry) = self.peers.get_mut(&key.peer).filter(|p| !p.removed) else {
             if let Some(t) = self.store.complete(&key) {
                 self.complete(key, t, Outcome::Failed(FailReason::NotConnected), now, out);
@@ -635,6 +655,7 @@ impl MessageManager {
         queue.push_back(Outstanding {
             hash: key.hash,
             payload,
+            frame,
             attempts: 0,
             held: false,
             retry_at: None,
@@ -660,7 +681,10 @@ impl MessageManager {
         let mut refused = Vec::new();
         while let Some(o) = queue.get_mut(entry.sent_on_link) {
             match fit(o, entry, &self.limits, original_limit, &self.local) {
-                Fit::Send => transmit(o, &route, out),
+                Fit::Send => {
+                    let limit = whole_limit(entry, original_limit).unwrap_or(usize::MAX);
+                    transmit(o, &route, limit, out)
+                }
                 Fit::Wait => break,
                 Fit::Fail(reason) => refused.push((o.hash.clone(), reason)),
             }
@@ -717,7 +741,10 @@ impl MessageManager {
                 // What the peer takes may have changed since (it reconnected as another
                 // version).
                 match fit(o, entry, &self.limits, original_limit, &self.local) {
-                    Fit::Send => transmit(o, &route, out),
+                    Fit::Send => {
+                        let limit = whole_limit(entry, original_limit).unwrap_or(usize::MAX);
+                        transmit(o, &route, limit, out)
+                    }
                     Fit::Wait => {}
                     Fit::Fail(reason) => refused.push((o.hash.clone(), reason)),
                 }
@@ -1424,7 +1451,10 @@ struct Route {
 
 /// Puts one outstanding message on the route's stream: whole, or in chunks to a peer that
 /// takes them. Counts the transmission and forgets any earlier `Pending` / `Retry` answer.
-fn transmit(o: &mut Outstanding, route: &Route, out: &mut Vec<Action>) {
+///
+/// The message's encoded frame goes as it is unless its filler would take it over `limit`,
+/// the largest frame the peer takes (then protobuf encodes it without filler).
+fn transmit(o: &mut Outstanding, route: &Route, limit: usize, out: &mut Vec<Action>) {
     let counters = &route.counters;
     if o.attempts > 0 {
         bump(&counters.retransmitted);
@@ -1445,6 +1475,7 @@ fn transmit(o: &mut Outstanding, route: &Route, out: &mut Vec<Action>) {
             let end = (start + route.chunk_bytes).min(len);
             out.push(Action::Transmit {
                 stream,
+                frame: None,
                 message: WireMessage {
                     hash: o.hash.clone(),
                     from: from.clone(),
@@ -1455,8 +1486,15 @@ fn transmit(o: &mut Outstanding, route: &Route, out: &mut Vec<Action>) {
             });
         }
     } else {
+        let frame = (o.frame.as_ref())
+            .filter(|f| f.is_for(&o.hash, &from) && f.len() <= limit)
+            .cloned();
         let message = WireMessage::whole(o.hash.clone(), from, o.payload.clone());
-        out.push(Action::Transmit { stream, message });
+        out.push(Action::Transmit {
+            stream,
+            message,
+            frame,
+        });
     }
 }
 
@@ -1475,6 +1513,16 @@ fn limit_of(configured: &HashMap<NodeId, usize>, default: usize, peer: &NodeId) 
     configured.get(peer).copied().unwrap_or(default)
 }
 
+/// The largest whole frame the peer of `entry` is known to take, if it has a limit we must
+/// respect: an original's (or the one it taught us).
+fn whole_limit(entry: &PeerStreams, original_limit: usize) -> Option<usize> {
+    match entry.chunking {
+        Some(true) => None,
+        Some(false) => Some(original_limit.min(entry.receive_limit.unwrap_or(usize::MAX))),
+        None => entry.receive_limit,
+    }
+}
+
 /// What the peer of `entry` can take of `o`: in chunks if it takes them; whole up to an
 /// original's limit (or the one it taught us) otherwise.
 fn fit(
@@ -1486,12 +1534,7 @@ fn fit(
 ) -> Fit {
     let oversize = o.payload.len() > limits.max_payload_bytes;
     let encoded = encoded_len(&o.hash, local.as_str(), o.payload.len());
-    let limit = match entry.chunking {
-        Some(true) => None,
-        Some(false) => Some(original_limit.min(entry.receive_limit.unwrap_or(usize::MAX))),
-        None => entry.receive_limit,
-    };
-    if let Some(limit) = limit.filter(|limit| encoded > *limit) {
+    if let Some(limit) = whole_limit(entry, original_limit).filter(|limit| encoded > *limit) {
         return Fit::Fail(FailReason::TooLarge(format!(
             "{encoded} bytes encoded, and the peer takes at most {limit} (an original node's \
              gRPC receive limit)"

@@ -70,6 +70,7 @@ impl Harness {
         self.run(Event::Send {
             key: k,
             payload: Bytes::from_static(b"payload"),
+            frame: None,
         })
     }
 
@@ -119,7 +120,7 @@ fn send_then_ack_completes_once() {
     h.link("b");
     let out = h.send("b", "m1");
     assert!(
-        matches!(&out[..], [Action::Transmit { stream: OUT_MSG, message }]
+        matches!(&out[..], [Action::Transmit { stream: OUT_MSG, message, .. }]
         if message.hash == "m1" && message.from == "a")
     );
     h.now += Duration::from_millis(5);
@@ -302,7 +303,9 @@ fn transmitted(actions: &[Action]) -> Vec<(StreamId, String)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Transmit { stream, message } => Some((*stream, message.hash.clone())),
+            Action::Transmit {
+                stream, message, ..
+            } => Some((*stream, message.hash.clone())),
             _ => None,
         })
         .collect()
@@ -502,7 +505,7 @@ mod property {
                         match h.m.store().reserve(&k, 7, h.now, crate::store::Wait::No) {
                             Ok(_) => {
                                 sent.push(k.clone());
-                                h.run(Event::Send { key: k, payload: Bytes::new() })
+                                h.run(Event::Send { key: k, payload: Bytes::new(), frame: None })
                             }
                             Err(_) => Vec::new(),
                         }
@@ -612,6 +615,7 @@ fn chunked_messages_wait_for_the_feature_and_reassemble() {
         Event::Send {
             key: k,
             payload: payload.clone(),
+            frame: None,
         },
         now,
         &mut out,
@@ -727,6 +731,7 @@ fn oversize_messages_to_peers_without_chunks_fail_with_a_reason() {
         Event::Send {
             key: k,
             payload: Bytes::from_static(b"0123456789"),
+            frame: None,
         },
         now,
         &mut out,
@@ -893,7 +898,7 @@ fn pending_keeps_the_link_and_retry_sends_again_later() {
     let resent: Vec<_> = out
         .iter()
         .filter(
-            |a| matches!(a, Action::Transmit { stream: OUT_MSG, message } if message.hash == "m1"),
+            |a| matches!(a, Action::Transmit { stream: OUT_MSG, message, .. } if message.hash == "m1"),
         )
         .collect();
     assert_eq!(resent.len(), 1, "{out:?}");
@@ -1004,6 +1009,7 @@ impl Harness {
         self.run(Event::Send {
             key: k,
             payload: Bytes::from(vec![1u8; size]),
+            frame: None,
         })
     }
 

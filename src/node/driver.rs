@@ -19,8 +19,9 @@ use crate::error::Error;
 use crate::id::NodeId;
 use crate::manager::{Event, StreamId};
 use crate::message::{Completion, Delivery, Receipt, Settlement};
-use crate::proto::{GossipACK, GossipMessage};
+use crate::proto::GossipACK;
 use crate::transport::batch::{pack, Batchable};
+use crate::transport::frame::OutFrame;
 use crate::transport::lane::Lane;
 use crate::transport::threads::ReadGate;
 use crate::transport::{EventSink, Outbox, StreamEvent, Writer};
@@ -69,7 +70,7 @@ pub(crate) struct Io {
     pub(crate) writers: HashMap<StreamId, Writer>,
     /// Frames produced during the current wake-up, per stream and lane, in order; handed over
     /// at its end, packed where the peer understands batches.
-    pub(crate) pending_messages: HashMap<StreamId, ByLane<GossipMessage>>,
+    pub(crate) pending_messages: HashMap<StreamId, ByLane<OutFrame>>,
     pub(crate) pending_acks: HashMap<StreamId, Vec<GossipACK>>,
     /// Bytes of frames packed into one gRPC message for peers that understand batches.
     pub(crate) batch_budget: usize,
@@ -275,11 +276,11 @@ impl Io {
 }
 
 impl World for Io {
-    fn send_message(&mut self, stream: StreamId, message: GossipMessage, lane: Lane) {
+    fn send_message(&mut self, stream: StreamId, frame: OutFrame, lane: Lane) {
         let queued = self.pending_messages.entry(stream).or_default();
         match lane {
-            Lane::Priority => queued.priority.push(message),
-            Lane::Bulk => queued.bulk.push(message),
+            Lane::Priority => queued.priority.push(frame),
+            Lane::Bulk => queued.bulk.push(frame),
         }
     }
 

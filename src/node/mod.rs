@@ -30,6 +30,7 @@ use crate::message::{Completion, Delivery, Message, MessageKey};
 use crate::neighbor::{
     MemoryNeighborStore, NeighborEvent, NeighborInfo, NeighborManager, NeighborStore,
 };
+use crate::payload::PayloadBuf;
 use crate::router::{FanoutRouter, Router};
 use crate::stats::{Counters, Metrics, PeerStats, QueueDepths, Stats};
 use crate::store::{PeerLimit, SlotStore, Wait};
@@ -422,6 +423,22 @@ impl Node {
         &self.id
     }
 
+    /// A message whose payload the application wrote into `payload`, framed in place for
+    /// this node: sending it (to any neighbour, and again on a retransmission) copies none of
+    /// its bytes in user space. Its `payload` field is a view of the bytes written.
+    ///
+    /// ```no_run
+    /// # fn f(node: &grpc_gossip::Node) -> Result<(), grpc_gossip::Error> {
+    /// use std::io::Write;
+    /// let mut buf = grpc_gossip::PayloadBuf::with_capacity(4096);
+    /// buf.write_all(&[0x5a; 4096]).expect("writing to memory");
+    /// node.send_message("peer-1", node.message("m-1", buf))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn message(&self, hash: impl Into<String>, payload: PayloadBuf) -> Message {
+        Message::framed(hash.into(), payload, self.id.as_str())
+    }
+
     /// The address the server is bound to (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -623,13 +640,15 @@ impl Node {
         Ok(())
     }
 
-    fn send(&self, target: &str, message: Message, wait: Wait) -> Result<MessageKey, Error> {
+    fn send(&self, target: &str, mut message: Message, wait: Wait) -> Result<MessageKey, Error> {
         // Beyond one frame's limit it goes in chunks.
         self.check_outgoing(&message, self.config.limits.max_message_bytes)?;
         let peer = match self.links.neighbors.lookup(target) {
             Some((peer, _)) => peer,
             None => self.link_to_member(target)?,
         };
+        // A message framed in place keeps its frame: every whole transmission sends it.
+        let frame = message.take_frame(self.id.as_str());
         let key = MessageKey {
             peer,
             hash: message.hash,
@@ -639,6 +658,7 @@ impl Node {
         let event = Event::Send {
             key: key.clone(),
             payload: message.payload,
+            frame,
         };
         if self.inbox.send(Input::Event(event)).is_err() {
             // The manager is gone. If shutdown already failed the message, its completion

@@ -15,6 +15,7 @@ use futures::executor::block_on;
 use grpcio::{CallOption, Channel, ChannelBuilder, EnvBuilder, Environment, MetadataBuilder};
 use parking_lot::Mutex;
 
+use super::frame::{OutFrame, MESSAGE_STREAM};
 use super::{
     Features, OutboundSink, OutboundStream, EXPECTED_ID_HEADER, FEATURES_HEADER, NODE_ID_HEADER,
 };
@@ -60,7 +61,7 @@ impl std::fmt::Debug for StreamFactory {
 /// A double stream to one neighbour: the two client calls, and (over gRPC) the lease that
 /// keeps their channel open.
 pub(crate) struct DoubleStream {
-    pub(crate) messages: (OutboundSink<GossipMessage>, OutboundStream<GossipMessage>),
+    pub(crate) messages: (OutboundSink<OutFrame>, OutboundStream<GossipMessage>),
     pub(crate) acks: (OutboundSink<GossipACK>, OutboundStream<GossipACK>),
     pub(crate) lease: Option<ChannelLease>,
 }
@@ -333,7 +334,10 @@ impl StreamFactory {
             }
             Ok(CallOption::default().headers(headers.build()))
         };
-        let mut messages = client.message_stream_opt(options()?)?;
+        // Our own method for the MessageStream: frames encoded beforehand go out uncopied.
+        let mut messages = client
+            .client
+            .duplex_streaming(&MESSAGE_STREAM, options()?)?;
         let mut acks = client.ack_stream_opt(options()?)?;
         messages.0.enhance_batch(true);
         acks.0.enhance_batch(true);

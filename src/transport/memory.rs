@@ -32,6 +32,7 @@ use grpcio::{RpcStatus, RpcStatusCode, WriteFlags};
 use parking_lot::Mutex;
 
 use super::factory::{resolve, DoubleStream};
+use super::frame::{Encode, OutFrame};
 use super::server::{accept_call, Caller, Context, ServerSink};
 use super::{Features, FrameSink, OutboundSink, OutboundStream, Writer};
 use crate::config::TransportConfig;
@@ -277,7 +278,8 @@ impl MemoryNetwork {
             names: None,
             addr: from.to_string(),
         };
-        let (messages, requests, sink) = self.call::<GossipMessage, GossipMessage>(from, to);
+        let (messages, requests, sink) =
+            self.call::<OutFrame, GossipMessage, GossipMessage>(from, to);
         accept_call(
             ctx.clone(),
             StreamKind::InboundMessages,
@@ -286,7 +288,7 @@ impl MemoryNetwork {
             sink,
             None,
         );
-        let (acks, requests, sink) = self.call::<GossipACK, GossipACK>(from, to);
+        let (acks, requests, sink) = self.call::<GossipACK, GossipACK, GossipACK>(from, to);
         accept_call(
             ctx,
             StreamKind::InboundAcks,
@@ -307,12 +309,12 @@ impl MemoryNetwork {
 
     /// A new call from `from` to `to`: the caller's two halves and the callee's two halves.
     #[allow(clippy::type_complexity)]
-    fn call<Req, Resp>(
+    fn call<Out, Req, Resp>(
         &self,
         from: SocketAddr,
         to: SocketAddr,
     ) -> (
-        (FrameWriter<Req>, FrameReader<Resp>),
+        (FrameWriter<Out>, FrameReader<Resp>),
         FrameReader<Req>,
         FrameWriter<Resp>,
     ) {
@@ -621,7 +623,7 @@ impl<T> FrameWriter<T> {
     }
 }
 
-impl<T: protobuf::Message> Sink<(T, WriteFlags)> for FrameWriter<T> {
+impl<T: Encode> Sink<(T, WriteFlags)> for FrameWriter<T> {
     type Error = grpcio::Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
@@ -634,7 +636,7 @@ impl<T: protobuf::Message> Sink<(T, WriteFlags)> for FrameWriter<T> {
 
     fn start_send(self: Pin<&mut Self>, (frame, _): (T, WriteFlags)) -> Result<(), Self::Error> {
         let bytes = frame
-            .write_to_bytes()
+            .to_wire()
             .map_err(|e| grpcio::Error::Codec(Box::new(e)))?;
         if bytes.len() > self.limit {
             // As gRPC: the receiver's core refuses it and the call ends; the sender learns it
@@ -653,7 +655,7 @@ impl<T: protobuf::Message> Sink<(T, WriteFlags)> for FrameWriter<T> {
         let Some(due) = self.call.due() else {
             return Ok(()); // silenced: it vanishes
         };
-        if self.pipe().push(Bytes::from(bytes), due) {
+        if self.pipe().push(bytes, due) {
             Ok(())
         } else {
             Err(self.closed_error())
@@ -683,7 +685,7 @@ impl<T: protobuf::Message> Sink<(T, WriteFlags)> for FrameWriter<T> {
     }
 }
 
-impl<T: protobuf::Message> FrameSink<T> for FrameWriter<T> {
+impl<T: Encode + Send> FrameSink<T> for FrameWriter<T> {
     fn finish(mut self, status: Option<RpcStatus>) {
         self.finished = true;
         match self.side {
@@ -697,7 +699,7 @@ impl<T: protobuf::Message> FrameSink<T> for FrameWriter<T> {
     }
 }
 
-impl<T: protobuf::Message> ServerSink<T> for FrameWriter<T> {
+impl<T: Encode + Send + 'static> ServerSink<T> for FrameWriter<T> {
     fn enhance_batch(&mut self) {}
 
     fn finished_under_us(&mut self, within: Duration) -> bool {
@@ -807,7 +809,7 @@ mod tests {
         m
     }
 
-    fn send<T: protobuf::Message>(w: &mut FrameWriter<T>, frame: T) -> grpcio::Result<()> {
+    fn send<T: Encode>(w: &mut FrameWriter<T>, frame: T) -> grpcio::Result<()> {
         block_on(w.send((frame, WriteFlags::default())))
     }
 
@@ -822,7 +824,7 @@ mod tests {
     fn frames_round_trip_the_encoding_in_order() {
         let net = MemoryNetwork::new();
         let ((mut tx, _rx), mut requests, _sink) =
-            net.call::<GossipMessage, GossipACK>(addr(1), addr(2));
+            net.call::<GossipMessage, GossipMessage, GossipACK>(addr(1), addr(2));
         send(&mut tx, message("one", b"first")).unwrap();
         send(&mut tx, message("two", &[7u8; 100_000])).unwrap();
         let first = block_on(requests.next()).unwrap().unwrap();
@@ -838,7 +840,7 @@ mod tests {
     fn a_frame_over_the_limit_ends_the_call_as_grpc_does() {
         let net = MemoryNetwork::with_max_message_bytes(1024);
         let ((mut tx, mut rx), mut requests, _sink) =
-            net.call::<GossipMessage, GossipACK>(addr(1), addr(2));
+            net.call::<GossipMessage, GossipMessage, GossipACK>(addr(1), addr(2));
         send(&mut tx, message("ok", &[1u8; 100])).unwrap();
         send(&mut tx, message("big", &[1u8; 2000])).unwrap();
         // What was sent before still arrives; then the callee reads a cancelled call...
@@ -856,7 +858,7 @@ mod tests {
     fn the_callee_ends_with_a_status_or_plainly() {
         let net = MemoryNetwork::new();
         let ((_tx, mut rx), _requests, mut sink) =
-            net.call::<GossipACK, GossipACK>(addr(1), addr(2));
+            net.call::<GossipACK, GossipACK, GossipACK>(addr(1), addr(2));
         let mut ack = GossipACK::new();
         ack.hash = "h".into();
         send(&mut sink, ack).unwrap();
@@ -869,7 +871,8 @@ mod tests {
         );
         assert!(block_on(rx.next()).is_none());
 
-        let ((_tx, mut rx), _requests, sink) = net.call::<GossipACK, GossipACK>(addr(1), addr(2));
+        let ((_tx, mut rx), _requests, sink) =
+            net.call::<GossipACK, GossipACK, GossipACK>(addr(1), addr(2));
         sink.finish(None);
         assert!(block_on(rx.next()).is_none(), "OK reads as a plain end");
     }
@@ -878,7 +881,7 @@ mod tests {
     fn a_half_close_is_a_plain_end_and_the_answers_still_flow() {
         let net = MemoryNetwork::new();
         let ((mut tx, mut rx), mut requests, mut sink) =
-            net.call::<GossipACK, GossipACK>(addr(1), addr(2));
+            net.call::<GossipACK, GossipACK, GossipACK>(addr(1), addr(2));
         block_on(SinkExt::close(&mut tx)).unwrap();
         assert!(block_on(requests.next()).is_none());
         let mut ack = GossipACK::new();
@@ -891,7 +894,7 @@ mod tests {
     fn a_full_window_makes_the_writer_wait_until_the_reader_reads() {
         let net = MemoryNetwork::new();
         let ((mut tx, _rx), mut requests, _sink) =
-            net.call::<GossipMessage, GossipACK>(addr(1), addr(2));
+            net.call::<GossipMessage, GossipMessage, GossipACK>(addr(1), addr(2));
         for i in 0..WINDOW {
             send(&mut tx, message(&i.to_string(), b"x")).unwrap();
         }
@@ -908,7 +911,7 @@ mod tests {
     fn a_cut_ends_both_sides_and_a_silence_swallows_frames() {
         let net = MemoryNetwork::new();
         let ((mut tx, mut rx), mut requests, _sink) =
-            net.call::<GossipMessage, GossipACK>(addr(1), addr(2));
+            net.call::<GossipMessage, GossipMessage, GossipACK>(addr(1), addr(2));
         net.silence(addr(2), addr(1));
         send(&mut tx, message("lost", b"x")).unwrap();
         assert!(requests.next().now_or_never().is_none(), "nothing arrives");
@@ -932,7 +935,7 @@ mod tests {
         let net = MemoryNetwork::new();
         net.delay(addr(1), addr(2), Duration::from_millis(150));
         let ((mut tx, _rx), mut requests, _sink) =
-            net.call::<GossipMessage, GossipACK>(addr(1), addr(2));
+            net.call::<GossipMessage, GossipMessage, GossipACK>(addr(1), addr(2));
         let sent = Instant::now();
         for i in 0..3 {
             send(&mut tx, message(&i.to_string(), b"x")).unwrap();
@@ -958,7 +961,7 @@ mod tests {
     fn dropping_a_reader_cancels_its_call() {
         let net = MemoryNetwork::new();
         let ((_tx, rx), mut requests, _sink) =
-            net.call::<GossipMessage, GossipACK>(addr(1), addr(2));
+            net.call::<GossipMessage, GossipMessage, GossipACK>(addr(1), addr(2));
         drop(rx);
         assert!(matches!(
             block_on(requests.next()),

@@ -9,6 +9,7 @@
 pub(crate) mod backend;
 pub(crate) mod batch;
 pub mod factory;
+pub(crate) mod frame;
 pub(crate) mod lane;
 pub mod memory;
 pub(crate) mod server;
@@ -140,7 +141,7 @@ impl Features {
 /// The sending half of a stream's writer thread.
 pub(crate) enum Writer {
     /// A MessageStream writer.
-    Messages(Outbox<GossipMessage>),
+    Messages(Outbox<frame::OutFrame>),
     /// An AckStream (or single-stream response) writer.
     Acks(Outbox<GossipACK>),
 }
@@ -649,7 +650,7 @@ impl<T: protobuf::Message> Stream for OutboundStream<T> {
     }
 }
 
-impl<T: protobuf::Message> Sink<(T, WriteFlags)> for OutboundSink<T> {
+impl<T: frame::Encode + Send> Sink<(T, WriteFlags)> for OutboundSink<T> {
     type Error = grpcio::Error;
 
     fn poll_ready(
@@ -693,7 +694,7 @@ impl<T: protobuf::Message> Sink<(T, WriteFlags)> for OutboundSink<T> {
     }
 }
 
-impl<T: protobuf::Message> FrameSink<T> for OutboundSink<T> {
+impl<T: frame::Encode + Send> FrameSink<T> for OutboundSink<T> {
     fn finish(self, status: Option<RpcStatus>) {
         match self {
             OutboundSink::Grpc(s) => s.finish(status),

@@ -579,6 +579,77 @@ on_both! {
 }
 
 on_both! {
+    /// Payloads written into `PayloadBuf`s (framed in place), large plain ones (encoded once
+    /// when sent) and messages whose frame no longer matches them all arrive with their
+    /// bytes; one declined by the receiver goes again, from the same frame.
+    fn payloads_framed_in_place_arrive_intact_and_go_again_as_they_are(on) {
+        use std::io::Write;
+        let a = start("a", on);
+        let mut cb = config("b");
+        cb.deliveries = grpc_gossip::Deliveries::Confirmed(8);
+        let b = start_with(cb, on);
+        connect(&a, &b);
+        let pattern = |seed: usize, len: usize| -> Vec<u8> {
+            (0..len).map(|i| ((i * 7 + seed) % 251) as u8).collect()
+        };
+        let mut expected = Vec::new();
+        // Framed in place, with 4, 3, 2, 1 and 0 bytes of header room to spare, and 1 short.
+        for (i, hash_len) in [1usize, 40, 115, 116, 117, 118, 119, 120].iter().enumerate() {
+            let hash = format!("{i}{}", "h".repeat(hash_len - 1));
+            let body = pattern(i, 100_000 + i);
+            let mut buf = grpc_gossip::PayloadBuf::with_capacity(body.len());
+            buf.write_all(&body).unwrap();
+            a.send_message("b", a.message(hash.clone(), buf)).unwrap();
+            expected.push((hash, body));
+        }
+        // An id too long for the header room: still sent, with a copy.
+        let long = "L".repeat(200);
+        let body = pattern(50, 70_000);
+        let buf = grpc_gossip::PayloadBuf::from(&body[..]);
+        a.send_message("b", a.message(long.clone(), buf)).unwrap();
+        expected.push((long, body));
+        // Plain `Bytes`, large and small (encoded by protobuf in the writer).
+        for (hash, len) in [("plain-big", 300_000), ("plain-small", 100)] {
+            let body = pattern(60, len);
+            a.send_message("b", Message::new(hash, body.clone())).unwrap();
+            expected.push((hash.to_owned(), body));
+        }
+        // Framed, then changed by the application: the frame no longer matches, so neither
+        // the old hash nor the old bytes may go out.
+        let mut changed = a.message("stale", grpc_gossip::PayloadBuf::from(&pattern(70, 90_000)[..]));
+        changed.hash = "renamed".into();
+        let body = pattern(71, 80_000);
+        changed.payload = body.clone().into();
+        a.send_message("b", changed).unwrap();
+        expected.push(("renamed".to_owned(), body));
+
+        let deliveries = b.deliveries();
+        let mut got = std::collections::HashMap::new();
+        let mut declined = false;
+        while got.len() < expected.len() {
+            let d = deliveries.recv_timeout(PATIENCE).expect("a delivery");
+            if !declined && d.hash.starts_with('0') {
+                // Not taken: the sender resends it.
+                declined = true;
+                d.decline();
+                continue;
+            }
+            assert!(got.insert(d.hash.clone(), d.payload.clone()).is_none(), "{} twice", d.hash);
+            d.confirm();
+        }
+        for (hash, body) in &expected {
+            let payload = got.get(hash).unwrap_or_else(|| panic!("{hash} not delivered"));
+            assert!(payload[..] == body[..], "{hash}: the bytes written");
+        }
+        let done = collect(&a.completions(), expected.len());
+        assert!(done.iter().all(|c| c.is_acked()), "{done:?}");
+        let again = done.iter().find(|c| c.key.hash.starts_with('0')).unwrap();
+        assert_eq!(again.attempts, 2, "{again:?}");
+        assert_quiet(&deliveries);
+    }
+}
+
+on_both! {
     /// Acknowledged deliveries over gRPC: the ACK waits for the application's confirmation; a
     /// slow application does not look like a dead link; a declined delivery comes again.
     fn confirmed_deliveries_ack_when_the_application_says_so(on) {

@@ -11,7 +11,9 @@ use clap::ValueEnum;
 use grpc_gossip::bench::cluster::GossipCluster;
 use grpc_gossip::bench::latency::{ack_latency_under_load, LatencyWorkload};
 use grpc_gossip::bench::tcp::{TcpCluster, TLS_NAME};
-use grpc_gossip::bench::{peak_rss_bytes, reset_peak_rss, RoundReport, Summary, Workload};
+use grpc_gossip::bench::{
+    peak_rss_bytes, reset_peak_rss, PayloadSource, RoundReport, Summary, Workload,
+};
 use grpc_gossip::transport::tls::CertificateAuthority;
 use grpc_gossip::{Error, StreamFactory, TransportConfig};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -83,6 +85,11 @@ pub(crate) struct BenchArgs {
     /// behind the bulk queued before them, as before the lane; to measure what it costs.
     #[arg(long)]
     no_lane: bool,
+    /// Where payloads of more than 64 KiB come from: one buffer shared by every message
+    /// (copied into each frame), each written into a fresh Vec before it is sent (then
+    /// copied into its frame), or each written into a fresh PayloadBuf (sent without a copy).
+    #[arg(long, value_enum, default_value = "shared")]
+    payloads: Payloads,
     /// gRPC completion-queue threads shared by the benchmark's nodes (TransportConfig::cq_threads);
     /// default: 2.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -397,6 +404,17 @@ fn ack_latency(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--payloads`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum Payloads {
+    /// One buffer in every message.
+    Shared,
+    /// A fresh Vec per message, copied into its frame.
+    Fresh,
+    /// A fresh PayloadBuf per message, framed in place.
+    Framed,
+}
+
 /// The nodes' `lane_max_bytes`: the default, or 0 with `--no-lane`.
 fn lane_max_bytes(args: &BenchArgs) -> usize {
     match args.no_lane {
@@ -417,6 +435,11 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
             .peer_window
             .unwrap_or(Workload::default().peer_max_bytes),
         lane_max_bytes: lane_max_bytes(&args),
+        payloads: match args.payloads {
+            Payloads::Shared => PayloadSource::Shared,
+            Payloads::Fresh => PayloadSource::Fresh,
+            Payloads::Framed => PayloadSource::Framed,
+        },
     };
     if args.rounds == 0 {
         return Err(grpc_gossip::Error::Config {

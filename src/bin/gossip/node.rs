@@ -8,11 +8,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use crossbeam_channel::{select, unbounded, Receiver};
 use grpc_gossip::broadcast::BroadcastCompletion;
 use grpc_gossip::metrics::MetricsServer;
-use grpc_gossip::{Completion, Delivery, Error, Message, NeighborEvent, Node, StreamFactory};
+use grpc_gossip::{
+    Completion, Delivery, Error, Message, NeighborEvent, Node, PayloadBuf, StreamFactory,
+};
 use log::{info, warn};
 use std::collections::{HashMap, VecDeque};
 
@@ -78,8 +79,23 @@ macro_rules! say {
 
 /// One line of stdin, parsed.
 enum StdinCommand {
-    Send { target: String, payload: Bytes },
-    Broadcast(Bytes),
+    Send { target: String, payload: PayloadBuf },
+    Broadcast(PayloadBuf),
+}
+
+/// A file's contents, read straight into a payload buffer (sent from there without a copy).
+fn read_payload(path: &str) -> std::io::Result<PayloadBuf> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+    let mut buf = PayloadBuf::with_capacity(len);
+    buf.resize(len, 0);
+    file.read_exact(&mut buf)?;
+    // A file that grew since its size was read: the rest too.
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest)?;
+    buf.extend_from_slice(&rest);
+    Ok(buf)
 }
 
 fn parse_line(line: &str) -> Result<Option<StdinCommand>, String> {
@@ -89,8 +105,8 @@ fn parse_line(line: &str) -> Result<Option<StdinCommand>, String> {
     }
     let (target, rest) = line.split_once(' ').unwrap_or((line, ""));
     let payload = match rest.strip_prefix('@') {
-        Some(path) => Bytes::from(std::fs::read(path).map_err(|e| format!("{path}: {e}"))?),
-        None => Bytes::copy_from_slice(rest.as_bytes()),
+        Some(path) => read_payload(path).map_err(|e| format!("{path}: {e}"))?,
+        None => PayloadBuf::from(rest.as_bytes()),
     };
     Ok(Some(if target == "*" {
         StdinCommand::Broadcast(payload)
@@ -275,7 +291,8 @@ impl Daemon {
             Ok(None) => {}
             Err(e) => say!("error {e}"),
             Ok(Some(StdinCommand::Send { target, payload })) => {
-                let message = Message::new(self.next_hash(), payload);
+                let hash = self.next_hash();
+                let message = self.node.message(hash, payload);
                 let queue = self.queued.entry(target.clone()).or_default();
                 if !queue.is_empty() {
                     // Behind earlier commands to the same peer, to keep their order.
@@ -301,7 +318,7 @@ impl Daemon {
                 }
             }
             Ok(Some(StdinCommand::Broadcast(payload))) => {
-                let message = Message::new(self.next_hash(), payload);
+                let message = Message::new(self.next_hash(), payload.into_bytes());
                 if self.broadcasts_held() || !self.held_broadcasts.is_empty() {
                     if self.held_broadcasts.len() >= PEER_COMMAND_QUEUE {
                         return say!("error broadcast queue full ({PEER_COMMAND_QUEUE} wait)");

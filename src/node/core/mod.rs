@@ -22,6 +22,7 @@ use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind};
 use crate::message::{Completion, Delivery, Settlement};
 use crate::proto::{FrameKind, GossipACK, GossipMessage};
 use crate::stats::{add, bump, Counters};
+use crate::transport::frame::OutFrame;
 use crate::transport::lane::Lane;
 use crate::transport::{wire, Features};
 
@@ -154,7 +155,7 @@ pub(crate) enum Offer {
 pub(crate) trait World {
     /// Queues a message frame for `stream`'s writer, in `lane` (handed over at the end of the
     /// wake-up).
-    fn send_message(&mut self, stream: StreamId, message: GossipMessage, lane: Lane);
+    fn send_message(&mut self, stream: StreamId, frame: OutFrame, lane: Lane);
     /// Queues an ACK frame for `stream`'s writer.
     fn send_ack(&mut self, stream: StreamId, ack: GossipACK);
     /// What waits for `stream`'s writer; `None` without one.
@@ -244,7 +245,7 @@ pub(crate) struct NodeCore {
     /// have not completed: see [`NodeCore::transmit`].
     small_in_bulk: HashMap<StreamId, HashSet<String>>,
     /// Per stream, small messages that wait for those (see [`NodeCore::transmit`]).
-    held_small: HashMap<StreamId, VecDeque<GossipMessage>>,
+    held_small: HashMap<StreamId, VecDeque<OutFrame>>,
     /// Peers whose links are extra ones (see [`In::Extra`]): not broadcast neighbours.
     extra: HashSet<NodeId>,
 }
@@ -707,7 +708,7 @@ impl NodeCore {
             add(&counted.bytes_sent, message.payload.len());
         }
         let lane = self.lane_of(&to, &message);
-        world.send_message(stream, message, lane);
+        world.send_message(stream, message.into(), lane);
     }
 
     /// The lane of `message` to `peer`: priority for control frames and whole messages of at
@@ -758,7 +759,7 @@ impl NodeCore {
         message.payload = payload;
         let lane = self.lane_of(&peer, &message);
         bump(&self.counters.membership_frames_sent);
-        world.send_message(stream, message, lane);
+        world.send_message(stream, message.into(), lane);
     }
 
     /// Marks our link to `peer` as extra (no broadcasts over it) or not; a link that is up
@@ -806,16 +807,17 @@ impl NodeCore {
         &mut self,
         stream: StreamId,
         peer: &NodeId,
-        message: GossipMessage,
+        frame: OutFrame,
         world: &mut impl World,
     ) {
+        let message = &frame.message;
         let small =
             message.total_bytes == 0 && message.payload.len() <= self.settings.lane_max_bytes;
-        let mut lane = self.lane_of(peer, &message);
+        let mut lane = self.lane_of(peer, message);
         if let (Lane::Priority, Some(waiting)) = (lane, self.small_in_bulk.get(&stream)) {
             if !waiting.contains(&message.hash) {
                 let held = self.held_small.entry(stream).or_default();
-                held.push_back(message);
+                held.push_back(frame);
                 return;
             }
             // Sent again (asked to retry) while it is one of those waited for: it must not
@@ -827,7 +829,7 @@ impl NodeCore {
             let waiting = self.small_in_bulk.entry(stream).or_default();
             waiting.insert(message.hash.clone());
         }
-        world.send_message(stream, message, lane);
+        world.send_message(stream, frame, lane);
     }
 
     /// A message completed: once no small message sent in bulk before the handshake is left
@@ -981,14 +983,21 @@ impl NodeCore {
 
     fn execute(&mut self, action: Action, world: &mut impl World) {
         match action {
-            Action::Transmit { stream, message } => {
+            Action::Transmit {
+                stream,
+                message,
+                frame,
+            } => {
                 // A missing writer means its stream is closing; the message stays outstanding
                 // in the manager and goes out again on the next link.
                 if self.writable.contains_key(&stream) {
-                    let message: GossipMessage = message.into();
+                    let frame = OutFrame {
+                        message: message.into(),
+                        encoded: frame,
+                    };
                     match self.manager.stream_peer(stream).cloned() {
-                        Some((peer, _)) => self.transmit(stream, &peer, message, world),
-                        None => world.send_message(stream, message, Lane::Bulk),
+                        Some((peer, _)) => self.transmit(stream, &peer, frame, world),
+                        None => world.send_message(stream, frame, Lane::Bulk),
                     }
                 }
             }

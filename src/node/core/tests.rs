@@ -6,6 +6,7 @@ use crate::broadcast::BroadcastConfig;
 use crate::manager::WireMessage;
 use crate::router::FanoutRouter;
 use crate::store::SlotStore;
+use protobuf::Message as _;
 
 const OUT_MSG: StreamId = StreamId(1);
 const OUT_ACK: StreamId = StreamId(2);
@@ -37,9 +38,21 @@ struct Recorder {
 }
 
 impl World for Recorder {
-    fn send_message(&mut self, stream: StreamId, message: GossipMessage, lane: Lane) {
+    fn send_message(&mut self, stream: StreamId, frame: OutFrame, lane: Lane) {
+        if let Some(encoded) = &frame.encoded {
+            // What goes on the wire instead of `message` must say the same.
+            let wire = GossipMessage::parse_from_bytes(encoded.as_slice()).unwrap();
+            assert_eq!(
+                (&wire.hash, &wire.from_hash, &wire.payload),
+                (
+                    &frame.message.hash,
+                    &frame.message.from_hash,
+                    &frame.message.payload
+                )
+            );
+        }
         self.lanes.push(lane);
-        self.messages.push((stream, message));
+        self.messages.push((stream, frame.message));
     }
     fn send_ack(&mut self, stream: StreamId, ack: GossipACK) {
         self.acks.push((stream, ack));
@@ -176,7 +189,11 @@ impl Harness {
             .reserve(&key, size, self.now, crate::store::Wait::No)
             .unwrap();
         let payload = Bytes::from(vec![7u8; size]);
-        self.input(In::Event(Event::Send { key, payload }));
+        self.input(In::Event(Event::Send {
+            key,
+            payload,
+            frame: None,
+        }));
     }
 
     fn broadcast(&mut self, hash: &str) {
