@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use bytes::BytesMut;
 
-use super::{StreamId, WireMessage};
+use super::{StreamId, StreamMap, WireMessage};
 use crate::id::NodeId;
 use crate::limits::Limits;
 
@@ -50,9 +50,9 @@ pub(super) struct Reassembler {
     share: usize,
     used: usize,
     by_peer: HashMap<NodeId, usize>,
-    partial: HashMap<StreamId, Partial>,
+    partial: StreamMap<Partial>,
     /// Per stream, the hash of the message refused as busy, whose later chunks are dropped.
-    refused: HashMap<StreamId, String>,
+    refused: StreamMap<String>,
 }
 
 impl Reassembler {
@@ -63,8 +63,8 @@ impl Reassembler {
             share: limits.peer_partial_bytes,
             used: 0,
             by_peer: HashMap::new(),
-            partial: HashMap::new(),
-            refused: HashMap::new(),
+            partial: StreamMap::default(),
+            refused: StreamMap::default(),
         }
     }
 

@@ -1,20 +1,26 @@
 //! The seen-cache: which (sender, hash) pairs arrived lately, so that a retransmission is ACKed
 //! again but delivered once. Only the manager uses it, so it is plain data, no lock.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::id::NodeId;
 
 /// Recently seen (sender, hash) pairs: at most `capacity`, each for at most `ttl` (the store's,
 /// as long as a sender retransmits).
+///
+/// Per message it allocates the hash once (shared by the map and the eviction order) and
+/// looks it up once: this runs on the manager thread for every message received.
 #[derive(Debug)]
 pub(crate) struct SeenCache {
     capacity: usize,
     ttl: Duration,
-    entries: HashMap<(NodeId, String), Instant>,
+    /// By sender, then by hash: when it arrived.
+    entries: HashMap<NodeId, HashMap<Arc<str>, Instant>>,
     /// Arrival order, for eviction.
-    order: VecDeque<(Instant, NodeId, String)>,
+    order: VecDeque<(Instant, NodeId, Arc<str>)>,
 }
 
 impl SeenCache {
@@ -32,27 +38,30 @@ impl SeenCache {
     /// cache's capacity), false for a duplicate.
     pub(crate) fn observe(&mut self, from: &NodeId, hash: &str, now: Instant) -> bool {
         self.evict(now);
-        let key = (from.clone(), hash.to_owned());
-        if self.entries.contains_key(&key) {
-            return false;
+        let by_hash = self.entries.entry(from.clone()).or_default();
+        let key: Arc<str> = Arc::from(hash);
+        match by_hash.entry(key.clone()) {
+            Entry::Occupied(_) => return false,
+            Entry::Vacant(v) => {
+                v.insert(now);
+            }
         }
-        self.entries.insert(key.clone(), now);
-        self.order.push_back((now, key.0, key.1));
+        self.order.push_back((now, from.clone(), key));
         self.evict(now);
         true
     }
 
     /// Whether `hash` from `from` was seen within the TTL, without recording it.
     pub(crate) fn contains(&self, from: &NodeId, hash: &str, now: Instant) -> bool {
-        let key = (from.clone(), hash.to_owned());
         self.entries
-            .get(&key)
+            .get(from)
+            .and_then(|by_hash| by_hash.get(hash))
             .is_some_and(|at| now.saturating_duration_since(*at) < self.ttl)
     }
 
-    /// Pairs remembered now.
+    /// Pairs held.
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.order.len()
     }
 
     fn evict(&mut self, now: Instant) {
@@ -61,8 +70,14 @@ impl SeenCache {
             if !(expired || self.order.len() > self.capacity) {
                 break;
             }
-            if let Some((_, from, hash)) = self.order.pop_front() {
-                self.entries.remove(&(from, hash));
+            let Some((_, from, hash)) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(by_hash) = self.entries.get_mut(&from) {
+                by_hash.remove(&hash);
+                if by_hash.is_empty() {
+                    self.entries.remove(&from);
+                }
             }
         }
     }
@@ -91,5 +106,22 @@ mod tests {
         assert!(!seen.contains(&a, "h3", later));
         assert!(seen.observe(&a, "h3", later));
         assert_eq!(seen.len(), 1);
+    }
+
+    #[test]
+    fn a_sender_whose_pairs_all_expired_takes_no_room() {
+        let mut seen = SeenCache::new(100, Duration::from_secs(1));
+        let t0 = Instant::now();
+        for i in 0..50 {
+            let sender = NodeId::new(&format!("s{i}"), &Limits::default()).unwrap();
+            assert!(seen.observe(&sender, "h", t0));
+        }
+        assert_eq!(seen.entries.len(), 50);
+        let c = NodeId::new("c", &Limits::default()).unwrap();
+        assert!(seen.observe(&c, "h", t0 + Duration::from_secs(2)));
+        // Only the one sender seen since is left, in the map and in the eviction order.
+        assert_eq!(seen.entries.len(), 1);
+        assert_eq!(seen.len(), 1);
+        assert!(!seen.contains(&NodeId::new("s0", &Limits::default()).unwrap(), "h", t0));
     }
 }

@@ -3,7 +3,6 @@
 //! notices to the supervisor) through its [`World`]. It never blocks on anything but its
 //! inbox, so no reader, writer or application thread can wedge it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use super::supervisor::Notice;
 use crate::broadcast::{BroadcastCompletion, BroadcastId};
 use crate::error::Error;
 use crate::id::NodeId;
-use crate::manager::{Event, StreamId};
+use crate::manager::{Event, StreamId, StreamMap};
 use crate::message::{Completion, Delivery, Receipt, Settlement};
 use crate::proto::GossipACK;
 use crate::transport::batch::{pack, Batchable};
@@ -67,11 +66,11 @@ pub(crate) struct Driver {
 /// The world as the core sees it (see [`World`]): writer queues, the application's channels,
 /// the supervisor and the read gate.
 pub(crate) struct Io {
-    pub(crate) writers: HashMap<StreamId, Writer>,
+    pub(crate) writers: StreamMap<Writer>,
     /// Frames produced during the current wake-up, per stream and lane, in order; handed over
     /// at its end, packed where the peer understands batches.
-    pub(crate) pending_messages: HashMap<StreamId, ByLane<OutFrame>>,
-    pub(crate) pending_acks: HashMap<StreamId, Vec<GossipACK>>,
+    pub(crate) pending_messages: StreamMap<ByLane<OutFrame>>,
+    pub(crate) pending_acks: StreamMap<Vec<GossipACK>>,
     /// Bytes of frames packed into one gRPC message for peers that understand batches.
     pub(crate) batch_budget: usize,
     pub(crate) completions: Sender<Completion>,
@@ -259,14 +258,15 @@ impl Io {
     /// one by one for the others.
     fn flush(&mut self, core: &NodeCore) {
         let budget = self.batch_budget;
-        for (stream, frames) in std::mem::take(&mut self.pending_messages) {
+        // Drained, not taken: the maps keep their room for the next wake-up.
+        for (stream, frames) in self.pending_messages.drain() {
             if let Some(Writer::Messages(tx)) = self.writers.get(&stream) {
                 let budget = core.batches(stream).then_some(budget);
                 hand_over(tx, frames.priority, Lane::Priority, budget);
                 hand_over(tx, frames.bulk, Lane::Bulk, budget);
             }
         }
-        for (stream, frames) in std::mem::take(&mut self.pending_acks) {
+        for (stream, frames) in self.pending_acks.drain() {
             if let Some(Writer::Acks(tx)) = self.writers.get(&stream) {
                 let budget = core.batches(stream).then_some(budget);
                 hand_over(tx, frames, Lane::Bulk, budget);

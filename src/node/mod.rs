@@ -24,7 +24,7 @@ use crate::config::MembershipConfig;
 use crate::config::{Deliveries, NodeConfig};
 use crate::error::Error;
 use crate::id::{validate_id, IdKind, NodeId};
-use crate::manager::{Event, MessageManager};
+use crate::manager::{Event, MessageManager, StreamMap};
 use crate::membership::{MemberInfo, MemberState, Membership, Peer};
 use crate::message::{Completion, Delivery, Message, MessageKey};
 use crate::neighbor::{
@@ -311,9 +311,9 @@ impl Node {
         };
         let core = NodeCore::new(id.clone(), manager, broadcast, settings, counters.clone());
         let io = Io {
-            writers: HashMap::new(),
-            pending_messages: HashMap::new(),
-            pending_acks: HashMap::new(),
+            writers: StreamMap::default(),
+            pending_messages: StreamMap::default(),
+            pending_acks: StreamMap::default(),
             // Half the gRPC limit leaves room for the ids and tags of every item.
             batch_budget: (receive_limit / 2).min(256 * 1024),
             completions: completion_tx,

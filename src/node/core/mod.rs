@@ -18,7 +18,7 @@ use crate::broadcast::{self, BroadcastCompletion, BroadcastEngine, BroadcastId, 
 use crate::error::Error;
 use crate::id::NodeId;
 use crate::limits::Limits;
-use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind};
+use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind, StreamMap};
 use crate::message::{Completion, Delivery, Settlement};
 use crate::proto::{FrameKind, GossipACK, GossipMessage};
 use crate::stats::{add, bump, Counters};
@@ -224,7 +224,7 @@ pub(crate) struct NodeCore {
     /// node).
     unresolved: HashMap<NodeId, (Instant, Vec<Frame>)>,
     /// Per stream we write on: its peer, and the features the peer announced on this stream.
-    writable: HashMap<StreamId, (NodeId, Features)>,
+    writable: StreamMap<(NodeId, Features)>,
     /// Peers whose features came from the handshake on our own link to them: what a stream
     /// claiming their id announces does not override that (without TLS anyone can claim an id).
     heard_hello: HashSet<NodeId>,
@@ -243,9 +243,9 @@ pub(crate) struct NodeCore {
     membership_held: HashMap<NodeId, (Instant, Vec<Bytes>)>,
     /// Per stream, the small messages sent in bulk (before the peer's lane was known) that
     /// have not completed: see [`NodeCore::transmit`].
-    small_in_bulk: HashMap<StreamId, HashSet<String>>,
+    small_in_bulk: StreamMap<HashSet<String>>,
     /// Per stream, small messages that wait for those (see [`NodeCore::transmit`]).
-    held_small: HashMap<StreamId, VecDeque<OutFrame>>,
+    held_small: StreamMap<VecDeque<OutFrame>>,
     /// Peers whose links are extra ones (see [`In::Extra`]): not broadcast neighbours.
     extra: HashSet<NodeId>,
 }
@@ -272,15 +272,15 @@ impl NodeCore {
             broadcast_actions: Vec::new(),
             features: HashMap::new(),
             unresolved: HashMap::new(),
-            writable: HashMap::new(),
+            writable: StreamMap::default(),
             heard_hello: HashSet::new(),
             proven: HashSet::new(),
             originals: HashSet::new(),
             fast_links: HashMap::new(),
             redial: HashSet::new(),
             membership_held: HashMap::new(),
-            small_in_bulk: HashMap::new(),
-            held_small: HashMap::new(),
+            small_in_bulk: StreamMap::default(),
+            held_small: StreamMap::default(),
             extra: HashSet::new(),
         }
     }
