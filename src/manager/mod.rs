@@ -33,6 +33,7 @@ use reassembly::{Reassembler, Reassembly};
 use seen::SeenCache;
 
 mod reassembly;
+mod recycle;
 mod seen;
 
 /// Identifies one gRPC stream of this node (unique for the node's lifetime).
@@ -937,6 +938,12 @@ impl MessageManager {
         self.reassembler.held_bytes()
     }
 
+    /// Bytes of free buffers kept to put later chunked messages together in: buffers of
+    /// delivered messages the application has dropped, freed after two idle seconds.
+    pub fn recycled_bytes(&self) -> usize {
+        self.reassembler.recycled_bytes()
+    }
+
     /// Bytes of partly received chunked messages charged to `peer` now (its share is
     /// [`Limits::peer_partial_bytes`]).
     pub fn partial_bytes_of(&self, peer: &NodeId) -> usize {
@@ -1412,6 +1419,7 @@ impl MessageManager {
     }
 
     fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.reassembler.trim(now);
         for (key, t) in self.store.expire(now) {
             self.complete(key, t, Outcome::TimedOut, now, out);
         }

@@ -7,11 +7,14 @@
 //! completes, is abandoned, or its stream ends. A message that does not fit is refused as a
 //! whole ("busy, retry later"), and its later chunks on that stream are dropped without an
 //! answer, so that the sender hears once and the other messages on the stream carry on.
+//!
+//! The buffers come from a [`Recycler`]: a delivered message's buffer is used again for a
+//! later one once the application drops it, so large messages do not fault in fresh pages.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
-use bytes::BytesMut;
-
+use super::recycle::Recycler;
 use super::{StreamId, StreamMap, WireMessage};
 use crate::id::NodeId;
 use crate::limits::Limits;
@@ -24,7 +27,7 @@ struct Partial {
     total: u64,
     /// Bytes charged against the budgets (the announced size).
     charged: usize,
-    buf: BytesMut,
+    buf: Vec<u8>,
 }
 
 /// What a chunk did.
@@ -53,7 +56,12 @@ pub(super) struct Reassembler {
     partial: StreamMap<Partial>,
     /// Per stream, the hash of the message refused as busy, whose later chunks are dropped.
     refused: StreamMap<String>,
+    buffers: Recycler,
 }
+
+/// The most bytes of free buffers a node keeps for reassembly (at most its budget for
+/// partly received messages): four 64 MiB messages' worth.
+const MAX_RECYCLED_BYTES: usize = 256 * 1024 * 1024;
 
 impl Reassembler {
     pub(super) fn new(limits: &Limits) -> Reassembler {
@@ -65,7 +73,18 @@ impl Reassembler {
             by_peer: HashMap::new(),
             partial: StreamMap::default(),
             refused: StreamMap::default(),
+            buffers: Recycler::new(limits.partial_bytes.min(MAX_RECYCLED_BYTES)),
         }
+    }
+
+    /// Frees the recycled buffers that have waited too long for a message.
+    pub(super) fn trim(&self, now: Instant) {
+        self.buffers.trim(now);
+    }
+
+    /// Bytes of free buffers kept for later messages.
+    pub(super) fn recycled_bytes(&self) -> usize {
+        self.buffers.held_bytes()
     }
 
     /// Bytes charged now, by all peers together.
@@ -119,14 +138,14 @@ impl Reassembler {
             }
             self.used += total;
             *self.by_peer.entry(peer.clone()).or_default() += total;
-            // Reserved up front: pages are only touched as chunks arrive, and growing by
-            // doubling would copy the message and hold it twice.
+            // Reserved up front (growing by doubling would copy the message and hold it
+            // twice), in a buffer used before if one fits.
             let partial = Partial {
                 peer: peer.clone(),
                 hash: chunk.hash.clone(),
                 total: chunk.total,
                 charged: total,
-                buf: BytesMut::with_capacity(total),
+                buf: self.buffers.take(total, Instant::now()),
             };
             self.partial.insert(stream, partial);
         }
@@ -165,7 +184,8 @@ impl Reassembler {
         }
         match self.take(stream) {
             Some(done) => {
-                Reassembly::Complete(WireMessage::whole(done.hash, chunk.from, done.buf.freeze()))
+                let payload = self.buffers.freeze(done.buf);
+                Reassembly::Complete(WireMessage::whole(done.hash, chunk.from, payload))
             }
             None => Reassembly::Incomplete,
         }
@@ -178,7 +198,9 @@ impl Reassembler {
     }
 
     fn abandon(&mut self, stream: StreamId) {
-        drop(self.take(stream));
+        if let Some(p) = self.take(stream) {
+            self.buffers.put_back(p.buf, Instant::now());
+        }
     }
 
     /// Removes the partial message of `stream` and releases its charge.

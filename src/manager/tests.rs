@@ -699,6 +699,65 @@ fn chunked_messages_wait_for_the_feature_and_reassemble() {
     assert_eq!(ack_routes(&out), [(IN_ACK, AckStatus::Rejected)]);
 }
 
+/// A reassembled message's buffer comes back once the application drops the payload, the
+/// next message of its size is put together in it (with none of the old bytes), and an idle
+/// node frees it.
+#[test]
+fn a_delivered_messages_buffer_is_used_again_and_freed_when_idle() {
+    let mut b = small_frames("b");
+    let now = Instant::now();
+    let mut out = Vec::new();
+    b.handle(
+        Event::StreamOpened {
+            stream: IN_MSG,
+            peer: id("a"),
+            kind: StreamKind::InboundMessages,
+        },
+        now,
+        &mut out,
+    );
+    let receive = |b: &mut MessageManager, hash: &str, body: &'static [u8]| {
+        let mut out = Vec::new();
+        for start in (0..body.len()).step_by(4) {
+            let end = (start + 4).min(body.len());
+            let message = WireMessage {
+                hash: hash.into(),
+                from: "a".into(),
+                payload: Bytes::from_static(&body[start..end]),
+                total: body.len() as u64,
+                offset: start as u64,
+            };
+            b.handle(
+                Event::MessageReceived {
+                    stream: IN_MSG,
+                    message,
+                },
+                now,
+                &mut out,
+            );
+        }
+        let mut delivered = out.into_iter().filter_map(|x| match x {
+            Action::Deliver(d) => Some(d.payload),
+            _ => None,
+        });
+        let payload = delivered.next().expect("delivered");
+        assert!(delivered.next().is_none());
+        payload
+    };
+    let first = receive(&mut b, "one", b"0123456789");
+    let at = first.as_ptr();
+    assert_eq!(b.recycled_bytes(), 0, "the application holds it");
+    drop(first);
+    assert_eq!(b.recycled_bytes(), 10);
+    let second = receive(&mut b, "two", b"abcdefghij");
+    assert_eq!(&second[..], b"abcdefghij");
+    assert_eq!(second.as_ptr(), at, "put together in the same buffer");
+    assert_eq!(b.recycled_bytes(), 0);
+    drop(second);
+    b.handle(Event::Tick, now + Duration::from_secs(60), &mut out);
+    assert_eq!(b.recycled_bytes(), 0, "freed after waiting idle");
+}
+
 /// A peer known not to take chunks gets an oversize message refused, not sent.
 #[test]
 fn oversize_messages_to_peers_without_chunks_fail_with_a_reason() {
