@@ -725,6 +725,13 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             2,
             &membership_frame(&view(membership::Message::Neighbor { high: true }), "p2:1"),
         )
+        .message(
+            0,
+            &membership_frame(
+                &view(membership::Message::Swap { spare: member(2) }),
+                "p0:1",
+            ),
+        )
         .message(0, &membership_frame(&updates(0), "p0:1"))
         .message(1, &membership_frame(&updates(9), "p1:1"));
 
@@ -777,7 +784,7 @@ mod tests {
     #[test]
     fn membership_frames_reach_the_machine_and_the_list_keeps_its_bound() {
         let r = seed("membership");
-        assert_eq!(r.membership_frames, 5, "{r:?}");
+        assert_eq!(r.membership_frames, 6, "{r:?}");
     }
 
     /// Writes the seed scripts into the committed corpus (run with `--ignored` after adding

@@ -313,6 +313,7 @@ impl NodeFile {
                     "active_view" => m.views.active = value(map, n)?,
                     "passive_view" => m.views.passive = value(map, n)?,
                     "shuffle_period" => m.views.shuffle_period = positive(map, n)?,
+                    "swap_every" => m.views.swap_every = value(map, n)?,
                     "suspect_timeout" => m.list.suspect_timeout = positive(map, n)?,
                     "confirmations" => m.list.confirmations = value(map, n)?,
                     "max_members" => m.list.max_members = value(map, n)?,
@@ -432,6 +433,7 @@ fn section_keys(section: &str) -> &'static [&'static str] {
             "active_view",
             "passive_view",
             "shuffle_period",
+            "swap_every",
             "suspect_timeout",
             "confirmations",
             "max_members",
@@ -506,6 +508,7 @@ mod tests {
             active_view = 4
             passive_view = 20
             shuffle_period = "2s"
+            swap_every = 4
             suspect_timeout = "4s"
             confirmations = 3
             max_members = 500
@@ -544,6 +547,7 @@ mod tests {
         assert_eq!(m.advertise.as_deref(), Some("10.0.0.1:7000"));
         assert_eq!((m.views.active, m.views.passive), (4, 20));
         assert_eq!(m.views.shuffle_period, Duration::from_secs(2));
+        assert_eq!(m.views.swap_every, 4);
         assert_eq!(m.list.suspect_timeout, Duration::from_secs(4));
         assert_eq!((m.list.confirmations, m.list.max_members), (3, 500));
         assert_eq!(

@@ -101,6 +101,13 @@ pub fn encode(frame: &Frame, sender_addr: &str) -> Bytes {
                 w.kind = MembershipKind::NEIGHBOR;
                 w.flag = *high;
             }
+            Message::Swap { spare } => {
+                // A high-priority NEIGHBOR to a node that ignores `peer` there: what the swap
+                // asks degrades to what it did before.
+                w.kind = MembershipKind::NEIGHBOR;
+                w.flag = true;
+                w.peer = protobuf::SingularPtrField::some(peer_to_wire(spare));
+            }
             Message::NeighborReply { accepted } => {
                 w.kind = MembershipKind::NEIGHBOR_REPLY;
                 w.flag = *accepted;
@@ -161,7 +168,10 @@ pub fn decode(payload: &[u8], limits: &Limits) -> Result<(String, Frame), String
             joiner: peer()?,
             ttl: w.ttl,
         }),
-        MembershipKind::NEIGHBOR => Frame::View(Message::Neighbor { high: w.flag }),
+        MembershipKind::NEIGHBOR => match w.peer.is_some() {
+            true => Frame::View(Message::Swap { spare: peer()? }),
+            false => Frame::View(Message::Neighbor { high: w.flag }),
+        },
         MembershipKind::NEIGHBOR_REPLY => Frame::View(Message::NeighborReply { accepted: w.flag }),
         MembershipKind::DISCONNECT => Frame::View(Message::Disconnect),
         MembershipKind::SHUFFLE => Frame::View(Message::Shuffle {
@@ -257,6 +267,7 @@ mod tests {
             ttl: 6,
         }));
         round_trip(Frame::View(Message::Neighbor { high: true }));
+        round_trip(Frame::View(Message::Swap { spare: peer("s") }));
         round_trip(Frame::View(Message::NeighborReply { accepted: false }));
         round_trip(Frame::View(Message::Disconnect));
         round_trip(Frame::View(Message::Shuffle {

@@ -13,7 +13,9 @@
 //!   answers with its entries of the buckets that differ and asks for ours. That repairs what
 //!   a flood missed, gives a joining node the list (its first digest goes to its contact), and
 //!   probes members that are not neighbours: one that cannot be reached is suspected, as one
-//!   whose link breaks is;
+//!   whose link breaks is; now and then ([`ViewConfig::swap_every`]) that member is also taken
+//!   into a full active view in place of a random neighbour, which joins an overlay that
+//!   settled into parts;
 //! - **failure**: a link that breaks, or a member that cannot be reached, is suspected by this
 //!   node; the list fails it on a second member's confirmation or after its timeout.
 
@@ -166,6 +168,10 @@ impl Membership {
                     self.send_digest(neighbour, out);
                 }
                 if let Some(peer) = self.random_member() {
+                    if self.views.swap_due() {
+                        self.views
+                            .handle(In::Swap(peer.clone()), &mut self.view_out);
+                    }
                     self.send_digest(peer, out);
                 }
             }

@@ -12,6 +12,13 @@
 //! ([`Message::Shuffle`]) walks a sample of each view to a random node and swaps it for a sample
 //! of that node's passive view, so passive views stay fresh and mixed.
 //!
+//! One addition to the paper: views that have all filled never change without a failure, so
+//! an overlay that settled into two parts (with 8 nodes and active views of 3, two 4-cliques
+//! do, about one cluster in 80) would stay split while every member list is complete. Now
+//! and then ([`ViewConfig::swap_every`]) a node with a full view takes a random member in
+//! place of a random neighbour, and the member hands the dropped neighbour one of its own
+//! ([`Message::Swap`]): two links cross where two were, every degree stays, and parts join.
+//!
 //! The machine is driven by [`In`]puts and answers with [`Out`]puts, like the other cores; the
 //! node (or [`sim`], which runs thousands of them) carries them out. It is generic over the
 //! peer's identity so the simulator can use small integers. Threads and connections per node
@@ -64,6 +71,10 @@ pub struct ViewConfig {
     pub shuffle_walk: u32,
     /// How often a node shuffles ([`In::Shuffle`] is the node's timer): default 10 s.
     pub shuffle_period: Duration,
+    /// On average once every this many shuffles, a node whose active view is full swaps one
+    /// neighbour for a member outside its view ([`In::Swap`]); 0 never (default 50). Without
+    /// it, two parts of an overlay whose views have all filled stay apart for good.
+    pub swap_every: u32,
 }
 
 impl Default for ViewConfig {
@@ -77,6 +88,7 @@ impl Default for ViewConfig {
             shuffle_passive: 4,
             shuffle_walk: 6,
             shuffle_period: Duration::from_secs(10),
+            swap_every: 50,
         }
     }
 }
@@ -98,7 +110,16 @@ pub enum Message<P> {
         /// Priority.
         high: bool,
     },
-    /// The answer to [`Message::Neighbor`].
+    /// "Take me in in place of one of yours": a node with a full active view asks a member
+    /// outside it ([`In::Swap`]), having dropped `spare` to make room. Never refused; a full
+    /// receiver drops a random neighbour of its own and hands it `spare` (a
+    /// [`Message::ForwardJoin`] that ends there), so every degree stays as it was. On the wire
+    /// a high-priority `NEIGHBOR` that carries `spare`.
+    Swap {
+        /// The neighbour the sender dropped.
+        spare: P,
+    },
+    /// The answer to [`Message::Neighbor`] and [`Message::Swap`].
     NeighborReply {
         /// Whether the sender took us into its active view.
         accepted: bool,
@@ -137,6 +158,11 @@ pub enum In<P> {
     Failed(P),
     /// The shuffle timer ([`ViewConfig::shuffle_period`]) fired.
     Shuffle,
+    /// Take `P` in, though the active view is full, in place of a random neighbour (see
+    /// [`Message::Swap`]). Given when [`HyParView::swap_due`] says so, with a member outside
+    /// the views picked at random from the member list; ignored when the view is not full
+    /// (refilling covers that) or `P` is already a neighbour or asked.
+    Swap(P),
 }
 
 /// What the view machine asks for.

@@ -317,10 +317,25 @@ impl Cluster {
         (0..self.nodes.len() as u32).filter(|&i| self.alive[i as usize])
     }
 
-    fn shuffle_round(&mut self) -> Result<(), Error> {
+    /// Every live node shuffles, and swaps a neighbour when that is due, for a member its
+    /// list holds up (as [`super::Membership`] does).
+    fn shuffle_round(&mut self, rng: &mut fastrand::Rng) -> Result<(), Error> {
         let live: Vec<u32> = self.live().collect();
         for i in live {
             self.input(i, In::Shuffle);
+            if self.nodes[i as usize].swap_due() {
+                let active = self.nodes[i as usize].active();
+                let mut up: Vec<u32> = self.lists[i as usize]
+                    .live()
+                    .copied()
+                    .filter(|p| *p != i && !active.contains(p))
+                    .collect();
+                // The list's order is a hash map's: sorted, the run is repeatable.
+                up.sort_unstable();
+                if !up.is_empty() {
+                    self.input(i, In::Swap(up[rng.usize(..up.len())]));
+                }
+            }
         }
         self.drain()
     }
@@ -448,7 +463,7 @@ pub fn run(cfg: &MembershipSimConfig) -> Result<MembershipSimReport, Error> {
     c.flood();
     for _ in 0..cfg.settle_rounds {
         c.now += period;
-        c.shuffle_round()?;
+        c.shuffle_round(&mut rng)?;
         c.flood();
     }
 
@@ -486,7 +501,7 @@ pub fn run(cfg: &MembershipSimConfig) -> Result<MembershipSimReport, Error> {
     let (mut rounds_to_heal, mut rounds_to_converge) = (None, None);
     for round in 1..=cfg.max_rounds {
         c.now += period;
-        c.shuffle_round()?;
+        c.shuffle_round(&mut rng)?;
         c.tick_lists();
         c.probe(&mut rng);
         if round % cfg.anti_entropy_every.max(1) == 0 {
@@ -511,7 +526,7 @@ pub fn run(cfg: &MembershipSimConfig) -> Result<MembershipSimReport, Error> {
     let steady = 3;
     for _ in 0..steady {
         c.now += period;
-        c.shuffle_round()?;
+        c.shuffle_round(&mut rng)?;
         c.flood();
     }
     let live = c.live().count();

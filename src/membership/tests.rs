@@ -133,12 +133,11 @@ fn a_failed_neighbour_is_replaced_from_the_passive_view() {
 fn a_node_alone_asks_with_high_priority_and_tries_the_next_when_refused_or_unreachable() {
     let mut node = HyParView::new(5, small(), 7);
     received(&mut node, 1, Message::Neighbor { high: true });
-    received(&mut node, 1, Message::Disconnect);
+    // Each time its last neighbour leaves, the node asks at once, not at its next shuffle.
+    let mut out = received(&mut node, 1, Message::Disconnect);
     received(&mut node, 2, Message::Neighbor { high: false });
-    received(&mut node, 2, Message::Disconnect);
+    out.extend(received(&mut node, 2, Message::Disconnect));
     assert!(node.active().is_empty());
-    let mut out = Vec::new();
-    node.handle(In::Shuffle, &mut out);
     let asked: Vec<(u32, Message<u32>)> = sends(&out);
     assert_eq!(asked.len(), 2, "asks as many as it lacks: {asked:?}");
     assert!(asked
@@ -149,6 +148,128 @@ fn a_node_alone_asks_with_high_priority_and_tries_the_next_when_refused_or_unrea
     assert!(!node.passive().contains(&1));
     received(&mut node, 2, Message::NeighborReply { accepted: true });
     assert_eq!(node.active(), [2]);
+}
+
+/// A node whose view holds `peers`, each taken in with high priority.
+fn full_node(me: u32, peers: &[u32], seed: u64) -> HyParView<u32> {
+    let config = ViewConfig {
+        active: peers.len(),
+        ..ViewConfig::default()
+    };
+    let mut node = HyParView::new(me, config, seed);
+    for &p in peers {
+        received(&mut node, p, Message::Neighbor { high: true });
+    }
+    assert_eq!(node.active().len(), peers.len());
+    node
+}
+
+#[test]
+fn a_swap_crosses_two_links_and_every_view_keeps_its_size() {
+    // Two full parts: a with 1, 2, 3 and b with 4, 5, 6.
+    let mut a = full_node(0, &[1, 2, 3], 3);
+    let mut b = full_node(9, &[4, 5, 6], 4);
+    let mut out = Vec::new();
+    a.handle(In::Swap(9), &mut out);
+    // a drops a neighbour first, tells it, and hands it to b.
+    let sent = sends(&out);
+    let [(spare, Message::Disconnect), (9, Message::Swap { spare: handed })] = sent[..] else {
+        panic!("{sent:?}");
+    };
+    assert_eq!(spare, handed);
+    assert!([1, 2, 3].contains(&spare));
+    assert_eq!(a.active().len(), 2);
+    assert!(a.passive().contains(&spare));
+
+    let out = received(&mut b, 0, Message::Swap { spare });
+    let sent = sends(&out);
+    // b drops one of its own, hands it the spare (a walk that ends there), takes a in.
+    let ours = match sent[..] {
+        [(y, Message::Disconnect), (y2, Message::ForwardJoin { joiner, ttl: 0 }), (0, Message::NeighborReply { accepted: true })]
+            if y == y2 && joiner == spare =>
+        {
+            y
+        }
+        _ => panic!("{sent:?}"),
+    };
+    assert!([4, 5, 6].contains(&ours));
+    assert!(b.active().contains(&0) && b.active().len() == 3);
+
+    received(&mut a, 9, Message::NeighborReply { accepted: true });
+    assert!(a.active().contains(&9) && a.active().len() == 3);
+
+    // The one b dropped takes the spare in, and the spare it: both full again.
+    let mut y = full_node(ours, &[9, 40, 41], 5);
+    received(&mut y, 9, Message::Disconnect);
+    let out = received(
+        &mut y,
+        9,
+        Message::ForwardJoin {
+            joiner: spare,
+            ttl: 0,
+        },
+    );
+    assert_eq!(sends(&out), [(spare, Message::Neighbor { high: true })]);
+    assert!(y.active().contains(&spare) && y.active().len() == 3);
+}
+
+#[test]
+fn a_swap_is_asked_only_of_a_full_view_for_a_member_outside_it() {
+    let mut a = full_node(0, &[1, 2, 3], 3);
+    let mut out = Vec::new();
+    a.handle(In::Swap(2), &mut out);
+    a.handle(In::Swap(0), &mut out);
+    assert!(out.is_empty(), "a neighbour or itself: {out:?}");
+    a.handle(In::Swap(7), &mut out);
+    out.clear();
+    a.handle(In::Swap(7), &mut out);
+    assert!(out.is_empty(), "asked already: {out:?}");
+    // Not full: nothing to swap (a refill asks instead).
+    let mut c = full_node(0, &[1, 2], 3);
+    received(&mut c, 2, Message::Disconnect);
+    c.handle(In::Swap(7), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    // A receiver with room takes the sender in and drops nobody.
+    let mut d = full_node(8, &[1], 1);
+    let d_config = d.config().clone();
+    assert_eq!(d_config.active, 1);
+    received(&mut d, 1, Message::Disconnect);
+    let out = received(&mut d, 0, Message::Swap { spare: 3 });
+    assert_eq!(
+        sends(&out),
+        [(0, Message::NeighborReply { accepted: true })]
+    );
+    assert_eq!(d.active(), [0]);
+}
+
+#[test]
+fn simulated_small_clusters_whose_views_filled_apart_are_joined_by_swaps() {
+    // With 8 nodes and views of 3, some clusters settle into two full 4-cliques: every
+    // view is full, so nothing repairs them without swaps.
+    let run = |seed: u64, swap_every: u32| {
+        let cfg = MembershipSimConfig {
+            nodes: 8,
+            churn: 0.0,
+            settle_rounds: 5,
+            max_rounds: 60,
+            views: ViewConfig {
+                active: 3,
+                passive: 10,
+                swap_every,
+                ..ViewConfig::default()
+            },
+            seed,
+            ..MembershipSimConfig::default()
+        };
+        sim::run(&cfg).unwrap()
+    };
+    let split: Vec<u64> = (0..400).filter(|&s| run(s, 0).components > 1).collect();
+    assert!(!split.is_empty(), "some runs split without swaps");
+    for seed in 0..400 {
+        let r = run(seed, ViewConfig::default().swap_every);
+        assert!(r.rounds_to_heal.is_some(), "seed {seed}: {r:?}");
+        assert!(r.max_active_view <= 3, "seed {seed}: {r:?}");
+    }
 }
 
 #[test]

@@ -74,7 +74,24 @@ impl<P: Clone + PartialEq + Debug> HyParView<P> {
                 self.refill(out);
                 self.shuffle(out);
             }
+            In::Swap(peer) => {
+                let full = self.active.len() >= self.config.active;
+                let known = self.active.contains(&peer) || self.pending.contains(&peer);
+                if full && !known && peer != self.me {
+                    // Room first: the spare hears of it before the one it is handed to does.
+                    let spare = self.drop_active(None, out);
+                    self.pending.push(peer.clone());
+                    send(out, peer, Message::Swap { spare });
+                }
+            }
         }
+    }
+
+    /// Whether to swap a neighbour at this shuffle ([`ViewConfig::swap_every`]): a full
+    /// active view, one chance in `swap_every`.
+    pub fn swap_due(&mut self) -> bool {
+        let every = self.config.swap_every;
+        self.active.len() >= self.config.active && every > 0 && self.rng.u32(..every) == 0
     }
 
     fn received(&mut self, from: P, message: Message<P>, out: &mut Vec<Out<P>>) {
@@ -108,6 +125,24 @@ impl<P: Clone + PartialEq + Debug> HyParView<P> {
                 }
                 send(out, from, Message::NeighborReply { accepted });
             }
+            Message::Swap { spare } => {
+                if !self.active.contains(&from) {
+                    if self.active.len() >= self.config.active {
+                        let ours = self.drop_active(Some(&spare), out);
+                        if ours != spare && spare != self.me {
+                            // A walk that ends at once: `ours` takes the spare in and asks it
+                            // with high priority, as at the end of a join's walk.
+                            let walk = Message::ForwardJoin {
+                                joiner: spare,
+                                ttl: 0,
+                            };
+                            send(out, ours, walk);
+                        }
+                    }
+                    self.add_active(from.clone(), out);
+                }
+                send(out, from, Message::NeighborReply { accepted: true });
+            }
             Message::NeighborReply { accepted } => {
                 self.pending.retain(|p| *p != from);
                 // A refusal is tried again at the next shuffle tick, not now: asking the
@@ -121,6 +156,10 @@ impl<P: Clone + PartialEq + Debug> HyParView<P> {
                     self.active.swap_remove(i);
                     out.push(Out::NeighborDown(from.clone()));
                     self.add_passive(from);
+                    if self.active.is_empty() {
+                        // Alone now: ask at once, with high priority, not at the next shuffle.
+                        self.refill(out);
+                    }
                 }
             }
             Message::Shuffle { origin, ttl, peers } => {
@@ -231,15 +270,29 @@ impl<P: Clone + PartialEq + Debug> HyParView<P> {
             return;
         }
         if self.active.len() >= self.config.active {
-            let dropped = self.active.swap_remove(self.rng.usize(..self.active.len()));
-            send(out, dropped.clone(), Message::Disconnect);
-            out.push(Out::NeighborDown(dropped.clone()));
-            self.add_passive(dropped);
+            self.drop_active(None, out);
         }
         self.passive.retain(|q| *q != p);
         self.pending.retain(|q| *q != p);
         self.active.push(p.clone());
         out.push(Out::NeighborUp(p));
+    }
+
+    /// Drops a random neighbour (other than `keep`, if there is another), tells it, and keeps
+    /// it in the passive view; the active view is not empty.
+    fn drop_active(&mut self, keep: Option<&P>, out: &mut Vec<Out<P>>) -> P {
+        let candidates: Vec<usize> = (0..self.active.len())
+            .filter(|&i| Some(&self.active[i]) != keep)
+            .collect();
+        let i = match candidates.len() {
+            0 => 0,
+            n => candidates[self.rng.usize(..n)],
+        };
+        let dropped = self.active.swap_remove(i);
+        send(out, dropped.clone(), Message::Disconnect);
+        out.push(Out::NeighborDown(dropped.clone()));
+        self.add_passive(dropped.clone());
+        dropped
     }
 
     /// Remembers `p` in the passive view, forgetting a random one if it is full.

@@ -51,6 +51,10 @@ pub(crate) struct SimArgs {
     /// With --membership: peers in the passive view.
     #[arg(long, default_value_t = 30)]
     passive_view: usize,
+    /// With --membership: a node with a full active view swaps a neighbour on average once
+    /// every this many shuffles (0: never).
+    #[arg(long, default_value_t = 50)]
+    swap_every: u32,
 }
 
 /// `gossip sim --membership`.
@@ -64,6 +68,7 @@ fn membership(args: &SimArgs) -> Result<ExitCode, grpc_gossip::Error> {
         views: ViewConfig {
             active: args.active_view,
             passive: args.passive_view,
+            swap_every: args.swap_every,
             ..ViewConfig::default()
         },
         ..MembershipSimConfig::default()
