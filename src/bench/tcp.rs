@@ -5,9 +5,17 @@
 //! Frame: `u32 hash_len | u32 payload_len | hash | payload` (big endian). ACK: `u32 hash_len |
 //! hash`. One connection per directed pair; the receiver answers each frame with its ACK.
 //!
-//! With the feature `tls-baseline`, [`TcpCluster::start_tls`] runs the same over mutual TLS
-//! 1.3 with OpenSSL (the library gRPC's C core uses here), AES-256-GCM: the measure of what
-//! encryption itself costs, for `gossip bench --baseline tcp --tls`.
+// The link resolves only where the feature builds the function.
+#![cfg_attr(
+    feature = "tls-baseline",
+    doc = "With the feature `tls-baseline`, [`TcpCluster::start_tls`] runs the same"
+)]
+#![cfg_attr(
+    not(feature = "tls-baseline"),
+    doc = "With the feature `tls-baseline`, `TcpCluster::start_tls` runs the same"
+)]
+//! over mutual TLS 1.3 with OpenSSL (the library gRPC's C core uses here), AES-256-GCM: the
+//! measure of what encryption itself costs, for `gossip bench --baseline tcp --tls`.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

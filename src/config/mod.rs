@@ -1,5 +1,13 @@
-//! Configuration of a node, its limits and its gRPC transport; with the feature
-//! `config-file`, [`file`](mod@file) reads them from an operator's file.
+//! Configuration of a node, its limits and its gRPC transport.
+// The link resolves only where the feature builds the module.
+#![cfg_attr(
+    feature = "config-file",
+    doc = "With the feature `config-file`, [`file`](mod@file) reads them from an operator's file."
+)]
+#![cfg_attr(
+    not(feature = "config-file"),
+    doc = "With the feature `config-file`, `file` reads them from an operator's file."
+)]
 
 use std::time::Duration;
 
