@@ -178,10 +178,14 @@ impl Membership {
             MembershipIn::Leave => {
                 let left = self.list.leave();
                 self.spread.push(left);
+                // The leave first, then the goodbyes: a neighbour that takes the
+                // `Disconnect` first drops the link, and the leave behind it on that link
+                // can be lost, leaving the member to be failed instead.
+                self.settle(None, out);
                 for p in self.views.active().to_vec() {
-                    self.view_out.push(Out::Send {
+                    out.push(MembershipOut::Send {
                         to: p,
-                        message: Message::Disconnect,
+                        frame: Frame::View(Message::Disconnect),
                     });
                 }
             }
@@ -473,6 +477,34 @@ mod tests {
         net.rounds(3);
         for i in (0..6).filter(|i| *i != 4) {
             assert_eq!(net.state_of(i, 4), Some(MemberState::Left), "node {i}");
+        }
+    }
+
+    #[test]
+    fn a_leaving_node_tells_each_neighbour_of_its_leave_before_it_disconnects() {
+        let mut net = joined(6);
+        net.rounds(2);
+        let neighbours = net.nodes[4].views().active().to_vec();
+        assert!(!neighbours.is_empty());
+        let mut out = Vec::new();
+        net.nodes[4].handle(MembershipIn::Leave, net.now, &mut out);
+        for n in &neighbours {
+            let to_n: Vec<&Frame> = (out.iter())
+                .filter_map(|o| match o {
+                    MembershipOut::Send { to, frame } if to == n => Some(frame),
+                    _ => None,
+                })
+                .collect();
+            let leave = to_n.iter().position(|f| {
+                matches!(f, Frame::Updates { updates, .. }
+                    if updates.iter().any(|u| u.member.state == MemberState::Left))
+            });
+            let bye = (to_n.iter()).position(|f| matches!(f, Frame::View(Message::Disconnect)));
+            // A link is dropped on its Disconnect: what follows it on that link may be lost.
+            match (leave, bye) {
+                (Some(l), Some(b)) => assert!(l < b, "{}: {to_n:?}", n.id),
+                _ => panic!("{}: {to_n:?}", n.id),
+            }
         }
     }
 

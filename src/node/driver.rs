@@ -178,6 +178,10 @@ impl Driver {
             self.io.flush(&self.core);
         }
         self.core.handle(In::Shutdown, Instant::now(), &mut self.io);
+        // What this last wake-up queued (a leaving node's goodbyes come just before the
+        // shutdown, often in the same wake-up) goes to the writers, which write all they hold
+        // before they end.
+        self.io.flush(&self.core);
         // Dropping the writers' channels ends every writer thread, which closes its call.
         self.io.writers.clear();
         self.io.gate.release();

@@ -26,11 +26,21 @@ fn member_config(id: &str, seeds: &[String]) -> NodeConfig {
 
 /// `n` nodes: the first is the seed, the others join through its address alone.
 fn cluster(on: &dyn Transport, n: usize) -> Vec<Node> {
-    let seed = start_with(member_config("m00", &[]), on);
+    cluster_with(on, n, |_| {})
+}
+
+/// [`cluster`], each node's config changed by `tweak` first.
+fn cluster_with(on: &dyn Transport, n: usize, tweak: impl Fn(&mut NodeConfig)) -> Vec<Node> {
+    let config = |id: &str, seeds: &[String]| {
+        let mut c = member_config(id, seeds);
+        tweak(&mut c);
+        c
+    };
+    let seed = start_with(config("m00", &[]), on);
     let addr = vec![seed.local_addr().to_string()];
     let mut nodes = vec![seed];
     for i in 1..n {
-        nodes.push(start_with(member_config(&format!("m{i:02}"), &addr), on));
+        nodes.push(start_with(config(&format!("m{i:02}"), &addr), on));
     }
     nodes
 }
@@ -89,10 +99,21 @@ fn wait_for_overlay(from: &Node, nodes: &[&Node]) {
             std::thread::sleep(Duration::from_millis(300));
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the active views never linked everyone"
-        );
+        if Instant::now() > deadline {
+            let views: Vec<String> = (nodes.iter())
+                .map(|n| {
+                    let online: Vec<String> = (n.neighbors().into_iter())
+                        .filter(|x| x.online)
+                        .map(|x| x.node_hash.to_string())
+                        .collect();
+                    format!("{} active {:?} online {online:?}", n.id(), n.active_view())
+                })
+                .collect();
+            panic!(
+                "the active views never linked everyone: reached {reached:?}\n{}",
+                views.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -123,6 +144,38 @@ on_both! {
             let d = n.deliveries().recv_timeout(PATIENCE).unwrap();
             assert_eq!(d.hash, "b1");
         }
+    }
+}
+
+on_both! {
+    /// Swaps on the real path (frames, links, replies): with one at every shuffle, views
+    /// change all the time, never grow past their size, and still link every node.
+    fn nodes_that_swap_at_every_shuffle_keep_their_views_bounded_and_linked(on) {
+        let nodes = cluster_with(on, N, |c| {
+            if let Some(m) = c.membership.as_mut() {
+                m.views.swap_every = 1;
+            }
+        });
+        let refs: Vec<&Node> = nodes.iter().collect();
+        wait_for(&refs, "every list holds every member", all_joined(N));
+        let before: Vec<Vec<_>> = nodes.iter().map(|n| n.active_view()).collect();
+        // Views change: a swap replaces a neighbour without a failure or a join.
+        let deadline = Instant::now() + PATIENCE;
+        let mut changed = 0;
+        while changed < N / 2 {
+            assert!(Instant::now() < deadline, "views never swapped: {before:?}");
+            std::thread::sleep(Duration::from_millis(100));
+            changed = 0;
+            for (n, was) in nodes.iter().zip(&before) {
+                let now = n.active_view();
+                assert!(now.len() <= 3, "{}: {now:?}", n.id());
+                if now.iter().any(|p| !was.contains(p)) {
+                    changed += 1;
+                }
+            }
+        }
+        wait_for_overlay(&nodes[0], &refs);
+        wait_for(&refs, "every list still holds every member", all_joined(N));
     }
 }
 
