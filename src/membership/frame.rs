@@ -168,10 +168,10 @@ pub fn decode(payload: &[u8], limits: &Limits) -> Result<(String, Frame), String
             joiner: peer()?,
             ttl: w.ttl,
         }),
-        MembershipKind::NEIGHBOR => match w.peer.is_some() {
-            true => Frame::View(Message::Swap { spare: peer()? }),
-            false => Frame::View(Message::Neighbor { high: w.flag }),
-        },
+        MembershipKind::NEIGHBOR if w.peer.is_some() => {
+            Frame::View(Message::Swap { spare: peer()? })
+        }
+        MembershipKind::NEIGHBOR => Frame::View(Message::Neighbor { high: w.flag }),
         MembershipKind::NEIGHBOR_REPLY => Frame::View(Message::NeighborReply { accepted: w.flag }),
         MembershipKind::DISCONNECT => Frame::View(Message::Disconnect),
         MembershipKind::SHUFFLE => Frame::View(Message::Shuffle {
