@@ -140,7 +140,7 @@ pub use neighbor::{
     MemoryNeighborStore, NeighborEvent, NeighborInfo, NeighborManager, NeighborStore,
 };
 pub use node::{Node, NodeBuilder};
-pub use payload::PayloadBuf;
+pub use payload::{PayloadBuf, SharedPayload};
 pub use router::{FanoutRouter, Router};
 pub use stats::{Metrics, Stats};
 pub use store::SlotStore;

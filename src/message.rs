@@ -6,14 +6,15 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::id::NodeId;
-use crate::payload::{EncodedFrame, PayloadBuf, FRAME_ALONE_MIN};
+use crate::payload::{EncodedFrame, PayloadBuf, SharedPayload, FRAME_ALONE_MIN};
 
 /// A message to send: a hash (its unique id, chosen by the application) and a payload.
 ///
 /// A message made by [`Node::message`](crate::Node::message) from a
 /// [`PayloadBuf`] also carries its encoded frame, so sending it copies no
-/// payload bytes. Changing `hash` or `payload` afterwards is allowed: the frame no longer
-/// matches and the message is encoded as any other.
+/// payload bytes; so does one made by [`Message::shared`] from a [`SharedPayload`], which many
+/// messages send without copying it. Changing `hash` or `payload` afterwards is allowed: the
+/// frame no longer matches and the message is encoded as any other.
 #[derive(Clone, Debug)]
 pub struct Message {
     /// Unique id of the message. Resending the same hash to the same neighbour is how a
@@ -59,13 +60,28 @@ impl Message {
         }
     }
 
-    /// The message's frame as sent by `from`, when it still matches the hash and payload.
+    /// A message carrying `payload`, which many messages may share: each sends its own
+    /// header, then the payload's one encoded frame (see [`SharedPayload`]). A payload small
+    /// enough to share gRPC messages with others is encoded with them.
+    pub fn shared(hash: impl Into<String>, payload: &SharedPayload) -> Message {
+        let frame = payload.frame();
+        Message {
+            hash: hash.into(),
+            payload: payload.payload(),
+            frame: (payload.len() > FRAME_ALONE_MIN).then(|| frame.clone()),
+        }
+    }
+
+    /// The message's frame as sent by `from`, when it still matches the hash and payload (a
+    /// [`SharedPayload`]'s frame matches any hash and sender).
     /// A message without one (a plain `Bytes` payload) is encoded by protobuf in the writer
     /// thread, one copy per transmission: encoding it here instead would give every message
     /// its own copy for as long as it is in flight, where messages that share one payload
     /// hold it once.
     pub(crate) fn take_frame(&mut self, from: &str) -> Option<EncodedFrame> {
-        let fits = |f: &EncodedFrame| f.holds(&self.payload) && f.is_for(&self.hash, from);
+        let fits = |f: &EncodedFrame| {
+            f.holds(&self.payload) && (f.is_tail() || f.is_for(&self.hash, from))
+        };
         self.frame.take().filter(fits)
     }
 }
@@ -315,5 +331,31 @@ impl fmt::Display for FailReason {
             FailReason::TooLarge(why) => write!(f, "too large for the receiver: {why}"),
             FailReason::Shutdown => f.write_str("node shut down"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_of_one_shared_payload_carry_its_frame_for_any_hash() {
+        let big = SharedPayload::from(&vec![1u8; FRAME_ALONE_MIN + 1][..]);
+        let mut a = Message::shared("a", &big);
+        let mut b = Message::shared("b", &big);
+        assert_eq!(a.payload.as_ptr(), b.payload.as_ptr());
+        assert!(a.take_frame("n1").is_some_and(|f| f.is_tail()));
+        // The hash may change: a tail names no message.
+        b.hash = "b2".into();
+        assert!(b.take_frame("n2").is_some());
+        // A new payload does not match it.
+        let mut c = Message::shared("c", &big);
+        c.payload = Bytes::from_static(b"other");
+        assert!(c.take_frame("n1").is_none());
+        // Small payloads share gRPC messages with others and keep no frame.
+        let small = SharedPayload::from(&b"tiny"[..]);
+        let mut d = Message::shared("d", &small);
+        assert_eq!(&d.payload[..], b"tiny");
+        assert!(d.take_frame("n1").is_none());
     }
 }

@@ -12,6 +12,11 @@
 //! reference count) instead of encoding it again. A payload given as plain `Bytes` is encoded
 //! by protobuf in the writer thread, one copy per transmission, as are payloads of 64 KiB or
 //! less, which share gRPC messages with others.
+//!
+//! A frame that names its message serves that message only. A [`SharedPayload`] is framed for
+//! none: the room in front takes only the payload's tag and length, so it decodes as a
+//! `GossipMessage` holding the payload alone (a tail), and any number of messages send it
+//! after a header of their own (`payload_follows`, see `crate::transport::frame`).
 
 use std::io;
 use std::ops::{Deref, DerefMut, Range};
@@ -125,6 +130,96 @@ impl PayloadBuf {
                 EncodedFrame::from_vec(buf, layout)
             }
             None => EncodedFrame::encode(hash, from, &buf[HEADROOM..]),
+        }
+    }
+}
+
+/// A payload encoded once, to be sent in many messages without a copy.
+///
+/// A [`PayloadBuf`] frames its payload for one message (the header names the hash). A
+/// `SharedPayload` frames it for none: on the wire it is the second of two gRPC messages, after
+/// each message's own small header (`payload_follows`, feature `tail`). Sending one buffer to
+/// many neighbours, or many times, then moves it from memory to gRPC by reference counts only;
+/// a plain `Bytes` payload shared the same way is copied into every frame.
+///
+/// Make messages of it with [`Message::shared`](crate::Message::shared). A peer that did not
+/// announce the `tail` feature (an original node) gets the usual one-frame encoding, one copy
+/// per transmission, as do payloads of 64 KiB or less (which share gRPC messages with others)
+/// and the chunks of messages too large to go whole.
+///
+/// ```
+/// let mut buf = grpc_gossip::PayloadBuf::with_capacity(100_000);
+/// buf.resize(100_000, 7);
+/// let shared = grpc_gossip::SharedPayload::from(buf);
+/// let a = grpc_gossip::Message::shared("m-1", &shared);
+/// let b = grpc_gossip::Message::shared("m-2", &shared);
+/// // The same bytes in memory, not copies.
+/// assert_eq!(a.payload.as_ptr(), b.payload.as_ptr());
+/// assert_eq!(shared.len(), 100_000);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedPayload {
+    /// The payload as a `GossipMessage` holding only it (`is_tail`).
+    frame: EncodedFrame,
+}
+
+impl SharedPayload {
+    /// The payload, a view into the encoded frame (no copy).
+    pub fn payload(&self) -> Bytes {
+        self.frame.payload()
+    }
+
+    /// The payload's length.
+    pub fn len(&self) -> usize {
+        self.frame.layout.payload.len()
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The encoded frame every message carrying this payload sends after its header.
+    pub(crate) fn frame(&self) -> &EncodedFrame {
+        &self.frame
+    }
+}
+
+/// One payload's tail, encoded by the first writer that needs it and shared by the rest: a
+/// broadcast payload forwarded to several neighbours is copied once, in a writer thread (not
+/// once per neighbour, and never on the manager thread that ACKs wait on).
+#[derive(Debug, Default)]
+pub(crate) struct LazyTail(std::sync::OnceLock<EncodedFrame>);
+
+impl LazyTail {
+    /// A tail encoded already (an origin's [`SharedPayload`]).
+    pub(crate) fn ready(frame: EncodedFrame) -> LazyTail {
+        LazyTail(std::sync::OnceLock::from(frame))
+    }
+
+    /// The tail of `payload`, encoded now if nobody has yet. Every caller passes the same
+    /// payload (the cache that hands this out keys it by the payload's buffer); one whose
+    /// length does not match gets `None`, and is encoded whole.
+    pub(crate) fn get_or_encode(&self, payload: &[u8]) -> Option<&EncodedFrame> {
+        let tail = self.0.get_or_init(|| EncodedFrame::encode("", "", payload));
+        (tail.layout.payload.len() == payload.len()).then_some(tail)
+    }
+}
+
+impl From<PayloadBuf> for SharedPayload {
+    /// Frames the buffer in place: its room in front takes the payload's tag and length.
+    fn from(buf: PayloadBuf) -> SharedPayload {
+        SharedPayload {
+            frame: buf.into_frame("", ""),
+        }
+    }
+}
+
+impl From<&[u8]> for SharedPayload {
+    /// A shared payload holding a copy of `bytes` (the only copy it is ever sent with).
+    fn from(bytes: &[u8]) -> SharedPayload {
+        SharedPayload {
+            frame: EncodedFrame::encode("", "", bytes),
         }
     }
 }
@@ -258,6 +353,12 @@ impl EncodedFrame {
     pub(crate) fn holds(&self, payload: &Bytes) -> bool {
         let own = &self.as_slice()[self.layout.payload.clone()];
         own.as_ptr() == payload.as_ptr() && own.len() == payload.len()
+    }
+
+    /// Whether this frame holds a payload alone, for any message: a [`SharedPayload`]'s, sent
+    /// after a header that says `payload_follows`.
+    pub(crate) fn is_tail(&self) -> bool {
+        self.layout.hash.is_empty() && self.layout.from.is_empty()
     }
 
     /// Whether this is the frame of message `hash` sent by `from`.
@@ -438,6 +539,32 @@ mod tests {
             assert_eq!(frame.as_slice(), &expected[..]);
             assert_eq!(decode(&frame).payload, m.payload);
         }
+    }
+
+    #[test]
+    fn a_shared_payload_is_a_frame_that_holds_only_the_payload() {
+        for len in [0, 5, 200, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let buf = PayloadBuf::from(&payload[..]);
+            for shared in [SharedPayload::from(buf), SharedPayload::from(&payload[..])] {
+                let mut m = decode(shared.frame());
+                assert_eq!(&m.payload[..], &payload[..]);
+                assert_eq!(shared.len(), len);
+                assert!(shared.frame().is_tail());
+                // Nothing but the payload (and the filler in front).
+                m.payload = Bytes::new();
+                m.padding = Bytes::new();
+                assert_eq!(m.compute_size(), 0);
+                assert!(shared.frame().holds(&shared.payload()));
+            }
+        }
+        // Framed in place: the payload stays where it was written.
+        let mut buf = PayloadBuf::with_capacity(1000);
+        buf.resize(1000, 1);
+        let at = buf.as_ptr();
+        assert_eq!(SharedPayload::from(buf).payload().as_ptr(), at);
+        // A message's own frame is not a tail.
+        assert!(!PayloadBuf::from(&b"x"[..]).into_frame("h", "a").is_tail());
     }
 
     #[test]

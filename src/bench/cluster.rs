@@ -3,15 +3,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
-use super::{PayloadSource, RoundReport, Workload};
+use super::{shared_payload, PayloadSource, RoundReport, Workload};
 use crate::config::{Deliveries, NodeConfig};
 use crate::error::Error;
-use crate::message::{Message, Outcome};
+use crate::message::Outcome;
 use crate::neighbor::NeighborInfo;
 use crate::node::Node;
-use crate::payload::{PayloadBuf, FRAME_ALONE_MIN};
+use crate::payload::{SharedPayload, FRAME_ALONE_MIN};
 use crate::transport::factory::StreamFactory;
 
 /// Most problems listed in a [`RoundReport`].
@@ -21,7 +19,8 @@ const MAX_PROBLEMS: usize = 20;
 pub struct GossipCluster {
     nodes: Vec<Node>,
     workload: Workload,
-    payload: Bytes,
+    /// The one payload of `PayloadSource::Shared` (and `SharedBytes`).
+    payload: SharedPayload,
 }
 
 impl std::fmt::Debug for GossipCluster {
@@ -80,7 +79,7 @@ impl GossipCluster {
         Ok(GossipCluster {
             nodes,
             workload: workload.clone(),
-            payload: Bytes::from(vec![0x5a; workload.payload_bytes]),
+            payload: shared_payload(workload.payload_bytes, 0x5a),
         })
     }
 
@@ -114,18 +113,7 @@ impl GossipCluster {
                             let mut errors = Vec::new();
                             for k in 0..w.messages_per_peer {
                                 let hash = format!("r{round}-{i}-{j}-{k}");
-                                let msg = match source {
-                                    PayloadSource::Shared => Message::new(hash, payload.clone()),
-                                    PayloadSource::Fresh => {
-                                        Message::new(hash, vec![0x5a; payload.len()])
-                                    }
-                                    // Written where it will be sent from.
-                                    PayloadSource::Framed => {
-                                        let mut buf = PayloadBuf::with_capacity(payload.len());
-                                        buf.resize(payload.len(), 0x5a);
-                                        node.message(hash, buf)
-                                    }
-                                };
+                                let msg = source.message(node, hash, payload);
                                 match node.send_message(peer.id().as_str(), msg) {
                                     Ok(_) => ok += 1,
                                     Err(e) => errors.push(format!("send {i}->{j} #{k}: {e}")),

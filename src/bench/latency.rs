@@ -33,6 +33,8 @@ pub struct LatencyWorkload {
     pub peer_max_bytes: usize,
     /// Largest message that takes the priority lane (`NodeConfig::lane_max_bytes`; 0: off).
     pub lane_max_bytes: usize,
+    /// Where the saturating messages' payloads come from.
+    pub bulk_payloads: super::PayloadSource,
 }
 
 impl Default for LatencyWorkload {
@@ -46,6 +48,7 @@ impl Default for LatencyWorkload {
             slots: 200,
             peer_max_bytes: NodeConfig::new("", "").peer_max_bytes,
             lane_max_bytes: crate::config::DEFAULT_LANE_MAX_BYTES,
+            bulk_payloads: super::PayloadSource::Shared,
         }
     }
 }
@@ -117,7 +120,8 @@ impl LoadedPair {
             ))?;
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let bulk = Bytes::from(vec![0x42; w.bulk_bytes]);
+        let bulk = super::shared_payload(w.bulk_bytes, 0x42);
+        let source = w.bulk_payloads;
         let mut threads = Vec::new();
         for (from, to) in [(a.clone(), "b"), (b.clone(), "a")] {
             let (bulk, stop) = (bulk.clone(), stop.clone());
@@ -126,7 +130,7 @@ impl LoadedPair {
                     if stop.load(Ordering::Acquire) {
                         return;
                     }
-                    let msg = Message::new(format!("bulk-{k}"), bulk.clone());
+                    let msg = source.message(&from, format!("bulk-{k}"), &bulk);
                     if from.send_message(to, msg).is_err() {
                         return;
                     }

@@ -36,16 +36,51 @@ pub struct Workload {
 /// messages with others) are always [`Shared`](PayloadSource::Shared).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PayloadSource {
-    /// One buffer, shared by every message (protobuf copies it into each frame): what the
-    /// TCP baseline does too, which writes one buffer again and again.
+    /// One [`SharedPayload`](crate::SharedPayload), in every message: encoded once and sent
+    /// without a copy, as the TCP baseline writes one buffer again and again.
     #[default]
     Shared,
+    /// One buffer shared by every message as plain `Bytes`, which protobuf copies into each
+    /// frame (the default until 2026-12-08).
+    SharedBytes,
     /// Each payload written into a fresh `Vec` just before it is sent, then sent as `Bytes`:
     /// an application producing its data, then one copy into the frame.
     Fresh,
     /// Each payload written into a fresh [`PayloadBuf`](crate::PayloadBuf) just before it is
     /// sent: the same production, and no copy after it.
     Framed,
+}
+
+/// A payload of `len` bytes of `fill`, written where it is sent from (no second buffer, even
+/// for a moment: the 64 MiB shape's peak memory counts it).
+pub(crate) fn shared_payload(len: usize, fill: u8) -> crate::SharedPayload {
+    let mut buf = crate::PayloadBuf::with_capacity(len);
+    buf.resize(len, fill);
+    crate::SharedPayload::from(buf)
+}
+
+impl PayloadSource {
+    /// Message `hash` from `node` with a payload of `shared`'s length: `shared` itself (as it
+    /// is or as plain `Bytes`), or one produced for the message.
+    pub(crate) fn message(
+        self,
+        node: &crate::Node,
+        hash: String,
+        shared: &crate::SharedPayload,
+    ) -> crate::Message {
+        use crate::{Message, PayloadBuf};
+        match self {
+            PayloadSource::Shared => Message::shared(hash, shared),
+            PayloadSource::SharedBytes => Message::new(hash, shared.payload()),
+            PayloadSource::Fresh => Message::new(hash, vec![0x5a; shared.len()]),
+            // Written where it will be sent from.
+            PayloadSource::Framed => {
+                let mut buf = PayloadBuf::with_capacity(shared.len());
+                buf.resize(shared.len(), 0x5a);
+                node.message(hash, buf)
+            }
+        }
+    }
 }
 
 impl Default for Workload {

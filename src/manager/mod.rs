@@ -280,7 +280,8 @@ pub enum Action {
         /// The frame.
         message: WireMessage,
         /// `message` already encoded (shared, not copied), when the application's message
-        /// came with its frame (see [`crate::payload`]).
+        /// came with its frame (see [`crate::payload`]); or only its payload, encoded alone
+        /// (a shared payload's tail), to go after a header where the peer takes that.
         frame: Option<EncodedFrame>,
     },
     /// Write an ACK on a stream.
@@ -1521,8 +1522,10 @@ fn transmit(o: &mut Outstanding, route: &Route, limit: usize, out: &mut Vec<Acti
             });
         }
     } else {
+        // A shared payload's frame (a tail) goes after a header of its own; whether the peer
+        // takes tails is the node's to check, which knows its features.
         let frame = (o.frame.as_ref())
-            .filter(|f| f.is_for(&o.hash, &from) && f.len() <= limit)
+            .filter(|f| (f.is_tail() || f.is_for(&o.hash, &from)) && f.len() <= limit)
             .cloned();
         let message = WireMessage::whole(o.hash.clone(), from, o.payload.clone());
         out.push(Action::Transmit {

@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::id::NodeId;
 use crate::manager::{Event, StreamId, StreamMap};
 use crate::message::{Completion, Delivery, Receipt, Settlement};
+use crate::payload::EncodedFrame;
 use crate::proto::GossipACK;
 use crate::transport::batch::{pack, Batchable};
 use crate::transport::frame::OutFrame;
@@ -35,6 +36,8 @@ pub(crate) enum Input {
     Broadcast {
         hash: String,
         payload: Bytes,
+        /// The payload's encoded tail, from a `SharedPayload`.
+        tail: Option<EncodedFrame>,
         reply: Sender<Result<BroadcastId, Error>>,
     },
     /// The membership thread sends a frame to a member.
@@ -242,9 +245,10 @@ impl Driver {
             Input::Broadcast {
                 hash,
                 payload,
+                tail,
                 reply,
             } => {
-                let result = self.core.start_broadcast(hash, payload, now, &mut self.io);
+                let result = (self.core).start_broadcast(hash, payload, tail, now, &mut self.io);
                 let _ = reply.send(result);
                 return true;
             }

@@ -682,13 +682,16 @@ impl Node {
     /// Errors (nothing was sent, no completion will come): invalid hash, payload too large,
     /// hash already used by a recent broadcast of this node, too many broadcasts tracked,
     /// shutdown.
-    pub fn broadcast(&self, message: Message) -> Result<BroadcastId, Error> {
+    pub fn broadcast(&self, mut message: Message) -> Result<BroadcastId, Error> {
         // Broadcast payloads travel whole: one frame each.
         self.check_outgoing(&message, self.config.limits.max_payload_bytes)?;
         let (reply, answer) = bounded(1);
+        // A frame made for one message names it; only a shared payload's serves a broadcast.
+        let tail = (message.take_frame(self.id.as_str())).filter(|f| f.is_tail());
         let input = Input::Broadcast {
             hash: message.hash,
             payload: message.payload,
+            tail,
             reply,
         };
         self.inbox.send(input).map_err(|_| Error::Shutdown)?;

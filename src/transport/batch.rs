@@ -20,6 +20,11 @@ pub(crate) trait Batchable: Sized {
     fn carry(&mut self, item: Self);
     /// Frames it holds (itself and those it carries) and their cost, for queue accounting.
     fn weight(&self) -> (usize, usize);
+    /// The gRPC messages it goes out as, in order: itself, and the one that must follow it at
+    /// once, if any (a shared payload after its header, see `frame::OutFrame`).
+    fn into_pieces(self) -> (Self, Option<Self>) {
+        (self, None)
+    }
 }
 
 impl Batchable for GossipMessage {

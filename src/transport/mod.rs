@@ -69,6 +69,11 @@ pub const FEATURE_LANE: &str = "lane";
 /// the member list, see [`crate::membership`]).
 pub const FEATURE_MEMBERSHIP: &str = "membership";
 
+/// Feature: a frame's payload may come as the next gRPC message on the stream
+/// (`payload_follows`), so a payload shared by many messages is encoded once
+/// ([`SharedPayload`](crate::SharedPayload)).
+pub const FEATURE_TAIL: &str = "tail";
+
 /// Protocol extensions a peer understands, as listed in [`FEATURES_HEADER`] (or in the
 /// `features` field of the handshake ACK our nodes answer with).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,6 +90,8 @@ pub struct Features {
     pub lane: bool,
     /// [`FEATURE_MEMBERSHIP`].
     pub membership: bool,
+    /// [`FEATURE_TAIL`].
+    pub tail: bool,
 }
 
 impl Features {
@@ -96,6 +103,7 @@ impl Features {
         confirm: true,
         lane: true,
         membership: true,
+        tail: true,
     };
 
     /// Parses a comma-separated list; unknown names are ignored.
@@ -109,6 +117,7 @@ impl Features {
                 FEATURE_CONFIRM => f.confirm = true,
                 FEATURE_LANE => f.lane = true,
                 FEATURE_MEMBERSHIP => f.membership = true,
+                FEATURE_TAIL => f.tail = true,
                 _ => {}
             }
         }
@@ -117,7 +126,16 @@ impl Features {
 
     /// Whether any feature is listed.
     pub fn any(self) -> bool {
-        self.batch || self.broadcast || self.chunk || self.confirm || self.lane || self.membership
+        let Features {
+            batch,
+            broadcast,
+            chunk,
+            confirm,
+            lane,
+            membership,
+            tail,
+        } = self;
+        batch || broadcast || chunk || confirm || lane || membership || tail
     }
 
     /// The comma-separated list.
@@ -129,6 +147,7 @@ impl Features {
             (self.confirm, FEATURE_CONFIRM),
             (self.lane, FEATURE_LANE),
             (self.membership, FEATURE_MEMBERSHIP),
+            (self.tail, FEATURE_TAIL),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -313,6 +332,20 @@ pub(crate) trait InboundFrame: Send + 'static {
     /// Why this frame (or one it carries) cannot be answered at all, if so: a payload without
     /// a valid hash has nothing an ACK could name.
     fn unanswerable(&self, limits: &Limits) -> Option<String>;
+    /// Whether its payload is the next gRPC message on the stream (`payload_follows`); why it
+    /// cannot be, where it says so and is not a frame that may.
+    fn wants_tail(&self) -> Result<bool, String> {
+        Ok(false)
+    }
+    /// Takes the payload of `tail`, the gRPC message after it; why not, if `tail` holds more
+    /// than a payload.
+    fn join_tail(&mut self, tail: Self) -> Result<(), String>
+    where
+        Self: Sized,
+    {
+        drop(tail);
+        Err("this stream carries no payloads".into())
+    }
 }
 
 /// Reports a received frame, and the frames batched in it, in order; false once the sink no
@@ -346,6 +379,34 @@ impl InboundFrame for GossipMessage {
 
     fn take_batch(&mut self) -> Vec<Self> {
         GossipMessage::take_batch(self).into_vec()
+    }
+
+    fn wants_tail(&self) -> Result<bool, String> {
+        if self.batch.iter().any(|m| m.payload_follows) {
+            return Err("a batched frame says its payload follows".into());
+        }
+        let alone = self.payload.is_empty() && self.batch.is_empty() && self.total_bytes == 0;
+        match (self.payload_follows, alone) {
+            (true, false) => Err("a frame says its payload follows, but it has a payload, a \
+                 batch or a chunk of its own"
+                .into()),
+            (follows, _) => Ok(follows),
+        }
+    }
+
+    fn join_tail(&mut self, mut tail: Self) -> Result<(), String> {
+        let payload = std::mem::take(&mut tail.payload);
+        tail.padding = bytes::Bytes::new();
+        if protobuf::Message::compute_size(&tail) != 0 {
+            return Err(
+                "the frame after a header that says its payload follows holds more \
+                 than a payload"
+                    .into(),
+            );
+        }
+        self.payload = payload;
+        self.payload_follows = false;
+        Ok(())
     }
 
     fn into_stream_event(self, stream: StreamId) -> StreamEvent {
@@ -463,21 +524,32 @@ where
     S: Stream<Item = grpcio::Result<T>> + Unpin,
     T: InboundFrame,
 {
+    let stopped = || StreamEnd::closed("closed by this node");
     loop {
         if let Some(g) = gate {
             g.wait_open();
         }
-        let next = match stop.as_deref_mut() {
-            Some(stop) => match futures::future::select(stream.next(), stop).await {
-                futures::future::Either::Left((next, _)) => next,
-                futures::future::Either::Right(_) => {
-                    return StreamEnd::closed("closed by this node")
-                }
-            },
-            None => stream.next().await,
+        let Some(next) = next_unless_stopped(stream, stop.as_deref_mut()).await else {
+            return stopped();
         };
         match next {
-            Some(Ok(frame)) => {
+            Some(Ok(mut frame)) => {
+                // A header whose payload follows is read together with it: the manager gets
+                // whole frames, and a tail cannot be taken for a frame of its own.
+                match frame.wants_tail() {
+                    Err(reason) => return StreamEnd::malformed(reason),
+                    Ok(false) => {}
+                    Ok(true) => match next_unless_stopped(stream, stop.as_deref_mut()).await {
+                        None => return stopped(),
+                        Some(Some(Ok(tail))) => {
+                            if let Err(reason) = frame.join_tail(tail) {
+                                return StreamEnd::malformed(reason);
+                            }
+                        }
+                        Some(Some(Err(e))) => return StreamEnd::from_error(e),
+                        Some(None) => return StreamEnd::closed(CLOSED_BY_PEER),
+                    },
+                }
                 if let Some(reason) = strict.and_then(|limits| frame.unanswerable(limits)) {
                     return StreamEnd::malformed(reason);
                 }
@@ -488,6 +560,20 @@ where
             Some(Err(e)) => return StreamEnd::from_error(e),
             None => return StreamEnd::closed(CLOSED_BY_PEER),
         }
+    }
+}
+
+/// The stream's next item, or `None` once `stop` (if any) resolves first.
+async fn next_unless_stopped<S: Stream + Unpin>(
+    stream: &mut S,
+    stop: Option<&mut ReaderStop>,
+) -> Option<Option<S::Item>> {
+    match stop {
+        Some(stop) => match futures::future::select(stream.next(), stop).await {
+            futures::future::Either::Left((next, _)) => Some(next),
+            futures::future::Either::Right(_) => None,
+        },
+        None => Some(stream.next().await),
     }
 }
 
@@ -729,10 +815,17 @@ pub(crate) fn write_loop<T, K>(
 {
     let backlog = frames.backlog;
     let frames = frames.rx;
-    // Writes one frame; counts it out of the backlog once gRPC has taken it.
+    // Writes one frame (its pieces back to back, the first held for the second); counts it out
+    // of the backlog once gRPC has taken it.
     let write = |sink: &mut K, frame: T| {
         let (n, bytes) = frame.weight();
-        let result = block_on(sink.feed((frame, WriteFlags::default())));
+        let result = match frame.into_pieces() {
+            (whole, None) => block_on(sink.feed((whole, WriteFlags::default()))),
+            (header, Some(tail)) => {
+                block_on(sink.feed((header, WriteFlags::default().buffer_hint(true))))
+                    .and_then(|()| block_on(sink.feed((tail, WriteFlags::default()))))
+            }
+        };
         if result.is_ok() {
             backlog.written(n, bytes);
         }
@@ -827,6 +920,101 @@ mod tests {
             };
             m.handle(event, Instant::now(), out);
         }
+    }
+
+    /// Collects what a reader reports.
+    #[derive(Default)]
+    struct Collect(parking_lot::Mutex<Vec<GossipMessage>>);
+
+    impl EventSink for Collect {
+        fn report(&self, event: StreamEvent) -> bool {
+            if let StreamEvent::Message { message, .. } = event {
+                self.0.lock().push(message);
+            }
+            true
+        }
+    }
+
+    /// What a reader makes of `frames` arriving on one stream, and how it ends.
+    fn read_all(frames: Vec<GossipMessage>) -> (Vec<GossipMessage>, StreamEnd) {
+        let mut stream = futures::stream::iter(frames.into_iter().map(Ok::<_, grpcio::Error>));
+        let sink = Collect::default();
+        let end = read_loop(&mut stream, StreamId(1), &sink, None, None, None);
+        (sink.0.into_inner(), end)
+    }
+
+    fn header(hash: &str) -> GossipMessage {
+        let mut m = GossipMessage::new();
+        m.hash = hash.into();
+        m.from_hash = "peer".into();
+        m.payload_follows = true;
+        m
+    }
+
+    /// A shared payload's tail as it arrives (with the padding of a frame made in place).
+    fn tail(payload: &[u8]) -> GossipMessage {
+        let mut buf = crate::PayloadBuf::new();
+        buf.extend_from_slice(payload);
+        let shared = crate::SharedPayload::from(buf);
+        GossipMessage::parse_from_bytes(shared.frame().as_slice()).unwrap()
+    }
+
+    #[test]
+    fn a_header_and_the_payload_after_it_arrive_as_one_frame() {
+        let mut plain = GossipMessage::new();
+        plain.hash = "m3".into();
+        plain.payload = bytes::Bytes::from_static(b"own");
+        let frames = vec![
+            header("m1"),
+            tail(b"one"),
+            header("m2"),
+            tail(b"two"),
+            plain,
+        ];
+        let (got, end) = read_all(frames);
+        let got: Vec<_> = got
+            .iter()
+            .map(|m| (m.hash.as_str(), &m.payload[..], m.payload_follows))
+            .collect();
+        let own: &[u8] = b"own";
+        assert_eq!(
+            got,
+            [
+                ("m1", &b"one"[..], false),
+                ("m2", b"two", false),
+                ("m3", own, false)
+            ]
+        );
+        assert!(!end.malformed);
+        assert_eq!(end.reason, CLOSED_BY_PEER);
+    }
+
+    #[test]
+    fn a_header_without_its_payload_or_a_payload_out_of_place_ends_the_stream() {
+        let mut with_payload = header("m1");
+        with_payload.payload = bytes::Bytes::from_static(b"x");
+        let mut carrier = GossipMessage::new();
+        carrier.hash = "m0".into();
+        carrier.batch.push(header("m1"));
+        let mut chunk = header("m1");
+        chunk.total_bytes = 10;
+        let mut tail_with_hash = tail(b"p");
+        tail_with_hash.hash = "m9".into();
+        for frames in [
+            vec![header("m1"), header("m2"), tail(b"p")],
+            vec![header("m1"), tail_with_hash],
+            vec![with_payload, tail(b"p")],
+            vec![carrier, tail(b"p")],
+            vec![chunk, tail(b"p")],
+        ] {
+            let (got, end) = read_all(frames);
+            assert!(got.is_empty(), "nothing of it is reported");
+            assert!(end.malformed, "{}", end.reason);
+        }
+        // The stream ending between the two: nothing reported, not a frame.
+        let (got, end) = read_all(vec![header("m1")]);
+        assert!(got.is_empty());
+        assert!(!end.malformed);
     }
 
     /// Frames that decode, with hashes from a small set so duplicates are common.

@@ -60,10 +60,13 @@ fn random(n: usize, degree: usize, seed: u64) -> Vec<(usize, usize)> {
 
 /// Broadcasts from `origin` and waits for its completion.
 fn broadcast(nodes: &[Node], origin: usize, hash: &str, payload: Bytes) -> BroadcastCompletion {
+    broadcast_message(nodes, origin, Message::new(hash, payload))
+}
+
+/// Broadcasts `message` from `origin` and waits for its completion.
+fn broadcast_message(nodes: &[Node], origin: usize, message: Message) -> BroadcastCompletion {
     let o = &nodes[origin];
-    let id = o
-        .broadcast(Message::new(hash, payload))
-        .expect("broadcast starts");
+    let id = o.broadcast(message).expect("broadcast starts");
     let done = o
         .broadcast_completions()
         .recv_timeout(PATIENCE)
@@ -74,38 +77,66 @@ fn broadcast(nodes: &[Node], origin: usize, hash: &str, payload: Bytes) -> Broad
 
 /// Per node, the broadcasts it delivered (hash -> times), after waiting for stragglers.
 fn delivered(nodes: &[Node]) -> Vec<BTreeMap<String, usize>> {
+    delivered_payloads(nodes)
+        .into_iter()
+        .map(|seen| seen.into_iter().map(|(h, p)| (h, p.len())).collect())
+        .collect()
+}
+
+/// Per node, the payloads of the broadcasts it delivered (hash -> each delivery's), after
+/// waiting for stragglers.
+fn delivered_payloads(nodes: &[Node]) -> Vec<BTreeMap<String, Vec<Bytes>>> {
     std::thread::sleep(Duration::from_millis(300));
     nodes
         .iter()
         .map(|n| {
-            let mut seen = BTreeMap::new();
+            let mut seen = BTreeMap::<String, Vec<Bytes>>::new();
             for d in n.deliveries().try_iter() {
                 assert!(d.origin.is_some(), "delivered as a broadcast: {d:?}");
-                *seen.entry(d.hash).or_insert(0) += 1;
+                seen.entry(d.hash).or_default().push(d.payload);
             }
             seen
         })
         .collect()
 }
 
-/// Three broadcasts from different origins (small and large payloads): each converges with an
-/// exact count and reaches every other node exactly once.
+/// Three broadcasts from different origins (small and large payloads, one of them a shared
+/// payload): each converges with an exact count and reaches every other node exactly once, with
+/// its bytes.
 fn every_node_exactly_once(on: &dyn Transport, edges: Vec<(usize, usize)>) {
     let nodes = cluster(on, N, &edges);
+    let pattern = |seed: usize| -> Bytes {
+        (0..512 * 1024)
+            .map(|i| ((i * 31 + seed) % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into()
+    };
+    let shared = grpc_gossip::SharedPayload::from(&pattern(9)[..]);
     let cases = [
         (0, "small", Bytes::from_static(b"hello, cluster")),
-        (N / 2, "large", Bytes::from(vec![7u8; 512 * 1024])),
-        (N - 1, "large-again", Bytes::from(vec![9u8; 512 * 1024])),
+        (N / 2, "large", pattern(7)),
+        (N - 1, "large-again", shared.payload()),
     ];
     for (origin, hash, payload) in &cases {
-        let done = broadcast(&nodes, *origin, hash, payload.clone());
+        let message = match *hash {
+            "large-again" => Message::shared(*hash, &shared),
+            _ => Message::new(*hash, payload.clone()),
+        };
+        let done = broadcast_message(&nodes, *origin, message);
         assert_eq!(done.reached, (N - 1) as u64, "{hash}: {done:?}");
         assert!(done.is_complete(), "{hash}: {done:?}");
     }
-    let got = delivered(&nodes);
+    let got = delivered_payloads(&nodes);
+    for seen in &got {
+        for (_, hash, payload) in &cases {
+            for p in seen.get(*hash).into_iter().flatten() {
+                assert!(p == payload, "{hash}: the bytes broadcast");
+            }
+        }
+    }
     for (i, seen) in got.iter().enumerate() {
         for (origin, hash, _) in &cases {
-            let times = seen.get(*hash).copied().unwrap_or(0);
+            let times = seen.get(*hash).map_or(0, Vec::len);
             let want = usize::from(i != *origin);
             assert_eq!(times, want, "node {i}, broadcast {hash}: {seen:?}");
         }

@@ -650,6 +650,60 @@ on_both! {
 }
 
 on_both! {
+    /// One `SharedPayload` in many messages, to two neighbours: each message goes as its own
+    /// header and the one shared tail, and arrives whole; one declined goes again from the
+    /// same tail; a small shared payload (batched with others) arrives too.
+    fn one_shared_payload_in_many_messages_arrives_whole_in_each(on) {
+        let a = start("a", on);
+        let mut cb = config("b");
+        cb.deliveries = grpc_gossip::Deliveries::Confirmed(8);
+        let b = start_with(cb, on);
+        let c = start("c", on);
+        connect(&a, &b);
+        connect(&a, &c);
+        let body: Vec<u8> = (0..300_000).map(|i| (i * 13 % 251) as u8).collect();
+        let mut buf = grpc_gossip::PayloadBuf::with_capacity(body.len());
+        buf.extend_from_slice(&body);
+        let shared = grpc_gossip::SharedPayload::from(buf);
+        let small = grpc_gossip::SharedPayload::from(&b"small and shared"[..]);
+        for peer in ["b", "c"] {
+            for i in 0..5 {
+                a.send_message(peer, Message::shared(format!("s{i}"), &shared)).unwrap();
+            }
+            a.send_message(peer, Message::shared("tiny", &small)).unwrap();
+        }
+        let mut declined = false;
+        for (node, peer) in [(&b, "b"), (&c, "c")] {
+            let deliveries = node.deliveries();
+            let mut got = std::collections::BTreeSet::new();
+            while got.len() < 6 {
+                let d = deliveries.recv_timeout(PATIENCE).expect("a delivery");
+                assert_eq!(d.from.as_str(), "a");
+                match d.hash.as_str() {
+                    "tiny" => assert_eq!(&d.payload[..], b"small and shared"),
+                    hash => assert!(d.payload[..] == body[..], "{peer} {hash}: the bytes sent"),
+                }
+                if peer == "b" && !declined && d.hash == "s2" {
+                    declined = true;
+                    d.decline();
+                    continue;
+                }
+                assert!(got.insert(d.hash.clone()), "{peer}: {} twice", d.hash);
+                d.confirm();
+            }
+            assert_quiet(&deliveries);
+        }
+        let done = collect(&a.completions(), 12);
+        assert!(done.iter().all(|c| c.is_acked()), "{done:?}");
+        let again = done
+            .iter()
+            .find(|c| c.key.hash == "s2" && c.key.peer.as_str() == "b")
+            .unwrap();
+        assert_eq!(again.attempts, 2, "{again:?}");
+    }
+}
+
+on_both! {
     /// Acknowledged deliveries over gRPC: the ACK waits for the application's confirmation; a
     /// slow application does not look like a dead link; a declined delivery comes again.
     fn confirmed_deliveries_ack_when_the_application_says_so(on) {

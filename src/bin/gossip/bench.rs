@@ -85,9 +85,10 @@ pub(crate) struct BenchArgs {
     /// behind the bulk queued before them, as before the lane; to measure what it costs.
     #[arg(long)]
     no_lane: bool,
-    /// Where payloads of more than 64 KiB come from: one buffer shared by every message
-    /// (copied into each frame), each written into a fresh Vec before it is sent (then
-    /// copied into its frame), or each written into a fresh PayloadBuf (sent without a copy).
+    /// Where payloads of more than 64 KiB come from: one SharedPayload in every message (sent
+    /// without a copy to peers of ours), one buffer shared as plain Bytes (copied into each
+    /// frame), each written into a fresh Vec before it is sent (then copied into its frame), or
+    /// each written into a fresh PayloadBuf (sent without a copy).
     #[arg(long, value_enum, default_value = "shared")]
     payloads: Payloads,
     /// gRPC completion-queue threads shared by the benchmark's nodes (TransportConfig::cq_threads);
@@ -372,6 +373,7 @@ fn ack_latency(
             .peer_window
             .unwrap_or(LatencyWorkload::default().peer_max_bytes),
         lane_max_bytes: lane_max_bytes(args),
+        bulk_payloads: args.payloads.into(),
         ..LatencyWorkload::default()
     };
     println!(
@@ -407,12 +409,25 @@ fn ack_latency(
 /// `--payloads`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub(crate) enum Payloads {
-    /// One buffer in every message.
+    /// One SharedPayload in every message.
     Shared,
+    /// One Bytes buffer in every message.
+    Bytes,
     /// A fresh Vec per message, copied into its frame.
     Fresh,
     /// A fresh PayloadBuf per message, framed in place.
     Framed,
+}
+
+impl From<Payloads> for PayloadSource {
+    fn from(payloads: Payloads) -> PayloadSource {
+        match payloads {
+            Payloads::Shared => PayloadSource::Shared,
+            Payloads::Bytes => PayloadSource::SharedBytes,
+            Payloads::Fresh => PayloadSource::Fresh,
+            Payloads::Framed => PayloadSource::Framed,
+        }
+    }
 }
 
 /// The nodes' `lane_max_bytes`: the default, or 0 with `--no-lane`.
@@ -435,11 +450,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, grpc_gossip::Error> {
             .peer_window
             .unwrap_or(Workload::default().peer_max_bytes),
         lane_max_bytes: lane_max_bytes(&args),
-        payloads: match args.payloads {
-            Payloads::Shared => PayloadSource::Shared,
-            Payloads::Fresh => PayloadSource::Fresh,
-            Payloads::Framed => PayloadSource::Framed,
-        },
+        payloads: args.payloads.into(),
     };
     if args.rounds == 0 {
         return Err(grpc_gossip::Error::Config {

@@ -20,11 +20,13 @@ use crate::id::NodeId;
 use crate::limits::Limits;
 use crate::manager::{Action, Event, MessageManager, StreamId, StreamKind, StreamMap};
 use crate::message::{Completion, Delivery, Settlement};
+use crate::payload::EncodedFrame;
 use crate::proto::{FrameKind, GossipACK, GossipMessage};
 use crate::stats::{add, bump, Counters};
 use crate::transport::frame::OutFrame;
 use crate::transport::lane::Lane;
 use crate::transport::{wire, Features};
+use tails::BroadcastTails;
 
 /// How long broadcast frames wait for a new link's handshake before the peer is taken to be an
 /// original node, which does not answer with its features.
@@ -248,6 +250,8 @@ pub(crate) struct NodeCore {
     held_small: StreamMap<VecDeque<OutFrame>>,
     /// Peers whose links are extra ones (see [`In::Extra`]): not broadcast neighbours.
     extra: HashSet<NodeId>,
+    /// Broadcast payloads' shared tails, for neighbours that take them.
+    tails: BroadcastTails,
 }
 
 impl NodeCore {
@@ -278,6 +282,7 @@ impl NodeCore {
             originals: HashSet::new(),
             fast_links: HashMap::new(),
             redial: HashSet::new(),
+            tails: BroadcastTails::default(),
             membership_held: HashMap::new(),
             small_in_bulk: StreamMap::default(),
             held_small: StreamMap::default(),
@@ -340,14 +345,20 @@ impl NodeCore {
     }
 
     /// Starts a broadcast from this node (`Node::broadcast` has checked the hash and size).
+    /// `tail`: the payload's own encoded tail, when the application gave a
+    /// [`SharedPayload`](crate::SharedPayload).
     pub(crate) fn start_broadcast(
         &mut self,
         hash: String,
         payload: Bytes,
+        tail: Option<EncodedFrame>,
         now: Instant,
         world: &mut impl World,
     ) -> Result<BroadcastId, Error> {
         self.now = now;
+        if let Some(tail) = tail.filter(|t| t.is_tail() && t.holds(&payload)) {
+            self.tails.insert_ready(payload.clone(), tail);
+        }
         let result = self.run_broadcast(
             |engine, now, out| engine.start(hash, payload, now, out),
             world,
@@ -708,7 +719,11 @@ impl NodeCore {
             add(&counted.bytes_sent, message.payload.len());
         }
         let lane = self.lane_of(&to, &message);
-        world.send_message(stream, message.into(), lane);
+        let mut frame = OutFrame::from(message);
+        if features.tail && frame.message.kind == FrameKind::BROADCAST {
+            frame.lazy_tail = self.tails.of(&frame.message.payload);
+        }
+        world.send_message(stream, frame, lane);
     }
 
     /// The lane of `message` to `peer`: priority for control frames and whole messages of at
@@ -991,10 +1006,12 @@ impl NodeCore {
                 // A missing writer means its stream is closing; the message stays outstanding
                 // in the manager and goes out again on the next link.
                 if self.writable.contains_key(&stream) {
-                    let frame = OutFrame {
-                        message: message.into(),
-                        encoded: frame,
-                    };
+                    let peer = self.manager.stream_peer(stream).map(|(peer, _)| peer);
+                    // A shared payload's tail only to a peer known to put it back together;
+                    // any other gets the message encoded whole.
+                    let takes_tail = peer.is_some_and(|p| self.peer_features(p).tail);
+                    let frame =
+                        OutFrame::new(message.into(), frame.filter(|f| !f.is_tail() || takes_tail));
                     match self.manager.stream_peer(stream).cloned() {
                         Some((peer, _)) => self.transmit(stream, &peer, frame, world),
                         None => world.send_message(stream, frame, Lane::Bulk),
@@ -1147,3 +1164,5 @@ impl NodeCore {
 
 #[cfg(test)]
 mod tests;
+
+mod tails;

@@ -25,6 +25,10 @@ struct Recorder {
     messages: Vec<(StreamId, GossipMessage)>,
     /// The lane of each of `messages`.
     lanes: Vec<Lane>,
+    /// Whether each of `messages` went with a shared payload's tail.
+    tails: Vec<bool>,
+    /// The tail each of `messages` shares with others, if any.
+    lazy_tails: Vec<Option<Arc<crate::payload::LazyTail>>>,
     acks: Vec<(StreamId, GossipACK)>,
     closed: Vec<StreamId>,
     /// How many more deliveries the application takes.
@@ -39,18 +43,25 @@ struct Recorder {
 
 impl World for Recorder {
     fn send_message(&mut self, stream: StreamId, frame: OutFrame, lane: Lane) {
+        let tail = frame.encoded.as_ref().is_some_and(|e| e.is_tail());
         if let Some(encoded) = &frame.encoded {
-            // What goes on the wire instead of `message` must say the same.
+            // What goes on the wire instead of `message` must say the same (a tail: its
+            // payload, after a header of the message's own).
             let wire = GossipMessage::parse_from_bytes(encoded.as_slice()).unwrap();
+            let (hash, from) = match tail {
+                true => ("", ""),
+                false => (
+                    frame.message.hash.as_str(),
+                    frame.message.from_hash.as_str(),
+                ),
+            };
             assert_eq!(
-                (&wire.hash, &wire.from_hash, &wire.payload),
-                (
-                    &frame.message.hash,
-                    &frame.message.from_hash,
-                    &frame.message.payload
-                )
+                (wire.hash.as_str(), wire.from_hash.as_str(), &wire.payload),
+                (hash, from, &frame.message.payload)
             );
         }
+        self.tails.push(tail);
+        self.lazy_tails.push(frame.lazy_tail.clone());
         self.lanes.push(lane);
         self.messages.push((stream, frame.message));
     }
@@ -99,6 +110,10 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_chunk_bytes(2048)
+    }
+
+    fn with_chunk_bytes(chunk_bytes: usize) -> Harness {
         let counters = Arc::new(Counters::default());
         let store = Arc::new(SlotStore::new(16, Duration::from_secs(30)));
         let manager = MessageManager::new(
@@ -108,7 +123,7 @@ impl Harness {
             counters.clone(),
             Duration::from_secs(5),
         )
-        .with_chunk_bytes(2048);
+        .with_chunk_bytes(chunk_bytes);
         let broadcast = BroadcastEngine::new(
             id("a"),
             BroadcastConfig::default(),
@@ -161,12 +176,17 @@ impl Harness {
     }
 
     fn hello(&mut self, from: &str, features: Features) {
+        self.hello_on(OUT_ACK, from, features);
+    }
+
+    /// `peer`'s handshake on our AckStream `stream` to it.
+    fn hello_on(&mut self, stream: StreamId, from: &str, features: Features) {
         let mut ack = GossipACK::new();
         ack.from_hash = from.into();
         ack.features = features.header_value();
         self.input(In::Frame {
-            stream: OUT_ACK,
-            frame: Received::ack(OUT_ACK, ack),
+            stream,
+            frame: Received::ack(stream, ack),
         });
     }
 
@@ -196,11 +216,30 @@ impl Harness {
         }));
     }
 
+    /// Sends `message` to `peer` as the node does, its frame with it.
+    fn send_message(&mut self, peer: &str, mut message: crate::Message) {
+        let key = crate::message::MessageKey {
+            peer: id(peer),
+            hash: message.hash.clone(),
+        };
+        let store = self.core.manager.store().clone();
+        let size = message.payload.len();
+        store
+            .reserve(&key, size, self.now, crate::store::Wait::No)
+            .unwrap();
+        let frame = message.take_frame("a");
+        self.input(In::Event(Event::Send {
+            key,
+            payload: message.payload,
+            frame,
+        }));
+    }
+
     fn broadcast(&mut self, hash: &str) {
         let payload = Bytes::from_static(b"to everyone");
-        let started = self
-            .core
-            .start_broadcast(hash.into(), payload, self.now, &mut self.world);
+        let started =
+            self.core
+                .start_broadcast(hash.into(), payload, None, self.now, &mut self.world);
         started.unwrap();
     }
 
@@ -226,6 +265,77 @@ fn broadcast_frames_wait_for_the_handshake_then_go_in_our_form() {
     assert_eq!(frame.kind, FrameKind::BROADCAST);
     assert!(matches!(&h.world.notices[..], [Notice::Progress(p)] if p.as_str() == "b"));
     assert!(h.world.originals.get(&id("b")) != Some(&true));
+}
+
+#[test]
+fn a_broadcast_payload_goes_to_every_neighbour_as_one_shared_tail() {
+    let mut h = Harness::with_chunk_bytes(1 << 20);
+    let peers = [
+        ("b", 10, Features::ALL),
+        ("c", 12, Features::ALL),
+        (
+            "d",
+            14,
+            Features {
+                tail: false,
+                ..Features::ALL
+            },
+        ),
+    ];
+    for (peer, stream, features) in peers {
+        h.open(
+            StreamId(stream),
+            peer,
+            StreamKind::OutboundMessages,
+            Features::default(),
+        );
+        h.open(
+            StreamId(stream + 1),
+            peer,
+            StreamKind::OutboundAcks,
+            Features::default(),
+        );
+        h.hello_on(StreamId(stream + 1), peer, features);
+    }
+    let payload = Bytes::from(vec![4u8; 100_000]);
+    let started = h
+        .core
+        .start_broadcast("big".into(), payload.clone(), None, h.now, &mut h.world);
+    started.unwrap();
+    let to = |h: &Harness, stream: u64| {
+        let at = h
+            .world
+            .messages
+            .iter()
+            .position(|(s, _)| *s == StreamId(stream));
+        h.world.lazy_tails[at.expect("a frame to each neighbour")].clone()
+    };
+    let (b, c) = (to(&h, 10).unwrap(), to(&h, 12).unwrap());
+    assert!(Arc::ptr_eq(&b, &c), "one tail for both");
+    assert!(to(&h, 14).is_none(), "d does not take tails");
+    // Encoded once, by whichever writer comes first, and the same bytes for the other.
+    let first = b.get_or_encode(&payload).unwrap().as_slice().as_ptr();
+    assert_eq!(
+        c.get_or_encode(&payload).unwrap().as_slice().as_ptr(),
+        first
+    );
+
+    // An origin's SharedPayload is the tail itself: no copy at all.
+    let shared = crate::SharedPayload::from(&vec![6u8; 100_000][..]);
+    let tail = Some(shared.frame().clone());
+    let started = h
+        .core
+        .start_broadcast("own".into(), shared.payload(), tail, h.now, &mut h.world);
+    started.unwrap();
+    let to_b = h
+        .world
+        .messages
+        .iter()
+        .rposition(|(s, _)| *s == StreamId(10));
+    assert_eq!(h.world.messages[to_b.unwrap()].1.hash, "own");
+    let own = h.world.lazy_tails[to_b.unwrap()].clone().unwrap();
+    let sent = own.get_or_encode(&shared.payload()).unwrap();
+    assert_eq!(sent.as_slice().as_ptr(), shared.frame().as_slice().as_ptr());
 }
 
 #[test]
@@ -439,6 +549,37 @@ fn small_messages_take_the_priority_lane_to_peers_that_announced_it() {
     use Lane::{Bulk, Priority};
     assert_eq!(h.world.lanes, [Bulk, Priority, Bulk, Bulk, Priority]);
     assert_eq!(h.world.messages[3].1.payload.len(), 952);
+}
+
+#[test]
+fn a_shared_payload_goes_as_a_tail_only_to_peers_that_take_tails() {
+    let shared = crate::SharedPayload::from(&vec![3u8; 100_000][..]);
+    let mut h = Harness::with_chunk_bytes(1 << 20);
+    h.link("b");
+    h.hello("b", Features::ALL);
+    h.send_message("b", crate::Message::shared("m1", &shared));
+    h.send_message("b", crate::Message::shared("m2", &shared));
+    assert_eq!(h.world.tails, [true, true]);
+    let hashes: Vec<_> = h.world.messages.iter().map(|(_, m)| &m.hash).collect();
+    assert_eq!(hashes, ["m1", "m2"]);
+    // One without the feature gets each message encoded whole.
+    let without = Features {
+        tail: false,
+        ..Features::ALL
+    };
+    let mut h = Harness::with_chunk_bytes(1 << 20);
+    h.link("c");
+    h.hello("c", without);
+    h.send_message("c", crate::Message::shared("m1", &shared));
+    assert_eq!(h.world.tails, [false]);
+    assert_eq!(h.world.messages[0].1.payload, shared.payload());
+    // A message too large to go whole goes in chunks, each encoded with its piece.
+    let mut h = Harness::new();
+    h.link("b");
+    h.hello("b", Features::ALL);
+    h.send_message("b", crate::Message::shared("m1", &shared));
+    assert_eq!(h.world.tails.len(), 100_000usize.div_ceil(2048));
+    assert!(h.world.tails.iter().all(|t| !t));
 }
 
 #[test]
