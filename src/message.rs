@@ -13,8 +13,9 @@ use crate::payload::{EncodedFrame, PayloadBuf, SharedPayload, FRAME_ALONE_MIN};
 /// A message made by [`Node::message`](crate::Node::message) from a
 /// [`PayloadBuf`] also carries its encoded frame, so sending it copies no
 /// payload bytes; so does one made by [`Message::shared`] from a [`SharedPayload`], which many
-/// messages send without copying it. Changing `hash` or `payload` afterwards is allowed: the
-/// frame no longer matches and the message is encoded as any other.
+/// messages send without copying it. Changing `payload` afterwards (or the `hash` of a
+/// `PayloadBuf`'s message, whose frame names it) is allowed: the frame no longer matches and
+/// the message is encoded as any other.
 #[derive(Clone, Debug)]
 pub struct Message {
     /// Unique id of the message. Resending the same hash to the same neighbour is how a

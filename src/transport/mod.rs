@@ -332,8 +332,9 @@ pub(crate) trait InboundFrame: Send + 'static {
     /// Why this frame (or one it carries) cannot be answered at all, if so: a payload without
     /// a valid hash has nothing an ACK could name.
     fn unanswerable(&self, limits: &Limits) -> Option<String>;
-    /// Whether its payload is the next gRPC message on the stream (`payload_follows`); why it
-    /// cannot be, where it says so and is not a frame that may.
+    /// Whether its payload comes as the next gRPC message on the stream (`payload_follows`);
+    /// an error where a frame says so that cannot (it has a payload, a batch or a chunk of its
+    /// own, or is batched).
     fn wants_tail(&self) -> Result<bool, String> {
         Ok(false)
     }
