@@ -25,7 +25,7 @@
 //!
 //! | op | step |
 //! |----|------|
-//! | 0 | the bytes arrive on peer `arg % 3`'s MessageStream (a `GossipMessage`) |
+//! | 0 | the bytes arrive on peer `arg % 3`'s MessageStream (a `GossipMessage`, decoded by our server's decoder and by protobuf, which must agree; a header whose payload follows waits for the next) |
 //! | 1 | the bytes arrive as a `GossipACK`, on the peer's AckStream (or, odd `arg / 3`, on our outbound AckStream to it) |
 //! | 2 | `arg * 10` ms pass, then a timer tick |
 //! | 3 | the peer's inbound streams end and it opens new ones (odd `arg / 3`: our link to it too) |
@@ -155,6 +155,8 @@ struct Harness {
     actions: Vec<Action>,
     broadcast_actions: Vec<broadcast::Action>,
     membership: Membership,
+    /// Per peer, a header whose payload is the next frame on its MessageStream.
+    headers: Vec<Option<GossipMessage>>,
 }
 
 /// Runs `script` (see the module docs); panics if a bound is broken.
@@ -203,6 +205,7 @@ impl Harness {
             next_stream: 1,
             now: Instant::now(),
             unconfirmed: VecDeque::new(),
+            headers: vec![None; PEERS],
             actions: Vec::new(),
             broadcast_actions: Vec::new(),
             membership: Membership::new(
@@ -236,12 +239,7 @@ impl Harness {
         let peer = arg as usize % PEERS;
         let flag = (arg / PEERS as u8) & 1 == 1;
         match op % 8 {
-            0 => {
-                if let Ok(message) = GossipMessage::parse_from_bytes(bytes) {
-                    let stream = self.streams[peer].inbound_messages;
-                    self.received(peer, stream, message);
-                }
-            }
+            0 => self.message_bytes(peer, bytes),
             1 => {
                 if let Ok(ack) = GossipACK::parse_from_bytes(bytes) {
                     let stream = match self.streams[peer].outbound {
@@ -335,16 +333,18 @@ impl Harness {
     fn route(&mut self, peer: usize, input: Input) {
         let from = self.peers[peer].clone();
         let received = match input {
-            Input::Stream(StreamEvent::Message { stream, message }) => {
-                Received::message(stream, message)
-            }
+            Input::Stream(StreamEvent::Message {
+                stream,
+                message,
+                tail,
+            }) => Received::message(stream, message, tail),
             Input::Stream(StreamEvent::Ack { stream, ack }) => Received::ack(stream, ack),
             // A reader reports nothing else for a frame.
             _ => return,
         };
         match received {
             Received::Manager(event) => self.manager_step(event),
-            Received::BroadcastMessage(message) => {
+            Received::BroadcastMessage(message, _) => {
                 if !message.from_hash.is_empty() && message.from_hash != from.as_str() {
                     return;
                 }
@@ -397,7 +397,47 @@ impl Harness {
     }
 
     /// The peer's inbound calls end and it opens new ones.
+    /// Bytes on the peer's MessageStream, as our server's reader takes them: decoded (by our
+    /// own decoder, which must read exactly what protobuf reads), and a header whose payload
+    /// follows held until the peer's next frame, which must be that payload.
+    fn message_bytes(&mut self, peer: usize, bytes: &[u8]) {
+        let ours = crate::transport::inbound::decode(bytes);
+        let Ok(message) = GossipMessage::parse_from_bytes(bytes) else {
+            assert!(ours.is_err(), "our decoder took what protobuf refuses");
+            return;
+        };
+        // Groups (wire types 3 and 4), which protobuf skips, are all it may refuse besides.
+        if let Ok(ours) = ours {
+            assert_eq!(
+                ours.message, message,
+                "our decoder read other than protobuf"
+            );
+        }
+        let stream = self.streams[peer].inbound_messages;
+        let joined = match self.headers[peer].take() {
+            Some(mut header) => header.join_tail(message).map(|()| Some(header)),
+            None => match message.wants_tail() {
+                Ok(true) => {
+                    self.headers[peer] = Some(message);
+                    Ok(None)
+                }
+                Ok(false) => Ok(Some(message)),
+                Err(why) => Err(why),
+            },
+        };
+        match joined {
+            Ok(Some(frame)) => self.received(peer, stream, frame),
+            Ok(None) => {}
+            // The reader ends the call as malformed; the peer opens a new one.
+            Err(_) => {
+                self.report.calls_ended += 1;
+                self.reopen(peer);
+            }
+        }
+    }
+
     fn reopen(&mut self, peer: usize) {
+        self.headers[peer] = None;
         let Streams {
             inbound_messages,
             inbound_acks,
@@ -735,6 +775,27 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         .message(0, &membership_frame(&updates(0), "p0:1"))
         .message(1, &membership_frame(&updates(9), "p1:1"));
 
+    // A header and its payload in two frames; a header followed by a frame that is not a
+    // payload alone; a header cut off by the stream's end.
+    let header = |hash: &str| {
+        let mut m = GossipMessage::new();
+        m.hash = hash.into();
+        m.from_hash = "p0".into();
+        m.payload_follows = true;
+        m
+    };
+    let mut tail = GossipMessage::new();
+    tail.payload = Bytes::from(vec![5u8; 40]);
+    let tails = Script::new()
+        .message(0, &header("t1"))
+        .message(0, &tail)
+        .message(0, &header("t2"))
+        .message(0, &header("t3"))
+        .message(0, &header("t4"))
+        .reopen(0, false)
+        .message(0, &tail)
+        .settle(true);
+
     vec![
         ("chunked", chunked.into_bytes()),
         ("budget", budget.into_bytes()),
@@ -742,6 +803,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("sending", sending.into_bytes()),
         ("hostile", hostile.into_bytes()),
         ("membership", members.into_bytes()),
+        ("tails", tails.into_bytes()),
     ]
 }
 
@@ -796,6 +858,15 @@ mod tests {
         for (name, script) in seeds() {
             std::fs::write(dir.join(format!("seed-{name}")), script).unwrap();
         }
+    }
+
+    #[test]
+    fn a_header_and_its_payload_are_one_message_and_anything_else_ends_the_call() {
+        let r = seed("tails");
+        // t1 is delivered whole; t2 followed by a header, and a payload with no header
+        // before it, each end the call.
+        assert_eq!(r.delivered, 1, "{r:?}");
+        assert_eq!(r.calls_ended, 2, "{r:?}");
     }
 
     #[test]

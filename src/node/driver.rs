@@ -233,9 +233,13 @@ impl Driver {
                     features,
                 }
             }
-            Input::Stream(StreamEvent::Message { stream, message }) => In::Frame {
+            Input::Stream(StreamEvent::Message {
                 stream,
-                frame: Received::message(stream, message),
+                message,
+                tail,
+            }) => In::Frame {
+                stream,
+                frame: Received::message(stream, message, tail),
             },
             Input::Stream(StreamEvent::Ack { stream, ack }) => In::Frame {
                 stream,

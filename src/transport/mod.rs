@@ -10,6 +10,7 @@ pub(crate) mod backend;
 pub(crate) mod batch;
 pub mod factory;
 pub(crate) mod frame;
+pub(crate) mod inbound;
 pub(crate) mod lane;
 pub mod memory;
 pub(crate) mod server;
@@ -301,6 +302,9 @@ pub(crate) enum StreamEvent {
     Message {
         stream: StreamId,
         message: GossipMessage,
+        /// Its payload's buffer, framed as a tail, where it was read into one (see
+        /// [`inbound`]): what a relay sends on.
+        tail: Option<crate::payload::EncodedFrame>,
     },
     /// An ACK frame arrived (one item, as for messages).
     Ack { stream: StreamId, ack: GossipACK },
@@ -414,6 +418,40 @@ impl InboundFrame for GossipMessage {
         StreamEvent::Message {
             stream,
             message: self,
+            tail: None,
+        }
+    }
+}
+
+impl InboundFrame for inbound::InMessage {
+    fn sender(&self) -> &str {
+        &self.message.from_hash
+    }
+
+    fn unanswerable(&self, limits: &Limits) -> Option<String> {
+        self.message.unanswerable(limits)
+    }
+
+    fn take_batch(&mut self) -> Vec<Self> {
+        let items = GossipMessage::take_batch(&mut self.message).into_vec();
+        items.into_iter().map(inbound::InMessage::from).collect()
+    }
+
+    fn wants_tail(&self) -> Result<bool, String> {
+        self.message.wants_tail()
+    }
+
+    fn join_tail(&mut self, tail: Self) -> Result<(), String> {
+        self.message.join_tail(tail.message)?;
+        self.tail = tail.tail;
+        Ok(())
+    }
+
+    fn into_stream_event(self, stream: StreamId) -> StreamEvent {
+        StreamEvent::Message {
+            stream,
+            message: self.message,
+            tail: self.tail,
         }
     }
 }

@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 
 use super::batch::Batchable;
 use super::factory::{Keepalive, StreamFactory};
+use super::inbound;
 use super::threads::{ReadGate, ThreadSet};
 use super::tls;
 use super::{
@@ -29,7 +30,7 @@ use crate::error::Error;
 use crate::id::NodeId;
 use crate::limits::Limits;
 use crate::manager::{StreamId, StreamKind};
-use crate::proto::{create_gossip, Gossip, GossipACK, GossipMessage};
+use crate::proto::{GossipACK, GossipMessage};
 use crate::stats::{bump, Counters};
 
 /// What the server's handlers need from their node.
@@ -203,7 +204,7 @@ pub(crate) fn start(
         .build_args();
     let mut server = ServerBuilder::new(factory.env().clone())
         .channel_args(args)
-        .register_service(create_gossip(GossipService { ctx }))
+        .register_service(gossip_service(GossipService { ctx }))
         .build()
         .map_err(|e| bind_err(e.to_string()))?;
     let credentials = match &factory.config().tls {
@@ -654,11 +655,28 @@ fn serve<In, Out, R, K>(
     drop(requests);
 }
 
-impl Gossip for GossipService {
+/// The Gossip service: our own MessageStream method, which reads large payloads into buffers
+/// a relay sends on (see [`inbound`]), and the other two as generated.
+fn gossip_service(service: GossipService) -> grpcio::Service {
+    let (mut messages, mut acks, mut single) = (service.clone(), service.clone(), service);
+    grpcio::ServiceBuilder::new()
+        .add_duplex_streaming_handler(&inbound::MESSAGE_STREAM, move |ctx, req, sink| {
+            messages.message_stream(ctx, req, sink)
+        })
+        .add_duplex_streaming_handler(&inbound::ACK_STREAM, move |ctx, req, sink| {
+            acks.ack_stream(ctx, req, sink)
+        })
+        .add_duplex_streaming_handler(&inbound::SINGLE_STREAM, move |ctx, req, sink| {
+            single.stream(ctx, req, sink)
+        })
+        .build()
+}
+
+impl GossipService {
     fn message_stream(
         &mut self,
         ctx: RpcContext<'_>,
-        stream: RequestStream<GossipMessage>,
+        stream: RequestStream<inbound::InMessage>,
         sink: DuplexSink<GossipMessage>,
     ) {
         self.accept(&ctx, StreamKind::InboundMessages, stream, sink, None);

@@ -50,8 +50,9 @@ const REDIAL_QUIET: Duration = Duration::from_secs(1);
 pub(crate) enum Received {
     /// A direct message or its ACK: the manager's.
     Manager(Event),
-    /// A broadcast frame (kind BROADCAST, IHAVE or GRAFT): the broadcast engine's.
-    BroadcastMessage(GossipMessage),
+    /// A broadcast frame (kind BROADCAST, IHAVE or GRAFT): the broadcast engine's; with its
+    /// payload's buffer framed as a tail, where the reader read it into one.
+    BroadcastMessage(GossipMessage, Option<EncodedFrame>),
     /// A broadcast ACK: the broadcast engine's.
     BroadcastAck(GossipACK),
     /// A membership frame (kind MEMBERSHIP): the membership thread's.
@@ -62,8 +63,13 @@ pub(crate) enum Received {
 }
 
 impl Received {
-    /// Where a message frame that arrived on `stream` goes.
-    pub(crate) fn message(stream: StreamId, message: GossipMessage) -> Received {
+    /// Where a message frame that arrived on `stream` goes (`tail`: its payload's buffer as a
+    /// tail, which only a relay uses).
+    pub(crate) fn message(
+        stream: StreamId,
+        message: GossipMessage,
+        tail: Option<EncodedFrame>,
+    ) -> Received {
         if message.kind == FrameKind::DIRECT {
             Received::Manager(Event::MessageReceived {
                 stream,
@@ -72,7 +78,7 @@ impl Received {
         } else if message.kind == FrameKind::MEMBERSHIP {
             Received::Membership(message)
         } else {
-            Received::BroadcastMessage(message)
+            Received::BroadcastMessage(message, tail)
         }
     }
 
@@ -460,8 +466,8 @@ impl NodeCore {
                 }
                 self.step(event, world)
             }
-            Received::BroadcastMessage(message) => {
-                self.on_broadcast_message(stream, message, world)
+            Received::BroadcastMessage(message, tail) => {
+                self.on_broadcast_message(stream, message, tail, world)
             }
             Received::BroadcastAck(ack) => self.on_broadcast_ack(stream, ack, world),
             Received::Membership(message) => {
@@ -879,6 +885,7 @@ impl NodeCore {
         &mut self,
         stream: StreamId,
         message: GossipMessage,
+        tail: Option<EncodedFrame>,
         world: &mut impl World,
     ) {
         let Some((peer, _)) = self.manager.stream_peer(stream).cloned() else {
@@ -894,6 +901,10 @@ impl NodeCore {
         match wire::frame_of(message, &self.settings.limits) {
             Ok(frame) => {
                 if let Frame::Payload { payload, .. } = &frame {
+                    // What the engine forwards goes on from the buffer it arrived in.
+                    if let Some(tail) = tail.filter(|t| t.is_tail() && t.holds(payload)) {
+                        self.tails.insert_ready(payload.clone(), tail);
+                    }
                     let counted = self.counters.peers.of(&peer);
                     bump(&self.counters.broadcast_payloads_received);
                     add(&self.counters.broadcast_bytes_received, payload.len());

@@ -339,6 +339,64 @@ fn a_broadcast_payload_goes_to_every_neighbour_as_one_shared_tail() {
 }
 
 #[test]
+fn a_relay_forwards_a_broadcast_payload_from_the_buffer_it_arrived_in() {
+    let mut h = Harness::with_chunk_bytes(1 << 20);
+    for (peer, stream) in [("b", 10), ("c", 12), ("d", 14)] {
+        h.open(
+            StreamId(stream),
+            peer,
+            StreamKind::OutboundMessages,
+            Features::default(),
+        );
+        h.open(
+            StreamId(stream + 1),
+            peer,
+            StreamKind::OutboundAcks,
+            Features::default(),
+        );
+        h.hello_on(StreamId(stream + 1), peer, Features::ALL);
+    }
+    h.open(
+        StreamId(30),
+        "b",
+        StreamKind::InboundMessages,
+        Features::ALL,
+    );
+    // As our server's reader hands it over: the payload a view into its tail.
+    let mut buf = crate::PayloadBuf::new();
+    buf.extend_from_slice(&[3u8; 100_000]);
+    let shared = crate::SharedPayload::from(buf);
+    let mut m = GossipMessage::new();
+    m.kind = FrameKind::BROADCAST;
+    m.hash = "x".into();
+    m.origin = "o".into();
+    m.from_hash = "b".into();
+    m.hop_limit = 8;
+    m.budget_ms = 5000;
+    m.payload = shared.payload();
+    let tail = Some(shared.frame().clone());
+    h.input(In::Frame {
+        stream: StreamId(30),
+        frame: Received::message(StreamId(30), m, tail),
+    });
+    assert_eq!(h.world.delivered.len(), 1);
+    let forwarded: Vec<_> = (h.world.messages.iter().zip(&h.world.lazy_tails))
+        .filter(|((_, m), _)| m.kind == FrameKind::BROADCAST && !m.payload.is_empty())
+        .map(|((stream, _), tail)| (*stream, tail.clone().expect("a tail")))
+        .collect();
+    let streams: Vec<_> = forwarded.iter().map(|(s, _)| *s).collect();
+    assert!(streams.contains(&StreamId(12)) && streams.contains(&StreamId(14)));
+    for (_, tail) in &forwarded {
+        let sent = tail.get_or_encode(&shared.payload()).unwrap();
+        assert_eq!(
+            sent.as_slice().as_ptr(),
+            shared.frame().as_slice().as_ptr(),
+            "no copy"
+        );
+    }
+}
+
+#[test]
 fn a_link_without_a_handshake_is_an_original_node_after_the_wait() {
     let mut h = Harness::new();
     h.link("b");
@@ -662,7 +720,7 @@ fn a_membership_frame_is_the_stream_peers_whatever_it_says() {
     m.payload = Bytes::from_static(b"frame");
     h.input(In::Frame {
         stream: StreamId(40),
-        frame: Received::message(StreamId(40), m),
+        frame: Received::message(StreamId(40), m, None),
     });
     assert_eq!(h.world.membership.len(), 1);
     assert_eq!(h.world.membership[0].0, id("b"));
