@@ -2,11 +2,13 @@
 //! `fuzzing`; the target is in `fuzz/`, see its README).
 //!
 //! [`run`] reads its input as a script for one node with three peers and feeds it, step by
-//! step, through what the node does with bytes a peer sent: protobuf decoding, batch
-//! unpacking, the routing between plain messages, broadcast frames and handshakes, the
-//! conversions in `transport::wire`, the [`MessageManager`] (reassembly, seen-cache,
-//! acknowledged deliveries), the [`BroadcastEngine`], and membership frames through their
-//! decoding into the [`Membership`] machine. Only the threads and sockets are left out. The limits are small so that a short input reaches every budget.
+//! step, through what the node does with bytes a peer sent: protobuf decoding (and our
+//! servers' decoder of large frames, which must agree with it), headers joined with the
+//! payloads that follow them, batch unpacking, the routing between plain messages, broadcast
+//! frames and handshakes, the conversions in `transport::wire`, the [`MessageManager`]
+//! (reassembly, seen-cache, acknowledged deliveries), the [`BroadcastEngine`], and membership
+//! frames through their decoding into the [`Membership`] machine. Only the threads and sockets
+//! are left out. The limits are small so that a short input reaches every budget.
 //!
 //! After every step it checks the bounds the node promises whatever a peer sends, and panics
 //! (a crash, for the fuzzer) when one is broken:
