@@ -252,7 +252,9 @@ impl Driver {
                 tail,
                 reply,
             } => {
-                let result = (self.core).start_broadcast(hash, payload, tail, now, &mut self.io);
+                let result = self
+                    .core
+                    .start_broadcast(hash, payload, tail, now, &mut self.io);
                 let _ = reply.send(result);
                 return true;
             }

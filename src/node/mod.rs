@@ -687,7 +687,7 @@ impl Node {
         self.check_outgoing(&message, self.config.limits.max_payload_bytes)?;
         let (reply, answer) = bounded(1);
         // A frame made for one message names it; only a shared payload's serves a broadcast.
-        let tail = (message.take_frame(self.id.as_str())).filter(|f| f.is_tail());
+        let tail = message.take_frame(self.id.as_str()).filter(|f| f.is_tail());
         let input = Input::Broadcast {
             hash: message.hash,
             payload: message.payload,
