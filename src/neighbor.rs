@@ -95,6 +95,11 @@ pub trait NeighborStore: Send + Sync {
     fn set_online(&self, node_hash: &str, online: bool) -> bool;
     /// All records, sorted by id.
     fn list(&self) -> Vec<NeighborInfo>;
+    /// Whether there is a record of `node_hash` (asked on every send: a store that can answer
+    /// without building the record should).
+    fn contains(&self, node_hash: &str) -> bool {
+        self.get(node_hash).is_some()
+    }
 }
 
 /// The default [`NeighborStore`]: a map behind a read-write lock.
@@ -110,6 +115,10 @@ impl NeighborStore for MemoryNeighborStore {
 
     fn get(&self, node_hash: &str) -> Option<NeighborInfo> {
         self.map.read().get(node_hash).cloned()
+    }
+
+    fn contains(&self, node_hash: &str) -> bool {
+        self.map.read().contains_key(node_hash)
     }
 
     fn remove(&self, node_hash: &str) -> Option<NeighborInfo> {
@@ -180,6 +189,12 @@ impl NeighborManager {
         Some((id, self.store.get(node_hash)?))
     }
 
+    /// The id of neighbour `node_hash`, if it is one (without copying its record).
+    pub fn id_of(&self, node_hash: &str) -> Option<NodeId> {
+        let id = self.ids.read().get(node_hash).cloned()?;
+        self.store.contains(node_hash).then_some(id)
+    }
+
     /// Removes a neighbour.
     pub fn remove(&self, node_hash: &str) -> Option<NeighborInfo> {
         self.ids.write().remove(node_hash);
@@ -216,8 +231,43 @@ mod tests {
         m.add(NeighborInfo::new("a", "127.0.0.1:2")).unwrap();
         let ids: Vec<String> = m.list().into_iter().map(|n| n.node_hash).collect();
         assert_eq!(ids, ["a", "b"]);
+        assert_eq!(m.id_of("b").as_ref(), Some(&id));
         assert!(m.remove("b").is_some());
         assert!(m.lookup("b").is_none());
+        assert!(m.id_of("b").is_none());
+    }
+
+    /// A store with only the required methods: `contains` falls back to `get`.
+    struct Plain(MemoryNeighborStore);
+
+    impl NeighborStore for Plain {
+        fn upsert(&self, info: NeighborInfo) {
+            self.0.upsert(info)
+        }
+        fn get(&self, node_hash: &str) -> Option<NeighborInfo> {
+            self.0.get(node_hash)
+        }
+        fn remove(&self, node_hash: &str) -> Option<NeighborInfo> {
+            self.0.remove(node_hash)
+        }
+        fn set_online(&self, node_hash: &str, online: bool) -> bool {
+            self.0.set_online(node_hash, online)
+        }
+        fn list(&self) -> Vec<NeighborInfo> {
+            self.0.list()
+        }
+    }
+
+    #[test]
+    fn a_neighbour_is_found_by_id_with_or_without_the_stores_own_contains() {
+        let plain = Plain(MemoryNeighborStore::default());
+        plain.upsert(NeighborInfo::new("c", "127.0.0.1:3"));
+        assert!(plain.contains("c") && !plain.contains("d"));
+        let m = NeighborManager::new(Box::new(plain), Limits::default());
+        m.add(NeighborInfo::new("e", "127.0.0.1:4")).unwrap();
+        assert_eq!(m.id_of("e").unwrap().as_str(), "e");
+        // Known to the store but never added through the manager: not a neighbour id yet.
+        assert!(m.id_of("c").is_none());
     }
 
     #[test]

@@ -161,12 +161,21 @@ impl PayloadBuf {
 pub struct SharedPayload {
     /// The payload as a `GossipMessage` holding only it (`is_tail`).
     frame: EncodedFrame,
+    /// The payload, a view into `frame` made once (each clone is a reference count).
+    payload: Bytes,
 }
 
 impl SharedPayload {
+    fn new(frame: EncodedFrame) -> SharedPayload {
+        SharedPayload {
+            payload: frame.payload(),
+            frame,
+        }
+    }
+
     /// The payload, a view into the encoded frame (no copy).
     pub fn payload(&self) -> Bytes {
-        self.frame.payload()
+        self.payload.clone()
     }
 
     /// The payload's length.
@@ -209,18 +218,14 @@ impl LazyTail {
 impl From<PayloadBuf> for SharedPayload {
     /// Frames the buffer in place: its room in front takes the payload's tag and length.
     fn from(buf: PayloadBuf) -> SharedPayload {
-        SharedPayload {
-            frame: buf.into_frame("", ""),
-        }
+        SharedPayload::new(buf.into_frame("", ""))
     }
 }
 
 impl From<&[u8]> for SharedPayload {
     /// A shared payload holding a copy of `bytes` (the only copy it is ever sent with).
     fn from(bytes: &[u8]) -> SharedPayload {
-        SharedPayload {
-            frame: EncodedFrame::encode("", "", bytes),
-        }
+        SharedPayload::new(EncodedFrame::encode("", "", bytes))
     }
 }
 

@@ -643,8 +643,8 @@ impl Node {
     fn send(&self, target: &str, mut message: Message, wait: Wait) -> Result<MessageKey, Error> {
         // Beyond one frame's limit it goes in chunks.
         self.check_outgoing(&message, self.config.limits.max_message_bytes)?;
-        let peer = match self.links.neighbors.lookup(target) {
-            Some((peer, _)) => peer,
+        let peer = match self.links.neighbors.id_of(target) {
+            Some(peer) => peer,
             None => self.link_to_member(target)?,
         };
         // A message framed in place keeps its frame: every whole transmission sends it.
