@@ -112,20 +112,37 @@ fn deserialize(reader: MessageReader) -> grpcio::Result<OutFrame> {
     grpcio::pb_de::<GossipMessage>(reader).map(OutFrame::from)
 }
 
+/// Encodes and decodes `T` with protobuf, as generated code does.
+pub(crate) const fn protobuf_marshaller<T: protobuf::Message>() -> Marshaller<T> {
+    Marshaller {
+        ser: grpcio::pb_ser,
+        de: grpcio::pb_de,
+    }
+}
+
+/// A duplex method of the Gossip service, its requests through `requests`, its responses
+/// through protobuf.
+pub(crate) const fn duplex<Req, Resp: protobuf::Message>(
+    name: &'static str,
+    requests: Marshaller<Req>,
+) -> Method<Req, Resp> {
+    Method {
+        ty: MethodType::Duplex,
+        name,
+        req_mar: requests,
+        resp_mar: protobuf_marshaller(),
+    }
+}
+
 /// `gossip_rpc.Gossip/MessageStream` as our clients call it: requests are [`OutFrame`]s, the
 /// (unused) responses `GossipMessage`s as generated.
-pub(crate) const MESSAGE_STREAM: Method<OutFrame, GossipMessage> = Method {
-    ty: MethodType::Duplex,
-    name: "/gossip_rpc.Gossip/MessageStream",
-    req_mar: Marshaller {
+pub(crate) const MESSAGE_STREAM: Method<OutFrame, GossipMessage> = duplex(
+    "/gossip_rpc.Gossip/MessageStream",
+    Marshaller {
         ser: serialize,
         de: deserialize,
     },
-    resp_mar: Marshaller {
-        ser: grpcio::pb_ser,
-        de: grpcio::pb_de,
-    },
-};
+);
 
 /// A frame's bytes on the wire, for the in-memory transport (which carries bytes, as gRPC
 /// does, so that both paths decode what was encoded).

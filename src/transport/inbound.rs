@@ -13,11 +13,13 @@
 
 use std::io::{self, BufRead};
 
-use grpcio::{Marshaller, MessageReader, Method, MethodType};
+use grpcio::{Marshaller, MessageReader, Method};
 use protobuf::Message as _;
 
 use crate::payload::{EncodedFrame, PayloadBuf, SharedPayload, FRAME_ALONE_MIN};
 use crate::proto::{GossipACK, GossipMessage};
+
+use super::frame::{duplex, protobuf_marshaller};
 
 /// A message frame as our servers receive it: the message, and for a payload read into a tail,
 /// that tail (the message's `payload` is a view into it).
@@ -189,46 +191,21 @@ fn serialize(message: &InMessage, out: &mut grpcio::GrpcSlice) -> grpcio::Result
 
 /// `gossip_rpc.Gossip/MessageStream` as our servers take it: requests are [`InMessage`]s, the
 /// (unused) responses `GossipMessage`s as generated.
-pub(crate) const MESSAGE_STREAM: Method<InMessage, GossipMessage> = Method {
-    ty: MethodType::Duplex,
-    name: "/gossip_rpc.Gossip/MessageStream",
-    req_mar: Marshaller {
+pub(crate) const MESSAGE_STREAM: Method<InMessage, GossipMessage> = duplex(
+    "/gossip_rpc.Gossip/MessageStream",
+    Marshaller {
         ser: serialize,
         de: deserialize,
     },
-    resp_mar: Marshaller {
-        ser: grpcio::pb_ser,
-        de: grpcio::pb_de,
-    },
-};
+);
 
 /// `gossip_rpc.Gossip/AckStream`, as generated.
-pub(crate) const ACK_STREAM: Method<GossipACK, GossipACK> = Method {
-    ty: MethodType::Duplex,
-    name: "/gossip_rpc.Gossip/AckStream",
-    req_mar: Marshaller {
-        ser: grpcio::pb_ser,
-        de: grpcio::pb_de,
-    },
-    resp_mar: Marshaller {
-        ser: grpcio::pb_ser,
-        de: grpcio::pb_de,
-    },
-};
+pub(crate) const ACK_STREAM: Method<GossipACK, GossipACK> =
+    duplex("/gossip_rpc.Gossip/AckStream", protobuf_marshaller());
 
 /// `gossip_rpc.Gossip/Stream` (the original's single stream), as generated.
-pub(crate) const SINGLE_STREAM: Method<GossipMessage, GossipACK> = Method {
-    ty: MethodType::Duplex,
-    name: "/gossip_rpc.Gossip/Stream",
-    req_mar: Marshaller {
-        ser: grpcio::pb_ser,
-        de: grpcio::pb_de,
-    },
-    resp_mar: Marshaller {
-        ser: grpcio::pb_ser,
-        de: grpcio::pb_de,
-    },
-};
+pub(crate) const SINGLE_STREAM: Method<GossipMessage, GossipACK> =
+    duplex("/gossip_rpc.Gossip/Stream", protobuf_marshaller());
 
 #[cfg(test)]
 mod tests {

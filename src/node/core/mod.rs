@@ -1017,14 +1017,17 @@ impl NodeCore {
                 // A missing writer means its stream is closing; the message stays outstanding
                 // in the manager and goes out again on the next link.
                 if self.writable.contains_key(&stream) {
-                    let peer = self.manager.stream_peer(stream).map(|(peer, _)| peer);
+                    let peer = self
+                        .manager
+                        .stream_peer(stream)
+                        .map(|(peer, _)| peer.clone());
                     // A shared payload's tail only to a peer known to put it back together;
                     // any other gets the message encoded whole.
-                    let takes_tail = peer.is_some_and(|p| self.peer_features(p).tail);
+                    let takes_tail = peer.as_ref().is_some_and(|p| self.peer_features(p).tail);
                     let frame =
                         OutFrame::new(message.into(), frame.filter(|f| !f.is_tail() || takes_tail));
-                    match self.manager.stream_peer(stream).cloned() {
-                        Some((peer, _)) => self.transmit(stream, &peer, frame, world),
+                    match peer {
+                        Some(peer) => self.transmit(stream, &peer, frame, world),
                         None => world.send_message(stream, frame, Lane::Bulk),
                     }
                 }

@@ -179,6 +179,20 @@ impl Harness {
         self.hello_on(OUT_ACK, from, features);
     }
 
+    /// Our link to `peer` on streams `stream` (messages) and `stream + 1` (ACKs), and its
+    /// handshake saying `features`.
+    fn link_on(&mut self, peer: &str, stream: u64, features: Features) {
+        let (messages, acks) = (StreamId(stream), StreamId(stream + 1));
+        self.open(
+            messages,
+            peer,
+            StreamKind::OutboundMessages,
+            Features::default(),
+        );
+        self.open(acks, peer, StreamKind::OutboundAcks, Features::default());
+        self.hello_on(acks, peer, features);
+    }
+
     /// `peer`'s handshake on our AckStream `stream` to it.
     fn hello_on(&mut self, stream: StreamId, from: &str, features: Features) {
         let mut ack = GossipACK::new();
@@ -283,19 +297,7 @@ fn a_broadcast_payload_goes_to_every_neighbour_as_one_shared_tail() {
         ),
     ];
     for (peer, stream, features) in peers {
-        h.open(
-            StreamId(stream),
-            peer,
-            StreamKind::OutboundMessages,
-            Features::default(),
-        );
-        h.open(
-            StreamId(stream + 1),
-            peer,
-            StreamKind::OutboundAcks,
-            Features::default(),
-        );
-        h.hello_on(StreamId(stream + 1), peer, features);
+        h.link_on(peer, stream, features);
     }
     let payload = Bytes::from(vec![4u8; 100_000]);
     let started = h
@@ -342,19 +344,7 @@ fn a_broadcast_payload_goes_to_every_neighbour_as_one_shared_tail() {
 fn a_relay_forwards_a_broadcast_payload_from_the_buffer_it_arrived_in() {
     let mut h = Harness::with_chunk_bytes(1 << 20);
     for (peer, stream) in [("b", 10), ("c", 12), ("d", 14)] {
-        h.open(
-            StreamId(stream),
-            peer,
-            StreamKind::OutboundMessages,
-            Features::default(),
-        );
-        h.open(
-            StreamId(stream + 1),
-            peer,
-            StreamKind::OutboundAcks,
-            Features::default(),
-        );
-        h.hello_on(StreamId(stream + 1), peer, Features::ALL);
+        h.link_on(peer, stream, Features::ALL);
     }
     h.open(
         StreamId(30),
